@@ -1,0 +1,13 @@
+//! The renderer layer of vhost-gpu, in virtio-gpu terms.
+//!
+//! It knows nothing of vhost-user: the backend hands it validated resource ids, rectangles and
+//! host iovecs for guest backing, and gets pixels back for the display channel.
+
+mod renderer;
+mod rutabaga2d;
+
+pub use renderer::{Iovec, Rect, Renderer, RendererError, RendererKind, RendererResult};
+pub use rutabaga2d::Renderer2D;
+
+/// Bytes per pixel of every 2D virtio-gpu format.
+pub const BYTES_PER_PIXEL: u32 = 4;
