@@ -1,0 +1,13 @@
+//! vhost-gpu: a virtio-gpu device served over vhost-user.
+//!
+//! Data flows one way: socket ([`vhost_user`]) → queue → decode ([`protocol`]) → device state
+//! ([`device`]) → renderer (`virgl-bridge`) → reply → used ring → display ([`display`]).
+
+pub mod cli;
+pub mod config;
+pub mod device;
+pub mod display;
+pub mod edid;
+pub mod protocol;
+pub mod ratelimit;
+pub mod vhost_user;

@@ -88,8 +88,13 @@ pub trait Renderer: Send {
     fn num_capsets(&self) -> u32;
 
     /// Creates a 2D resource of `width` x `height` pixels in virtio-gpu `format`.
-    fn create_2d(&mut self, resource_id: u32, format: u32, width: u32, height: u32)
-        -> RendererResult<()>;
+    fn create_2d(
+        &mut self,
+        resource_id: u32,
+        format: u32,
+        width: u32,
+        height: u32,
+    ) -> RendererResult<()>;
 
     /// Destroys a resource and drops its backing.
     fn unref(&mut self, resource_id: u32) -> RendererResult<()>;
@@ -100,10 +105,15 @@ pub trait Renderer: Send {
     /// Drops the backing of a resource.
     fn detach_backing(&mut self, resource_id: u32) -> RendererResult<()>;
 
-    /// Copies `rect` from the backing (which starts at byte `offset` of the backing, laid out
-    /// with the resource's stride) into the resource.
-    fn transfer_to_host_2d(&mut self, resource_id: u32, rect: Rect, offset: u64)
-        -> RendererResult<()>;
+    /// Copies `rect` from the backing into the resource. `offset` is the byte offset in the
+    /// backing of the rect's top-left pixel (as the Linux driver and QEMU use it); rows follow
+    /// one resource stride (width * 4) apart.
+    fn transfer_to_host_2d(
+        &mut self,
+        resource_id: u32,
+        rect: Rect,
+        offset: u64,
+    ) -> RendererResult<()>;
 
     /// Copies `rect` of the resource into `dst`, which is laid out like the whole resource
     /// (stride = width * 4): the pixel (x, y) lands at `y * stride + x * 4`.

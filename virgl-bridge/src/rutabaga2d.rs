@@ -148,14 +148,18 @@ impl Renderer for Renderer2D {
         if !rect.fits_in(d.width, d.height) {
             return Err(RendererError::InvalidParameter("rect outside resource"));
         }
-        // rutabaga adds offset + y * stride + x * 4 without checks: do it here first.
+        // virtio-gpu (Linux, QEMU): `offset` is where the rect's top-left pixel sits in the
+        // backing. rutabaga adds y * stride + x * 4 to its offset itself, so hand it the
+        // offset of the backing's pixel (0, 0). A guest offset that lies before the rect's
+        // origin cannot be expressed that way and is refused.
         let stride = u64::from(d.width) * u64::from(BYTES_PER_PIXEL);
-        u64::from(rect.y)
-            .checked_mul(stride)
-            .and_then(|v| v.checked_add(u64::from(rect.x) * u64::from(BYTES_PER_PIXEL)))
-            .and_then(|v| v.checked_add(offset))
-            .and_then(|v| v.checked_add(u64::from(rect.height) * stride))
-            .ok_or(RendererError::InvalidParameter("offset overflows"))?;
+        let origin = u64::from(rect.y) * stride + u64::from(rect.x) * u64::from(BYTES_PER_PIXEL);
+        let base = offset
+            .checked_sub(origin)
+            .ok_or(RendererError::InvalidParameter(
+                "offset lies before the rect's origin",
+            ))?;
+        let offset = base;
         let transfer = Transfer3D::new_2d(rect.x, rect.y, rect.width, rect.height, offset);
         self.rutabaga
             .transfer_write(0, resource_id, transfer, None)
@@ -197,13 +201,24 @@ mod tests {
         r.attach_backing(
             1,
             vec![
-                Iovec { base: a.as_mut_ptr(), len: a.len() },
-                Iovec { base: b.as_mut_ptr(), len: b.len() },
+                Iovec {
+                    base: a.as_mut_ptr(),
+                    len: a.len(),
+                },
+                Iovec {
+                    base: b.as_mut_ptr(),
+                    len: b.len(),
+                },
             ],
         )
         .unwrap();
-        let rect = Rect { x: 1, y: 0, width: 2, height: 2 };
-        r.transfer_to_host_2d(1, rect, 0).unwrap();
+        let rect = Rect {
+            x: 1,
+            y: 0,
+            width: 2,
+            height: 2,
+        };
+        r.transfer_to_host_2d(1, rect, 4).unwrap();
         let mut out = vec![0u8; 32];
         r.read_rect(1, rect, &mut out).unwrap();
         assert_eq!(&out[4..12], &(4..12u8).collect::<Vec<_>>()[..]);
@@ -216,12 +231,28 @@ mod tests {
         let mut r = Renderer2D::new().unwrap();
         assert!(r.create_2d(1, 1, u32::MAX, 2).is_err());
         r.create_2d(2, 1, 4, 4).unwrap();
-        assert!(matches!(r.create_2d(2, 1, 4, 4), Err(RendererError::ResourceExists(2))));
-        let rect = Rect { x: 3, y: 0, width: 2, height: 1 };
+        assert!(matches!(
+            r.create_2d(2, 1, 4, 4),
+            Err(RendererError::ResourceExists(2))
+        ));
+        let rect = Rect {
+            x: 3,
+            y: 0,
+            width: 2,
+            height: 1,
+        };
         assert!(r.transfer_to_host_2d(2, rect, 0).is_err());
-        let ok = Rect { x: 0, y: 0, width: 1, height: 1 };
-        assert!(matches!(r.transfer_to_host_2d(2, ok, 0), Err(RendererError::NoBacking(2))));
-        assert!(r.transfer_to_host_2d(2, ok, u64::MAX).is_err());
+        let ok = Rect {
+            x: 0,
+            y: 0,
+            width: 1,
+            height: 1,
+        };
+        assert!(matches!(
+            r.transfer_to_host_2d(2, ok, 0),
+            Err(RendererError::NoBacking(2))
+        ));
+        assert!(r.transfer_to_host_2d(2, Rect { x: 1, ..ok }, 0).is_err());
         assert!(matches!(r.unref(9), Err(RendererError::UnknownResource(9))));
         let mut small = [0u8; 4];
         assert!(r.read_rect(2, ok, &mut small).is_err());

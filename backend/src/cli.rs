@@ -1,0 +1,130 @@
+//! Command line: a drop-in for QEMU's own vhost-user-gpu (so libvirt can start it), plus our
+//! options.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+use crate::config::{parse_size, Mode};
+
+/// Which renderer to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RendererChoice {
+    /// virgl when it initialises, else 2D.
+    Auto,
+    /// 2D only (rutabaga_gfx's 2D component).
+    #[value(name = "2d")]
+    TwoD,
+    /// virgl (3D) or fail.
+    Virgl,
+}
+
+/// Log levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The env_logger filter for this level.
+    pub fn filter(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// A virtio-gpu device for QEMU's vhost-user-gpu-pci / vhost-user-vga, served over a
+/// vhost-user socket.
+#[derive(Debug, Parser)]
+#[command(name = "vhost-gpu", version, about)]
+pub struct Cli {
+    /// Listen on this vhost-user socket path.
+    #[arg(short = 's', long, value_name = "PATH", conflicts_with = "fd")]
+    pub socket_path: Option<PathBuf>,
+
+    /// Serve on this inherited listening socket (how libvirt starts backends).
+    #[arg(short = 'f', long, value_name = "N")]
+    pub fd: Option<i32>,
+
+    /// Print the backend capabilities as JSON (QEMU's vhost-user backend format) and exit.
+    #[arg(short = 'c', long)]
+    pub print_capabilities: bool,
+
+    /// DRM render node for virgl (accepted for compatibility; used once 3D is built in).
+    #[arg(short = 'r', long, value_name = "PATH")]
+    pub render_node: Option<PathBuf>,
+
+    /// Require virgl (3D). Fails at start when no virgl renderer is available.
+    #[arg(short = 'v', long)]
+    pub virgl: bool,
+
+    /// Renderer to use.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub renderer: RendererChoice,
+
+    /// A scanout's mode, WIDTHxHEIGHT; repeat for more scanouts (1 to 16). Default: one
+    /// 1280x800, or what the frontend reports.
+    #[arg(long = "display", value_name = "WIDTHxHEIGHT")]
+    pub displays: Vec<Mode>,
+
+    /// Host memory one guest may make vhost-gpu allocate for resources (K, M, G suffixes).
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+    pub max_host_memory: u64,
+
+    /// Log level (RUST_LOG, when set, wins).
+    #[arg(long, value_enum, default_value = "info")]
+    pub log_level: LogLevel,
+}
+
+/// The JSON `--print-capabilities` prints: only the features that work in this build.
+pub fn capabilities_json(virgl_available: bool) -> String {
+    let features: &[&str] = if virgl_available {
+        &["\"render-node\"", "\"virgl\""]
+    } else {
+        &[]
+    };
+    format!(
+        "{{\n  \"type\": \"gpu\",\n  \"features\": [{}]\n}}",
+        features.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_style_flags_parse() {
+        let c = Cli::try_parse_from([
+            "vhost-gpu",
+            "--fd=3",
+            "--render-node",
+            "/dev/dri/renderD128",
+            "--display",
+            "800x600",
+            "--display",
+            "1024x768",
+            "--max-host-memory",
+            "256M",
+        ])
+        .unwrap();
+        assert_eq!(c.fd, Some(3));
+        assert_eq!(c.displays.len(), 2);
+        assert_eq!(c.max_host_memory, 256 << 20);
+        assert!(Cli::try_parse_from(["vhost-gpu", "--display", "800"]).is_err());
+        assert!(Cli::try_parse_from(["vhost-gpu", "-s", "a", "--fd", "3"]).is_err());
+        assert_eq!(
+            capabilities_json(false),
+            "{\n  \"type\": \"gpu\",\n  \"features\": []\n}"
+        );
+    }
+}

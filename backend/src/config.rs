@@ -1,0 +1,142 @@
+//! Device configuration: scanout modes and limits, parsed from the command line.
+
+use crate::edid::MAX_EDID_DIMENSION;
+use crate::protocol::MAX_SCANOUTS;
+
+/// Why a configuration value was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("display '{0}' is not WIDTHxHEIGHT with each in 1..={MAX_EDID_DIMENSION}")]
+    BadDisplay(String),
+    #[error("{0} displays given; a virtio-gpu device has 1 to {MAX_SCANOUTS}")]
+    DisplayCount(usize),
+    #[error("size '{0}' is not a number with an optional K, M, G or T suffix")]
+    BadSize(String),
+}
+
+/// A scanout's mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mode {
+    pub width: u32,
+    pub height: u32,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::BadDisplay(s.to_string());
+        let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+        let width: u32 = w.trim().parse().map_err(|_| bad())?;
+        let height: u32 = h.trim().parse().map_err(|_| bad())?;
+        let ok = |v: u32| (1..=MAX_EDID_DIMENSION).contains(&v);
+        if !ok(width) || !ok(height) {
+            return Err(bad());
+        }
+        Ok(Mode { width, height })
+    }
+}
+
+/// Parses a byte size: `1073741824`, `512M`, `1G`, `64k`, `1GiB`.
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError::BadSize(s.to_string());
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, mult) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1 << 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 1 << 30),
+        Some('t' | 'T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(bad)
+}
+
+/// What the device is configured with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// One mode per scanout (1 to 16).
+    pub modes: Vec<Mode>,
+    /// True when `--display` was given: the modes are the user's and win over the frontend's.
+    pub modes_from_user: bool,
+    /// Host memory one guest may make us allocate for resources, in bytes.
+    pub max_host_memory: u64,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            modes: vec![Mode {
+                width: 1280,
+                height: 800,
+            }],
+            modes_from_user: false,
+            max_host_memory: 1 << 30,
+        }
+    }
+}
+
+impl DeviceConfig {
+    /// Builds a config from the user's displays (empty: the default single 1280x800).
+    pub fn new(modes: Vec<Mode>, max_host_memory: u64) -> Result<Self, ConfigError> {
+        if modes.len() > MAX_SCANOUTS {
+            return Err(ConfigError::DisplayCount(modes.len()));
+        }
+        let modes_from_user = !modes.is_empty();
+        let mut c = DeviceConfig {
+            max_host_memory,
+            modes_from_user,
+            ..Default::default()
+        };
+        if modes_from_user {
+            c.modes = modes;
+        }
+        Ok(c)
+    }
+
+    /// Number of scanouts.
+    pub fn num_scanouts(&self) -> u32 {
+        self.modes.len() as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_modes_and_sizes() {
+        assert_eq!(
+            "1920x1080".parse::<Mode>().unwrap(),
+            Mode {
+                width: 1920,
+                height: 1080
+            }
+        );
+        assert!("0x10".parse::<Mode>().is_err());
+        assert!("5000x10".parse::<Mode>().is_err());
+        assert!("axb".parse::<Mode>().is_err());
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("99999999999T").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(DeviceConfig::new(
+            vec![
+                Mode {
+                    width: 1,
+                    height: 1
+                };
+                17
+            ],
+            1
+        )
+        .is_err());
+    }
+}

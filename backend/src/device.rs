@@ -1,0 +1,776 @@
+//! Device state and what each command does: resources, backing, scanouts, cursor, limits.
+//!
+//! Every guest-supplied id, rectangle, offset and address is checked here, with overflow-safe
+//! arithmetic, before the renderer sees it; a bad command gets its `VIRTIO_GPU_RESP_ERR_*` and a
+//! rate-limited log line, and the device keeps serving.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use virgl_bridge::{Iovec, Rect, Renderer, RendererError, BYTES_PER_PIXEL};
+
+use crate::config::{DeviceConfig, Mode};
+use crate::display::{Display, CURSOR_BYTES};
+use crate::edid;
+use crate::guest_warn;
+use crate::protocol::{Cursor, DisplayMode, GpuCommand, GpuResponse};
+
+/// The 2D formats a guest may create (virtio-gpu format codes).
+pub mod format {
+    pub const B8G8R8A8: u32 = 1;
+    pub const B8G8R8X8: u32 = 2;
+    pub const A8R8G8B8: u32 = 3;
+    pub const X8R8G8B8: u32 = 4;
+    pub const R8G8B8A8: u32 = 67;
+    pub const X8B8G8R8: u32 = 68;
+    pub const A8B8G8R8: u32 = 121;
+    pub const R8G8B8X8: u32 = 134;
+    pub const ALL: [u32; 8] = [
+        B8G8R8A8, B8G8R8X8, A8R8G8B8, X8R8G8B8, R8G8B8A8, X8B8G8R8, A8B8G8R8, R8G8B8X8,
+    ];
+}
+
+/// Converts pixels in `fmt` to the frontend's B8G8R8X8 byte order, in place.
+fn to_bgrx(fmt: u32, data: &mut [u8]) {
+    use format::*;
+    let order: [usize; 4] = match fmt {
+        A8R8G8B8 | X8R8G8B8 => [3, 2, 1, 0],
+        R8G8B8A8 | R8G8B8X8 => [2, 1, 0, 3],
+        A8B8G8R8 | X8B8G8R8 => [1, 2, 3, 0],
+        _ => return,
+    };
+    for px in data.chunks_exact_mut(4) {
+        let p = [px[0], px[1], px[2], px[3]];
+        for (o, &i) in px.iter_mut().zip(order.iter()) {
+            *o = p[i];
+        }
+    }
+}
+
+/// Why a command failed; each maps to one response code.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("invalid resource id {0}")]
+    InvalidResource(u32),
+    #[error("invalid scanout id {0}")]
+    InvalidScanout(u32),
+    #[error("invalid parameter: {0}")]
+    InvalidParameter(String),
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+    #[error("{0}")]
+    Unspec(String),
+    #[error("renderer: {0}")]
+    Renderer(#[from] RendererError),
+}
+
+impl GpuError {
+    /// The response code the guest gets.
+    pub fn response(&self) -> GpuResponse {
+        match self {
+            GpuError::InvalidResource(_) => GpuResponse::ErrInvalidResourceId,
+            GpuError::InvalidScanout(_) => GpuResponse::ErrInvalidScanoutId,
+            GpuError::InvalidParameter(_) => GpuResponse::ErrInvalidParameter,
+            GpuError::OutOfMemory(_) => GpuResponse::ErrOutOfMemory,
+            GpuError::Unspec(_) => GpuResponse::ErrUnspec,
+            GpuError::Renderer(RendererError::UnknownResource(_)) => {
+                GpuResponse::ErrInvalidResourceId
+            }
+            GpuError::Renderer(RendererError::InvalidParameter(_))
+            | GpuError::Renderer(RendererError::NoBacking(_)) => GpuResponse::ErrInvalidParameter,
+            GpuError::Renderer(_) => GpuResponse::ErrUnspec,
+        }
+    }
+}
+
+type GpuResult = Result<GpuResponse, GpuError>;
+
+fn invalid(msg: impl Into<String>) -> GpuError {
+    GpuError::InvalidParameter(msg.into())
+}
+
+/// Guest backing of a resource: the mapping that the renderer's iovecs point into is kept alive
+/// here for as long as the backing is attached.
+struct Backing {
+    _mem: Arc<GuestMemoryMmap>,
+    len: u64,
+}
+
+struct Resource {
+    format: u32,
+    width: u32,
+    height: u32,
+    size: u64,
+    backing: Option<Backing>,
+    uuid: Option<[u8; 16]>,
+}
+
+impl Resource {
+    fn stride(&self) -> u64 {
+        u64::from(self.width) * u64::from(BYTES_PER_PIXEL)
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct Scanout {
+    resource_id: u32,
+    rect: Rect,
+}
+
+/// Intersection of two rectangles (empty when they do not overlap).
+fn intersect(a: Rect, b: Rect) -> Rect {
+    let x1 = a.x.max(b.x);
+    let y1 = a.y.max(b.y);
+    let x2 = (u64::from(a.x) + u64::from(a.width)).min(u64::from(b.x) + u64::from(b.width));
+    let y2 = (u64::from(a.y) + u64::from(a.height)).min(u64::from(b.y) + u64::from(b.height));
+    if u64::from(x1) >= x2 || u64::from(y1) >= y2 {
+        return Rect::default();
+    }
+    Rect {
+        x: x1,
+        y: y1,
+        width: (x2 - u64::from(x1)) as u32,
+        height: (y2 - u64::from(y1)) as u32,
+    }
+}
+
+/// The virtio-gpu device of one frontend connection.
+pub struct GpuDevice {
+    config: DeviceConfig,
+    modes: Vec<Mode>,
+    renderer: Box<dyn Renderer>,
+    resources: BTreeMap<u32, Resource>,
+    scanouts: Vec<Scanout>,
+    display: Display,
+    host_mem: u64,
+    /// Pixels read back for the display, laid out like the resource being flushed; reused.
+    scratch: Vec<u8>,
+    /// Packed copy of a partial-width rectangle for UPDATE; reused.
+    packed: Vec<u8>,
+}
+
+impl GpuDevice {
+    /// A fresh device with no resources.
+    pub fn new(config: DeviceConfig, renderer: Box<dyn Renderer>) -> Self {
+        let n = config.modes.len();
+        GpuDevice {
+            modes: config.modes.clone(),
+            config,
+            renderer,
+            resources: BTreeMap::new(),
+            scanouts: vec![Scanout::default(); n],
+            display: Display::default(),
+            host_mem: 0,
+            scratch: Vec::new(),
+            packed: Vec::new(),
+        }
+    }
+
+    /// The display channel, for the vhost-user layer to hand the frontend's socket to.
+    pub fn display_mut(&mut self) -> &mut Display {
+        &mut self.display
+    }
+
+    /// Bytes of host memory resources use now.
+    pub fn host_memory_used(&self) -> u64 {
+        self.host_mem
+    }
+
+    /// Number of live resources.
+    pub fn resource_count(&self) -> usize {
+        self.resources.len()
+    }
+
+    /// Drops every resource and scanout (device reset); the display channel stays.
+    pub fn reset(&mut self) {
+        let ids: Vec<u32> = self.resources.keys().copied().collect();
+        for id in ids {
+            let _ = self.unref(id);
+        }
+        // (unref disabled every scanout that showed a resource.)
+        self.modes = self.config.modes.clone();
+        self.scratch = Vec::new();
+        self.packed = Vec::new();
+    }
+
+    /// Carries out one command and returns its response (errors are logged, rate-limited).
+    pub fn process(&mut self, cmd: GpuCommand, mem: &Arc<GuestMemoryMmap>) -> GpuResponse {
+        let name = cmd.name();
+        match self.dispatch(cmd, mem) {
+            Ok(r) => r,
+            Err(e) => {
+                guest_warn!("{name}: {e}");
+                e.response()
+            }
+        }
+    }
+
+    fn dispatch(&mut self, cmd: GpuCommand, mem: &Arc<GuestMemoryMmap>) -> GpuResult {
+        match cmd {
+            GpuCommand::GetDisplayInfo => Ok(GpuResponse::OkDisplayInfo(self.display_info())),
+            GpuCommand::ResourceCreate2d {
+                resource_id,
+                format,
+                width,
+                height,
+            } => self.create_2d(resource_id, format, width, height),
+            GpuCommand::ResourceUnref { resource_id } => self.unref(resource_id),
+            GpuCommand::SetScanout {
+                rect,
+                scanout_id,
+                resource_id,
+            } => self.set_scanout(scanout_id, resource_id, rect),
+            GpuCommand::ResourceFlush { rect, resource_id } => self.flush(resource_id, rect),
+            GpuCommand::TransferToHost2d {
+                rect,
+                offset,
+                resource_id,
+            } => self.transfer_to_host_2d(resource_id, rect, offset),
+            GpuCommand::ResourceAttachBacking {
+                resource_id,
+                entries,
+            } => self.attach_backing(resource_id, &entries, mem),
+            GpuCommand::ResourceDetachBacking { resource_id } => self.detach_backing(resource_id),
+            GpuCommand::GetCapsetInfo { index } => Err(invalid(format!(
+                "capset index {index}: the 2D renderer has no capsets"
+            ))),
+            GpuCommand::GetCapset { id, .. } => Err(invalid(format!(
+                "capset {id}: the 2D renderer has no capsets"
+            ))),
+            GpuCommand::GetEdid { scanout_id } => self.get_edid(scanout_id),
+            GpuCommand::ResourceAssignUuid { resource_id } => self.assign_uuid(resource_id),
+            GpuCommand::UpdateCursor {
+                pos,
+                resource_id,
+                hot_x,
+                hot_y,
+            } => self.update_cursor(pos, resource_id, hot_x, hot_y),
+            GpuCommand::MoveCursor { pos } => {
+                self.check_scanout(pos.scanout_id)?;
+                self.display.cursor_pos(pos.scanout_id, pos.x, pos.y);
+                Ok(GpuResponse::OkNoData)
+            }
+            GpuCommand::Unsupported(t) => Err(GpuError::Unspec(format!(
+                "command {t:#x} needs a 3D renderer, and the {} renderer is active",
+                self.renderer.kind()
+            ))),
+        }
+    }
+
+    fn check_scanout(&self, scanout_id: u32) -> Result<usize, GpuError> {
+        let i = scanout_id as usize;
+        if i < self.scanouts.len() {
+            Ok(i)
+        } else {
+            Err(GpuError::InvalidScanout(scanout_id))
+        }
+    }
+
+    fn resource(&self, id: u32) -> Result<&Resource, GpuError> {
+        self.resources.get(&id).ok_or(GpuError::InvalidResource(id))
+    }
+
+    fn display_info(&mut self) -> Vec<DisplayMode> {
+        if !self.config.modes_from_user && self.display.present() {
+            if let Some(theirs) = self.display.display_info(self.modes.len()) {
+                let ok = |v: u32| (1..=edid::MAX_EDID_DIMENSION).contains(&v);
+                for (mode, t) in self.modes.iter_mut().zip(&theirs) {
+                    if t.enabled && ok(t.width) && ok(t.height) {
+                        *mode = Mode {
+                            width: t.width,
+                            height: t.height,
+                        };
+                    }
+                }
+                return theirs
+                    .iter()
+                    .zip(&self.modes)
+                    .map(|(t, m)| DisplayMode {
+                        width: m.width,
+                        height: m.height,
+                        enabled: t.enabled,
+                    })
+                    .collect();
+            }
+        }
+        self.modes
+            .iter()
+            .map(|m| DisplayMode {
+                width: m.width,
+                height: m.height,
+                enabled: true,
+            })
+            .collect()
+    }
+
+    fn get_edid(&mut self, scanout_id: u32) -> GpuResult {
+        let i = self.check_scanout(scanout_id)?;
+        if !self.config.modes_from_user {
+            if let Some(e) = self.display.edid(scanout_id) {
+                return Ok(GpuResponse::OkEdid(e));
+            }
+        }
+        let m = self.modes[i];
+        Ok(GpuResponse::OkEdid(
+            edid::generate(scanout_id, m.width, m.height).to_vec(),
+        ))
+    }
+
+    fn create_2d(&mut self, id: u32, fmt: u32, width: u32, height: u32) -> GpuResult {
+        if id == 0 || self.resources.contains_key(&id) {
+            return Err(GpuError::InvalidResource(id));
+        }
+        if !format::ALL.contains(&fmt) {
+            return Err(invalid(format!("format {fmt}")));
+        }
+        if width == 0 || height == 0 {
+            return Err(invalid(format!("size {width}x{height}")));
+        }
+        let size = u64::from(width) * u64::from(height) * u64::from(BYTES_PER_PIXEL);
+        let total = self.host_mem.saturating_add(size);
+        if total > self.config.max_host_memory {
+            return Err(GpuError::OutOfMemory(format!(
+                "{width}x{height} needs {size} bytes; {} of {} in use",
+                self.host_mem, self.config.max_host_memory
+            )));
+        }
+        self.renderer.create_2d(id, fmt, width, height)?;
+        self.host_mem = total;
+        self.resources.insert(
+            id,
+            Resource {
+                format: fmt,
+                width,
+                height,
+                size,
+                backing: None,
+                uuid: None,
+            },
+        );
+        Ok(GpuResponse::OkNoData)
+    }
+
+    fn unref(&mut self, id: u32) -> GpuResult {
+        let res = self
+            .resources
+            .remove(&id)
+            .ok_or(GpuError::InvalidResource(id))?;
+        self.host_mem = self.host_mem.saturating_sub(res.size);
+        for (i, s) in self.scanouts.iter_mut().enumerate() {
+            if s.resource_id == id {
+                *s = Scanout::default();
+                self.display.scanout(i as u32, 0, 0);
+            }
+        }
+        // The renderer drops its iovecs before `res` (and with it the memory mapping) goes.
+        let r = self.renderer.unref(id);
+        drop(res);
+        r?;
+        Ok(GpuResponse::OkNoData)
+    }
+
+    fn set_scanout(&mut self, scanout_id: u32, id: u32, rect: Rect) -> GpuResult {
+        let i = self.check_scanout(scanout_id)?;
+        if id == 0 {
+            self.scanouts[i] = Scanout::default();
+            self.display.scanout(scanout_id, 0, 0);
+            return Ok(GpuResponse::OkNoData);
+        }
+        let res = self.resource(id)?;
+        if rect.is_empty() || !rect.fits_in(res.width, res.height) {
+            return Err(invalid(format!(
+                "scanout rect {rect:?} in a {}x{} resource",
+                res.width, res.height
+            )));
+        }
+        let old = self.scanouts[i];
+        self.scanouts[i] = Scanout {
+            resource_id: id,
+            rect,
+        };
+        if old.rect.width != rect.width || old.rect.height != rect.height || old.resource_id != id {
+            self.display.scanout(scanout_id, rect.width, rect.height);
+        }
+        Ok(GpuResponse::OkNoData)
+    }
+
+    fn transfer_to_host_2d(&mut self, id: u32, rect: Rect, offset: u64) -> GpuResult {
+        let res = self.resource(id)?;
+        if !rect.fits_in(res.width, res.height) {
+            return Err(invalid(format!(
+                "rect {rect:?} in a {}x{} resource",
+                res.width, res.height
+            )));
+        }
+        if rect.is_empty() {
+            return Ok(GpuResponse::OkNoData);
+        }
+        let backing = res
+            .backing
+            .as_ref()
+            .ok_or_else(|| invalid(format!("resource {id} has no backing")))?;
+        // The rect's source: `height` rows of `width * 4` bytes, `stride` apart, from `offset`.
+        let end = u64::from(rect.height - 1)
+            .checked_mul(res.stride())
+            .and_then(|v| v.checked_add(u64::from(rect.width) * u64::from(BYTES_PER_PIXEL)))
+            .and_then(|v| v.checked_add(offset));
+        match end {
+            Some(end) if end <= backing.len => {}
+            _ => {
+                return Err(invalid(format!(
+                    "transfer of {rect:?} at offset {offset} overruns {} bytes of backing",
+                    backing.len
+                )))
+            }
+        }
+        self.renderer.transfer_to_host_2d(id, rect, offset)?;
+        Ok(GpuResponse::OkNoData)
+    }
+
+    fn attach_backing(
+        &mut self,
+        id: u32,
+        entries: &[(u64, u32)],
+        mem: &Arc<GuestMemoryMmap>,
+    ) -> GpuResult {
+        let res = self.resource(id)?;
+        if res.backing.is_some() {
+            return Err(GpuError::Unspec(format!(
+                "resource {id} already has backing"
+            )));
+        }
+        if entries.is_empty() {
+            return Err(invalid("attach-backing with no entries"));
+        }
+        let mut iovecs = Vec::with_capacity(entries.len());
+        let mut len = 0u64;
+        for &(addr, length) in entries {
+            len = len
+                .checked_add(u64::from(length))
+                .ok_or_else(|| invalid("backing length overflows"))?;
+            // Every byte of the entry must be guest memory; a range spanning regions becomes
+            // several iovecs.
+            for slice in mem.get_slices(GuestAddress(addr), length as usize) {
+                let slice = slice.map_err(|e| {
+                    invalid(format!(
+                        "backing entry {addr:#x}+{length:#x} is not guest memory: {e}"
+                    ))
+                })?;
+                iovecs.push(Iovec {
+                    base: slice.ptr_guard_mut().as_ptr(),
+                    len: slice.len(),
+                });
+            }
+        }
+        self.renderer.attach_backing(id, iovecs)?;
+        if let Some(res) = self.resources.get_mut(&id) {
+            res.backing = Some(Backing {
+                _mem: Arc::clone(mem),
+                len,
+            });
+        }
+        Ok(GpuResponse::OkNoData)
+    }
+
+    fn detach_backing(&mut self, id: u32) -> GpuResult {
+        let res = self.resource(id)?;
+        if res.backing.is_none() {
+            return Err(GpuError::Unspec(format!("resource {id} has no backing")));
+        }
+        self.renderer.detach_backing(id)?;
+        if let Some(res) = self.resources.get_mut(&id) {
+            res.backing = None;
+        }
+        Ok(GpuResponse::OkNoData)
+    }
+
+    /// Reads `rect` of resource `id` into `self.scratch` (laid out like the whole resource).
+    fn read_back(&mut self, id: u32, rect: Rect) -> Result<(), GpuError> {
+        let res = self.resource(id)?;
+        let need = usize::try_from(res.size).map_err(|_| invalid("resource too large"))?;
+        if self.scratch.len() < need {
+            self.scratch.resize(need, 0);
+        }
+        self.renderer
+            .read_rect(id, rect, &mut self.scratch[..need])?;
+        Ok(())
+    }
+
+    fn flush(&mut self, id: u32, rect: Rect) -> GpuResult {
+        let res = self.resource(id)?;
+        if !rect.fits_in(res.width, res.height) {
+            return Err(invalid(format!(
+                "rect {rect:?} in a {}x{} resource",
+                res.width, res.height
+            )));
+        }
+        let (fmt, stride) = (res.format, res.stride() as usize);
+        let full_width = res.width;
+        for i in 0..self.scanouts.len() {
+            let s = self.scanouts[i];
+            if s.resource_id != id {
+                continue;
+            }
+            let r = intersect(rect, s.rect);
+            if r.is_empty() || !self.display.present() {
+                continue;
+            }
+            self.read_back(id, r)?;
+            let row = r.width as usize * 4;
+            let start = r.y as usize * stride + r.x as usize * 4;
+            let bytes = r.height as usize * row;
+            // A full-width rect is already packed in the scratch buffer; otherwise pack it.
+            let data: &mut [u8] = if r.x == 0 && r.width == full_width {
+                &mut self.scratch[start..start + bytes]
+            } else {
+                self.packed.clear();
+                for y in 0..r.height as usize {
+                    let from = start + y * stride;
+                    self.packed
+                        .extend_from_slice(&self.scratch[from..from + row]);
+                }
+                &mut self.packed[..]
+            };
+            to_bgrx(fmt, data);
+            self.display.update(
+                i as u32,
+                r.x - s.rect.x,
+                r.y - s.rect.y,
+                r.width,
+                r.height,
+                data,
+            );
+        }
+        Ok(GpuResponse::OkNoData)
+    }
+
+    fn assign_uuid(&mut self, id: u32) -> GpuResult {
+        let res = self
+            .resources
+            .get_mut(&id)
+            .ok_or(GpuError::InvalidResource(id))?;
+        let uuid = *res.uuid.get_or_insert_with(new_uuid);
+        Ok(GpuResponse::OkResourceUuid(uuid))
+    }
+
+    fn update_cursor(&mut self, pos: Cursor, id: u32, hot_x: u32, hot_y: u32) -> GpuResult {
+        self.check_scanout(pos.scanout_id)?;
+        if id == 0 {
+            self.display.cursor_hide(pos.scanout_id, pos.x, pos.y);
+            return Ok(GpuResponse::OkNoData);
+        }
+        let res = self.resource(id)?;
+        let (w, h, fmt, stride) = (
+            res.width.min(64),
+            res.height.min(64),
+            res.format,
+            res.stride(),
+        );
+        let rect = Rect {
+            x: 0,
+            y: 0,
+            width: w,
+            height: h,
+        };
+        self.read_back(id, rect)?;
+        let mut image = Box::new([0u8; CURSOR_BYTES]);
+        for y in 0..h as usize {
+            let from = y * stride as usize;
+            let row = w as usize * 4;
+            image[y * 256..y * 256 + row].copy_from_slice(&self.scratch[from..from + row]);
+        }
+        to_bgrx(fmt, &mut image[..]);
+        self.display
+            .cursor_update((pos.scanout_id, pos.x, pos.y), (hot_x, hot_y), &image);
+        Ok(GpuResponse::OkNoData)
+    }
+}
+
+/// A random (version 4) UUID.
+fn new_uuid() -> [u8; 16] {
+    let mut u = [0u8; 16];
+    let mut filled = 0;
+    while filled < u.len() {
+        // SAFETY: the pointer and length name the unfilled tail of `u`, a live local array;
+        // getrandom writes at most that many bytes.
+        let n = unsafe { libc::getrandom(u[filled..].as_mut_ptr().cast(), u.len() - filled, 0) };
+        if n <= 0 {
+            break;
+        }
+        filled += n as usize;
+    }
+    u[6] = (u[6] & 0x0f) | 0x40;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    u
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virgl_bridge::Renderer2D;
+    use vm_memory::Bytes;
+
+    fn device(max_mem: u64) -> (GpuDevice, Arc<GuestMemoryMmap>) {
+        let mut cfg = DeviceConfig::default();
+        cfg.max_host_memory = max_mem;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        (
+            GpuDevice::new(cfg, Box::new(Renderer2D::new().unwrap())),
+            Arc::new(mem),
+        )
+    }
+
+    #[test]
+    fn memory_limit_and_release() {
+        let (mut d, mem) = device(64 * 64 * 4);
+        let create = |id| GpuCommand::ResourceCreate2d {
+            resource_id: id,
+            format: 1,
+            width: 64,
+            height: 64,
+        };
+        assert_eq!(d.process(create(1), &mem), GpuResponse::OkNoData);
+        assert_eq!(d.process(create(2), &mem), GpuResponse::ErrOutOfMemory);
+        assert_eq!(
+            d.process(GpuCommand::ResourceUnref { resource_id: 1 }, &mem),
+            GpuResponse::OkNoData
+        );
+        assert_eq!(d.host_memory_used(), 0);
+        assert_eq!(d.process(create(2), &mem), GpuResponse::OkNoData);
+    }
+
+    #[test]
+    fn bad_input_codes() {
+        let (mut d, mem) = device(1 << 30);
+        let c = GpuCommand::ResourceCreate2d {
+            resource_id: 1,
+            format: 1,
+            width: 4,
+            height: 4,
+        };
+        assert_eq!(d.process(c.clone(), &mem), GpuResponse::OkNoData);
+        assert_eq!(d.process(c, &mem), GpuResponse::ErrInvalidResourceId);
+        let bad_fmt = GpuCommand::ResourceCreate2d {
+            resource_id: 2,
+            format: 5,
+            width: 4,
+            height: 4,
+        };
+        assert_eq!(d.process(bad_fmt, &mem), GpuResponse::ErrInvalidParameter);
+        let outside = GpuCommand::ResourceAttachBacking {
+            resource_id: 1,
+            entries: vec![(u64::MAX - 4, 64)],
+        };
+        assert_eq!(d.process(outside, &mem), GpuResponse::ErrInvalidParameter);
+        let past_end = GpuCommand::ResourceAttachBacking {
+            resource_id: 1,
+            entries: vec![((1 << 20) - 8, 64)],
+        };
+        assert_eq!(d.process(past_end, &mem), GpuResponse::ErrInvalidParameter);
+        let ok = GpuCommand::ResourceAttachBacking {
+            resource_id: 1,
+            entries: vec![(0x1000, 64)],
+        };
+        assert_eq!(d.process(ok, &mem), GpuResponse::OkNoData);
+        let r = Rect {
+            x: 0,
+            y: 0,
+            width: 4,
+            height: 4,
+        };
+        let overrun = GpuCommand::TransferToHost2d {
+            rect: r,
+            offset: 8,
+            resource_id: 1,
+        };
+        assert_eq!(d.process(overrun, &mem), GpuResponse::ErrInvalidParameter);
+        let huge = GpuCommand::TransferToHost2d {
+            rect: r,
+            offset: u64::MAX,
+            resource_id: 1,
+        };
+        assert_eq!(d.process(huge, &mem), GpuResponse::ErrInvalidParameter);
+        let wide = Rect {
+            x: u32::MAX,
+            y: 0,
+            width: 2,
+            height: 1,
+        };
+        let wrap = GpuCommand::TransferToHost2d {
+            rect: wide,
+            offset: 0,
+            resource_id: 1,
+        };
+        assert_eq!(d.process(wrap, &mem), GpuResponse::ErrInvalidParameter);
+        let scan = GpuCommand::SetScanout {
+            rect: r,
+            scanout_id: 1,
+            resource_id: 1,
+        };
+        assert_eq!(d.process(scan, &mem), GpuResponse::ErrInvalidScanoutId);
+        let good = GpuCommand::TransferToHost2d {
+            rect: r,
+            offset: 0,
+            resource_id: 1,
+        };
+        assert_eq!(d.process(good, &mem), GpuResponse::OkNoData);
+    }
+
+    #[test]
+    fn partial_transfer_uses_linux_offsets() {
+        let (mut d, mem) = device(1 << 30);
+        d.process(
+            GpuCommand::ResourceCreate2d {
+                resource_id: 1,
+                format: 1,
+                width: 4,
+                height: 4,
+            },
+            &mem,
+        );
+        let pixels: Vec<u8> = (0..64u8).collect();
+        mem.write_slice(&pixels, GuestAddress(0x2000)).unwrap();
+        d.process(
+            GpuCommand::ResourceAttachBacking {
+                resource_id: 1,
+                entries: vec![(0x2000, 64)],
+            },
+            &mem,
+        );
+        // Linux: offset = y * stride + x * 4 for the rect's top-left pixel.
+        let r = Rect {
+            x: 1,
+            y: 2,
+            width: 2,
+            height: 2,
+        };
+        let t = GpuCommand::TransferToHost2d {
+            rect: r,
+            offset: 2 * 16 + 4,
+            resource_id: 1,
+        };
+        assert_eq!(d.process(t, &mem), GpuResponse::OkNoData);
+        d.read_back(1, r).unwrap();
+        assert_eq!(&d.scratch[36..44], &pixels[36..44]);
+        assert_eq!(&d.scratch[52..60], &pixels[52..60]);
+        assert_eq!(&d.scratch[0..36], &[0u8; 36][..]);
+    }
+
+    #[test]
+    fn format_conversion_to_bgrx() {
+        let mut px = [1, 2, 3, 4];
+        to_bgrx(format::R8G8B8A8, &mut px);
+        assert_eq!(px, [3, 2, 1, 4]);
+        let mut px = [1, 2, 3, 4];
+        to_bgrx(format::A8R8G8B8, &mut px);
+        assert_eq!(px, [4, 3, 2, 1]);
+        let mut px = [1, 2, 3, 4];
+        to_bgrx(format::X8B8G8R8, &mut px);
+        assert_eq!(px, [2, 3, 4, 1]);
+        let mut px = [1, 2, 3, 4];
+        to_bgrx(format::B8G8R8X8, &mut px);
+        assert_eq!(px, [1, 2, 3, 4]);
+    }
+}

@@ -1,0 +1,720 @@
+//! The virtio-gpu wire protocol: wire structs, a descriptor chain decoded into one
+//! [`GpuCommand`], and typed [`GpuResponse`]s encoded into the chain's writable part.
+//!
+//! Decoding reads only what the chain holds: a chain too short for its command is a
+//! [`DecodeError`], never a panic. Lengths from the guest (`nr_entries`) are bounded before
+//! anything is allocated.
+
+use std::io::{Read, Write};
+
+use vm_memory::{ByteValued, Le32, Le64};
+
+/// Command types (request `type` field).
+pub mod cmd {
+    pub const GET_DISPLAY_INFO: u32 = 0x0100;
+    pub const RESOURCE_CREATE_2D: u32 = 0x0101;
+    pub const RESOURCE_UNREF: u32 = 0x0102;
+    pub const SET_SCANOUT: u32 = 0x0103;
+    pub const RESOURCE_FLUSH: u32 = 0x0104;
+    pub const TRANSFER_TO_HOST_2D: u32 = 0x0105;
+    pub const RESOURCE_ATTACH_BACKING: u32 = 0x0106;
+    pub const RESOURCE_DETACH_BACKING: u32 = 0x0107;
+    pub const GET_CAPSET_INFO: u32 = 0x0108;
+    pub const GET_CAPSET: u32 = 0x0109;
+    pub const GET_EDID: u32 = 0x010a;
+    pub const RESOURCE_ASSIGN_UUID: u32 = 0x010b;
+    pub const RESOURCE_CREATE_BLOB: u32 = 0x010c;
+    pub const SET_SCANOUT_BLOB: u32 = 0x010d;
+    pub const CTX_CREATE: u32 = 0x0200;
+    pub const CTX_DESTROY: u32 = 0x0201;
+    pub const CTX_ATTACH_RESOURCE: u32 = 0x0202;
+    pub const CTX_DETACH_RESOURCE: u32 = 0x0203;
+    pub const RESOURCE_CREATE_3D: u32 = 0x0204;
+    pub const TRANSFER_TO_HOST_3D: u32 = 0x0205;
+    pub const TRANSFER_FROM_HOST_3D: u32 = 0x0206;
+    pub const SUBMIT_3D: u32 = 0x0207;
+    pub const RESOURCE_MAP_BLOB: u32 = 0x0208;
+    pub const RESOURCE_UNMAP_BLOB: u32 = 0x0209;
+    pub const UPDATE_CURSOR: u32 = 0x0300;
+    pub const MOVE_CURSOR: u32 = 0x0301;
+}
+
+/// Response types.
+pub mod resp {
+    pub const OK_NODATA: u32 = 0x1100;
+    pub const OK_DISPLAY_INFO: u32 = 0x1101;
+    pub const OK_CAPSET_INFO: u32 = 0x1102;
+    pub const OK_CAPSET: u32 = 0x1103;
+    pub const OK_EDID: u32 = 0x1104;
+    pub const OK_RESOURCE_UUID: u32 = 0x1105;
+    pub const OK_MAP_INFO: u32 = 0x1106;
+    pub const ERR_UNSPEC: u32 = 0x1200;
+    pub const ERR_OUT_OF_MEMORY: u32 = 0x1201;
+    pub const ERR_INVALID_SCANOUT_ID: u32 = 0x1202;
+    pub const ERR_INVALID_RESOURCE_ID: u32 = 0x1203;
+    pub const ERR_INVALID_CONTEXT_ID: u32 = 0x1204;
+    pub const ERR_INVALID_PARAMETER: u32 = 0x1205;
+}
+
+/// Header flag: reply only when the work is done, echoing the fence.
+pub const FLAG_FENCE: u32 = 1;
+/// Header flag: `ring_idx` is meaningful.
+pub const FLAG_INFO_RING_IDX: u32 = 2;
+
+/// Most scanouts a virtio-gpu device may have.
+pub const MAX_SCANOUTS: usize = 16;
+/// Size of the EDID blob in OK_EDID.
+pub const EDID_BLOB_SIZE: usize = 1024;
+/// Upper bound on `nr_entries` of RESOURCE_ATTACH_BACKING: enough for a 1 GiB resource in
+/// 4 KiB pages. Larger lists are refused before anything is allocated.
+pub const MAX_BACKING_ENTRIES: u32 = 262_144;
+
+macro_rules! wire {
+    ($(#[$m:meta])* $name:ident { $($field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$m])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct $name { $(pub $field: $ty),* }
+        // SAFETY: the struct is repr(C), made only of little-endian integer wrappers and byte
+        // arrays with no implicit padding (sizes asserted below), so any byte pattern is valid.
+        unsafe impl ByteValued for $name {}
+    };
+}
+
+wire!(
+    /// The 24-byte header on every request and response.
+    CtrlHdr { type_: Le32, flags: Le32, fence_id: Le64, ctx_id: Le32, ring_idx: u8, padding: [u8; 3] }
+);
+wire!(
+    /// A rectangle.
+    WireRect { x: Le32, y: Le32, width: Le32, height: Le32 }
+);
+wire!(ResourceCreate2d {
+    resource_id: Le32,
+    format: Le32,
+    width: Le32,
+    height: Le32
+});
+wire!(ResourceIdPad {
+    resource_id: Le32,
+    padding: Le32
+});
+wire!(SetScanout {
+    r: WireRect,
+    scanout_id: Le32,
+    resource_id: Le32
+});
+wire!(ResourceFlush {
+    r: WireRect,
+    resource_id: Le32,
+    padding: Le32
+});
+wire!(TransferToHost2d {
+    r: WireRect,
+    offset: Le64,
+    resource_id: Le32,
+    padding: Le32
+});
+wire!(AttachBacking {
+    resource_id: Le32,
+    nr_entries: Le32
+});
+wire!(MemEntry {
+    addr: Le64,
+    length: Le32,
+    padding: Le32
+});
+wire!(GetCapsetInfo {
+    capset_index: Le32,
+    padding: Le32
+});
+wire!(GetCapset {
+    capset_id: Le32,
+    capset_version: Le32
+});
+wire!(GetEdid {
+    scanout: Le32,
+    padding: Le32
+});
+wire!(CursorPos {
+    scanout_id: Le32,
+    x: Le32,
+    y: Le32,
+    padding: Le32
+});
+wire!(UpdateCursor {
+    pos: CursorPos,
+    resource_id: Le32,
+    hot_x: Le32,
+    hot_y: Le32,
+    padding: Le32
+});
+wire!(DisplayOne {
+    r: WireRect,
+    enabled: Le32,
+    flags: Le32
+});
+wire!(RespCapsetInfo {
+    capset_id: Le32,
+    capset_max_version: Le32,
+    capset_max_size: Le32,
+    padding: Le32
+});
+wire!(RespEdidHead {
+    size: Le32,
+    padding: Le32
+});
+
+const _: () = {
+    assert!(std::mem::size_of::<CtrlHdr>() == 24);
+    assert!(std::mem::size_of::<WireRect>() == 16);
+    assert!(std::mem::size_of::<SetScanout>() == 24);
+    assert!(std::mem::size_of::<TransferToHost2d>() == 32);
+    assert!(std::mem::size_of::<MemEntry>() == 16);
+    assert!(std::mem::size_of::<UpdateCursor>() == 32);
+    assert!(std::mem::size_of::<DisplayOne>() == 24);
+    assert!(std::mem::size_of::<RespCapsetInfo>() == 16);
+};
+
+/// A rectangle in host terms.
+pub use virgl_bridge::Rect;
+
+impl From<WireRect> for Rect {
+    fn from(r: WireRect) -> Self {
+        Rect {
+            x: r.x.into(),
+            y: r.y.into(),
+            width: r.width.into(),
+            height: r.height.into(),
+        }
+    }
+}
+
+/// The fields of a request header that a response echoes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    pub type_: u32,
+    pub flags: u32,
+    pub fence_id: u64,
+    pub ctx_id: u32,
+    pub ring_idx: u8,
+}
+
+impl From<CtrlHdr> for Header {
+    fn from(h: CtrlHdr) -> Self {
+        Header {
+            type_: h.type_.into(),
+            flags: h.flags.into(),
+            fence_id: h.fence_id.into(),
+            ctx_id: h.ctx_id.into(),
+            ring_idx: h.ring_idx,
+        }
+    }
+}
+
+impl Header {
+    /// True when the request asks for a fenced reply.
+    pub fn fenced(&self) -> bool {
+        self.flags & FLAG_FENCE != 0
+    }
+}
+
+/// Cursor position as the guest sends it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub scanout_id: u32,
+    pub x: u32,
+    pub y: u32,
+}
+
+/// One decoded command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GpuCommand {
+    GetDisplayInfo,
+    ResourceCreate2d {
+        resource_id: u32,
+        format: u32,
+        width: u32,
+        height: u32,
+    },
+    ResourceUnref {
+        resource_id: u32,
+    },
+    SetScanout {
+        rect: Rect,
+        scanout_id: u32,
+        resource_id: u32,
+    },
+    ResourceFlush {
+        rect: Rect,
+        resource_id: u32,
+    },
+    TransferToHost2d {
+        rect: Rect,
+        offset: u64,
+        resource_id: u32,
+    },
+    /// Guest (address, length) pairs, in order.
+    ResourceAttachBacking {
+        resource_id: u32,
+        entries: Vec<(u64, u32)>,
+    },
+    ResourceDetachBacking {
+        resource_id: u32,
+    },
+    GetCapsetInfo {
+        index: u32,
+    },
+    GetCapset {
+        id: u32,
+        version: u32,
+    },
+    GetEdid {
+        scanout_id: u32,
+    },
+    ResourceAssignUuid {
+        resource_id: u32,
+    },
+    UpdateCursor {
+        pos: Cursor,
+        resource_id: u32,
+        hot_x: u32,
+        hot_y: u32,
+    },
+    MoveCursor {
+        pos: Cursor,
+    },
+    /// A command of the 3D/blob family, which needs a renderer this build does not offer yet.
+    Unsupported(u32),
+}
+
+impl GpuCommand {
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            GpuCommand::GetDisplayInfo => "GET_DISPLAY_INFO",
+            GpuCommand::ResourceCreate2d { .. } => "RESOURCE_CREATE_2D",
+            GpuCommand::ResourceUnref { .. } => "RESOURCE_UNREF",
+            GpuCommand::SetScanout { .. } => "SET_SCANOUT",
+            GpuCommand::ResourceFlush { .. } => "RESOURCE_FLUSH",
+            GpuCommand::TransferToHost2d { .. } => "TRANSFER_TO_HOST_2D",
+            GpuCommand::ResourceAttachBacking { .. } => "RESOURCE_ATTACH_BACKING",
+            GpuCommand::ResourceDetachBacking { .. } => "RESOURCE_DETACH_BACKING",
+            GpuCommand::GetCapsetInfo { .. } => "GET_CAPSET_INFO",
+            GpuCommand::GetCapset { .. } => "GET_CAPSET",
+            GpuCommand::GetEdid { .. } => "GET_EDID",
+            GpuCommand::ResourceAssignUuid { .. } => "RESOURCE_ASSIGN_UUID",
+            GpuCommand::UpdateCursor { .. } => "UPDATE_CURSOR",
+            GpuCommand::MoveCursor { .. } => "MOVE_CURSOR",
+            GpuCommand::Unsupported(_) => "unsupported",
+        }
+    }
+}
+
+/// Why a chain did not decode into a command.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("chain too short for the header")]
+    ShortHeader,
+    #[error("chain too short for command {0:#x}")]
+    ShortBody(u32),
+    #[error("unknown command type {0:#x}")]
+    UnknownType(u32),
+    #[error("attach-backing with {0} entries (limit {MAX_BACKING_ENTRIES})")]
+    TooManyEntries(u32),
+}
+
+impl DecodeError {
+    /// The response a guest gets for this decode failure.
+    pub fn response(&self) -> GpuResponse {
+        match self {
+            DecodeError::TooManyEntries(_) => GpuResponse::ErrInvalidParameter,
+            _ => GpuResponse::ErrUnspec,
+        }
+    }
+}
+
+fn read<T: ByteValued + Default, R: Read>(r: &mut R, type_: u32) -> Result<T, DecodeError> {
+    let mut v = T::default();
+    r.read_exact(v.as_mut_slice())
+        .map_err(|_| DecodeError::ShortBody(type_))?;
+    Ok(v)
+}
+
+fn cursor(c: CursorPos) -> Cursor {
+    Cursor {
+        scanout_id: c.scanout_id.into(),
+        x: c.x.into(),
+        y: c.y.into(),
+    }
+}
+
+/// Reads the header, then the command. The header is returned whenever it could be read, so
+/// that even a failed command's reply echoes its fence.
+pub fn decode<R: Read>(r: &mut R) -> (Option<Header>, Result<GpuCommand, DecodeError>) {
+    let mut raw = CtrlHdr::default();
+    if r.read_exact(raw.as_mut_slice()).is_err() {
+        return (None, Err(DecodeError::ShortHeader));
+    }
+    let hdr = Header::from(raw);
+    (Some(hdr), decode_body(r, hdr.type_))
+}
+
+fn decode_body<R: Read>(r: &mut R, t: u32) -> Result<GpuCommand, DecodeError> {
+    use cmd::*;
+    Ok(match t {
+        GET_DISPLAY_INFO => GpuCommand::GetDisplayInfo,
+        RESOURCE_CREATE_2D => {
+            let c: ResourceCreate2d = read(r, t)?;
+            GpuCommand::ResourceCreate2d {
+                resource_id: c.resource_id.into(),
+                format: c.format.into(),
+                width: c.width.into(),
+                height: c.height.into(),
+            }
+        }
+        RESOURCE_UNREF => GpuCommand::ResourceUnref {
+            resource_id: read::<ResourceIdPad, _>(r, t)?.resource_id.into(),
+        },
+        SET_SCANOUT => {
+            let c: SetScanout = read(r, t)?;
+            GpuCommand::SetScanout {
+                rect: c.r.into(),
+                scanout_id: c.scanout_id.into(),
+                resource_id: c.resource_id.into(),
+            }
+        }
+        RESOURCE_FLUSH => {
+            let c: ResourceFlush = read(r, t)?;
+            GpuCommand::ResourceFlush {
+                rect: c.r.into(),
+                resource_id: c.resource_id.into(),
+            }
+        }
+        TRANSFER_TO_HOST_2D => {
+            let c: TransferToHost2d = read(r, t)?;
+            GpuCommand::TransferToHost2d {
+                rect: c.r.into(),
+                offset: c.offset.into(),
+                resource_id: c.resource_id.into(),
+            }
+        }
+        RESOURCE_ATTACH_BACKING => {
+            let c: AttachBacking = read(r, t)?;
+            let n: u32 = c.nr_entries.into();
+            if n > MAX_BACKING_ENTRIES {
+                return Err(DecodeError::TooManyEntries(n));
+            }
+            // Bounded above, so this allocation is at most 4 MiB; entries that are not in the
+            // chain fail the read below.
+            let mut entries = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                let e: MemEntry = read(r, t)?;
+                entries.push((e.addr.into(), e.length.into()));
+            }
+            GpuCommand::ResourceAttachBacking {
+                resource_id: c.resource_id.into(),
+                entries,
+            }
+        }
+        RESOURCE_DETACH_BACKING => GpuCommand::ResourceDetachBacking {
+            resource_id: read::<ResourceIdPad, _>(r, t)?.resource_id.into(),
+        },
+        GET_CAPSET_INFO => GpuCommand::GetCapsetInfo {
+            index: read::<GetCapsetInfo, _>(r, t)?.capset_index.into(),
+        },
+        GET_CAPSET => {
+            let c: GetCapset = read(r, t)?;
+            GpuCommand::GetCapset {
+                id: c.capset_id.into(),
+                version: c.capset_version.into(),
+            }
+        }
+        GET_EDID => GpuCommand::GetEdid {
+            scanout_id: read::<GetEdid, _>(r, t)?.scanout.into(),
+        },
+        RESOURCE_ASSIGN_UUID => GpuCommand::ResourceAssignUuid {
+            resource_id: read::<ResourceIdPad, _>(r, t)?.resource_id.into(),
+        },
+        UPDATE_CURSOR => {
+            let c: UpdateCursor = read(r, t)?;
+            GpuCommand::UpdateCursor {
+                pos: cursor(c.pos),
+                resource_id: c.resource_id.into(),
+                hot_x: c.hot_x.into(),
+                hot_y: c.hot_y.into(),
+            }
+        }
+        MOVE_CURSOR => GpuCommand::MoveCursor {
+            pos: cursor(read::<UpdateCursor, _>(r, t)?.pos),
+        },
+        RESOURCE_CREATE_BLOB
+        | SET_SCANOUT_BLOB
+        | CTX_CREATE
+        | CTX_DESTROY
+        | CTX_ATTACH_RESOURCE
+        | CTX_DETACH_RESOURCE
+        | RESOURCE_CREATE_3D
+        | TRANSFER_TO_HOST_3D
+        | TRANSFER_FROM_HOST_3D
+        | SUBMIT_3D
+        | RESOURCE_MAP_BLOB
+        | RESOURCE_UNMAP_BLOB => GpuCommand::Unsupported(t),
+        other => return Err(DecodeError::UnknownType(other)),
+    })
+}
+
+/// One scanout as GET_DISPLAY_INFO reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DisplayMode {
+    pub width: u32,
+    pub height: u32,
+    pub enabled: bool,
+}
+
+/// A typed response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GpuResponse {
+    OkNoData,
+    OkDisplayInfo(Vec<DisplayMode>),
+    OkCapsetInfo {
+        id: u32,
+        max_version: u32,
+        max_size: u32,
+    },
+    OkCapset(Vec<u8>),
+    /// EDID bytes (at most [`EDID_BLOB_SIZE`]).
+    OkEdid(Vec<u8>),
+    OkResourceUuid([u8; 16]),
+    ErrUnspec,
+    ErrOutOfMemory,
+    ErrInvalidScanoutId,
+    ErrInvalidResourceId,
+    ErrInvalidContextId,
+    ErrInvalidParameter,
+}
+
+/// Why a response could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("reply buffer of {have} bytes, {need} needed")]
+    BufferTooSmall { have: usize, need: usize },
+    #[error("writing the reply failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl GpuResponse {
+    /// The response type code.
+    pub fn code(&self) -> u32 {
+        use resp::*;
+        match self {
+            GpuResponse::OkNoData => OK_NODATA,
+            GpuResponse::OkDisplayInfo(_) => OK_DISPLAY_INFO,
+            GpuResponse::OkCapsetInfo { .. } => OK_CAPSET_INFO,
+            GpuResponse::OkCapset(_) => OK_CAPSET,
+            GpuResponse::OkEdid(_) => OK_EDID,
+            GpuResponse::OkResourceUuid(_) => OK_RESOURCE_UUID,
+            GpuResponse::ErrUnspec => ERR_UNSPEC,
+            GpuResponse::ErrOutOfMemory => ERR_OUT_OF_MEMORY,
+            GpuResponse::ErrInvalidScanoutId => ERR_INVALID_SCANOUT_ID,
+            GpuResponse::ErrInvalidResourceId => ERR_INVALID_RESOURCE_ID,
+            GpuResponse::ErrInvalidContextId => ERR_INVALID_CONTEXT_ID,
+            GpuResponse::ErrInvalidParameter => ERR_INVALID_PARAMETER,
+        }
+    }
+
+    /// True for the OK_* responses.
+    pub fn is_ok(&self) -> bool {
+        self.code() < resp::ERR_UNSPEC
+    }
+
+    /// Bytes of the encoded response, header included.
+    pub fn encoded_len(&self) -> usize {
+        let hdr = std::mem::size_of::<CtrlHdr>();
+        hdr + match self {
+            GpuResponse::OkDisplayInfo(_) => MAX_SCANOUTS * std::mem::size_of::<DisplayOne>(),
+            GpuResponse::OkCapsetInfo { .. } => std::mem::size_of::<RespCapsetInfo>(),
+            GpuResponse::OkCapset(d) => d.len(),
+            GpuResponse::OkEdid(_) => std::mem::size_of::<RespEdidHead>() + EDID_BLOB_SIZE,
+            GpuResponse::OkResourceUuid(_) => 16,
+            _ => 0,
+        }
+    }
+
+    /// Writes header and payload. `req` is the request header (None when it could not be read);
+    /// a fenced request's fence id, context and ring are echoed with FLAG_FENCE set. Every byte
+    /// of the reply is written explicitly: no uninitialised or stale bytes reach the guest.
+    pub fn encode<W: Write>(
+        &self,
+        req: Option<&Header>,
+        available: usize,
+        w: &mut W,
+    ) -> Result<usize, EncodeError> {
+        let need = self.encoded_len();
+        if available < need {
+            return Err(EncodeError::BufferTooSmall {
+                have: available,
+                need,
+            });
+        }
+        let mut hdr = CtrlHdr {
+            type_: self.code().into(),
+            ..Default::default()
+        };
+        if let Some(req) = req.filter(|r| r.fenced()) {
+            hdr.flags = (req.flags & (FLAG_FENCE | FLAG_INFO_RING_IDX)).into();
+            hdr.fence_id = req.fence_id.into();
+            hdr.ctx_id = req.ctx_id.into();
+            if req.flags & FLAG_INFO_RING_IDX != 0 {
+                hdr.ring_idx = req.ring_idx;
+            }
+        }
+        // Assemble the reply in one buffer and write it in one go.
+        let mut out = Vec::with_capacity(need);
+        out.extend_from_slice(hdr.as_slice());
+        match self {
+            GpuResponse::OkDisplayInfo(modes) => {
+                for i in 0..MAX_SCANOUTS {
+                    let m = modes.get(i).copied().unwrap_or_default();
+                    let one = DisplayOne {
+                        r: WireRect {
+                            x: 0.into(),
+                            y: 0.into(),
+                            width: m.width.into(),
+                            height: m.height.into(),
+                        },
+                        enabled: u32::from(m.enabled).into(),
+                        flags: 0.into(),
+                    };
+                    out.extend_from_slice(one.as_slice());
+                }
+            }
+            GpuResponse::OkCapsetInfo {
+                id,
+                max_version,
+                max_size,
+            } => {
+                let info = RespCapsetInfo {
+                    capset_id: (*id).into(),
+                    capset_max_version: (*max_version).into(),
+                    capset_max_size: (*max_size).into(),
+                    padding: 0.into(),
+                };
+                out.extend_from_slice(info.as_slice());
+            }
+            GpuResponse::OkCapset(data) => out.extend_from_slice(data),
+            GpuResponse::OkEdid(edid) => {
+                let len = edid.len().min(EDID_BLOB_SIZE);
+                let head = RespEdidHead {
+                    size: (len as u32).into(),
+                    padding: 0.into(),
+                };
+                out.extend_from_slice(head.as_slice());
+                out.extend_from_slice(&edid[..len]);
+                out.resize(need, 0);
+            }
+            GpuResponse::OkResourceUuid(uuid) => out.extend_from_slice(uuid),
+            _ => {}
+        }
+        w.write_all(&out)?;
+        Ok(out.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(t: u32, body: &[u8]) -> Vec<u8> {
+        let hdr = CtrlHdr {
+            type_: t.into(),
+            flags: (FLAG_FENCE | FLAG_INFO_RING_IDX).into(),
+            fence_id: 77.into(),
+            ctx_id: 3.into(),
+            ring_idx: 2,
+            padding: [0; 3],
+        };
+        let mut v = hdr.as_slice().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn decodes_create_2d() {
+        let body = ResourceCreate2d {
+            resource_id: 5.into(),
+            format: 1.into(),
+            width: 640.into(),
+            height: 480.into(),
+        };
+        let bytes = request(cmd::RESOURCE_CREATE_2D, body.as_slice());
+        let (hdr, c) = decode(&mut &bytes[..]);
+        assert_eq!(hdr.unwrap().fence_id, 77);
+        assert_eq!(
+            c.unwrap(),
+            GpuCommand::ResourceCreate2d {
+                resource_id: 5,
+                format: 1,
+                width: 640,
+                height: 480
+            }
+        );
+    }
+
+    #[test]
+    fn short_chains_are_errors() {
+        let (hdr, c) = decode(&mut &[0u8; 10][..]);
+        assert!(hdr.is_none());
+        assert_eq!(c, Err(DecodeError::ShortHeader));
+        let bytes = request(cmd::SET_SCANOUT, &[0u8; 23]);
+        assert_eq!(
+            decode(&mut &bytes[..]).1,
+            Err(DecodeError::ShortBody(cmd::SET_SCANOUT))
+        );
+        let body = AttachBacking {
+            resource_id: 1.into(),
+            nr_entries: 2.into(),
+        };
+        let mut bytes = request(cmd::RESOURCE_ATTACH_BACKING, body.as_slice());
+        bytes.extend_from_slice(&[0u8; 16]); // one entry of two
+        assert!(decode(&mut &bytes[..]).1.is_err());
+        let body = AttachBacking {
+            resource_id: 1.into(),
+            nr_entries: u32::MAX.into(),
+        };
+        let bytes = request(cmd::RESOURCE_ATTACH_BACKING, body.as_slice());
+        assert_eq!(
+            decode(&mut &bytes[..]).1,
+            Err(DecodeError::TooManyEntries(u32::MAX))
+        );
+        assert_eq!(
+            decode(&mut &request(0x9999, &[])[..]).1,
+            Err(DecodeError::UnknownType(0x9999))
+        );
+    }
+
+    #[test]
+    fn encode_echoes_fence_and_fills_every_byte() {
+        let hdr = Header {
+            type_: 0,
+            flags: FLAG_FENCE | FLAG_INFO_RING_IDX,
+            fence_id: 9,
+            ctx_id: 4,
+            ring_idx: 1,
+        };
+        let r = GpuResponse::OkEdid(vec![1, 2, 3]);
+        let mut out = vec![0xAAu8; 2000];
+        let n = r.encode(Some(&hdr), 2000, &mut &mut out[..]).unwrap();
+        assert_eq!(n, 24 + 8 + 1024);
+        let back = CtrlHdr::from_slice(&out[..24]).unwrap();
+        assert_eq!(u32::from(back.type_), resp::OK_EDID);
+        assert_eq!(u64::from(back.fence_id), 9);
+        assert_eq!(back.ring_idx, 1);
+        assert_eq!(&out[24..35], &[3, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3]);
+        assert!(out[35..n].iter().all(|&b| b == 0));
+        assert!(matches!(
+            GpuResponse::OkNoData.encode(None, 10, &mut &mut out[..]),
+            Err(EncodeError::BufferTooSmall { have: 10, need: 24 })
+        ));
+    }
+}

@@ -1,0 +1,323 @@
+//! vhost-user serving: features, config space, the display socket, and the thin queue loop
+//! (pop a chain → decode → device → encode → used ring).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use log::{debug, info, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::{GpuBackend, Listener};
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_gpu::{VIRTIO_GPU_F_EDID, VIRTIO_GPU_F_RESOURCE_UUID};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::{QueueOwnedT, Reader, Writer};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::config::DeviceConfig;
+use crate::device::GpuDevice;
+use crate::guest_warn;
+use crate::protocol;
+
+/// Queue index of the control queue.
+pub const CONTROL_QUEUE: u16 = 0;
+/// Queue index of the cursor queue.
+pub const CURSOR_QUEUE: u16 = 1;
+const NUM_QUEUES: usize = 2;
+const QUEUE_SIZE: usize = 1024;
+
+/// Config space event: the guest should re-read display info.
+pub const EVENT_DISPLAY: u32 = 1;
+
+/// Errors of the vhost-user layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("creating an event: {0}")]
+    Event(io::Error),
+    /// (Kept as text: the daemon's error can hold a thread's panic payload, which is not Sync.)
+    #[error("vhost-user daemon: {0}")]
+    Daemon(String),
+    #[error("renderer: {0}")]
+    Renderer(#[from] virgl_bridge::RendererError),
+}
+
+/// Makes the renderer for a new connection.
+pub type RendererFactory =
+    dyn Fn() -> Result<Box<dyn virgl_bridge::Renderer>, virgl_bridge::RendererError> + Send + Sync;
+
+/// The virtio-gpu device as a vhost-user backend, for one frontend connection.
+pub struct VhostUserGpu {
+    device: Mutex<GpuDevice>,
+    /// A display socket from the frontend not yet handed to the device (taken by the queue
+    /// thread, so that the request thread never waits on the device).
+    pending_display: Mutex<Option<GpuBackend>>,
+    /// Set when the frontend stops or resets the device; the queue thread drops the state.
+    reset_requested: AtomicBool,
+    mem: Mutex<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
+    event_idx: AtomicBool,
+    events_read: AtomicU32,
+    num_scanouts: u32,
+    num_capsets: u32,
+    exit: (EventConsumer, EventNotifier),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a thread panicked mid-update; the data is still the best we have.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl VhostUserGpu {
+    /// A backend with a fresh device.
+    pub fn new(
+        config: DeviceConfig,
+        device: GpuDevice,
+        num_capsets: u32,
+    ) -> Result<Self, ServeError> {
+        Ok(VhostUserGpu {
+            num_scanouts: config.num_scanouts(),
+            num_capsets,
+            device: Mutex::new(device),
+            pending_display: Mutex::new(None),
+            reset_requested: AtomicBool::new(false),
+            mem: Mutex::new(None),
+            event_idx: AtomicBool::new(false),
+            events_read: AtomicU32::new(0),
+            exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)
+                .map_err(ServeError::Event)?,
+        })
+    }
+
+    fn config_bytes(&self) -> [u8; 16] {
+        let mut c = [0u8; 16];
+        c[0..4].copy_from_slice(&self.events_read.load(Ordering::Relaxed).to_le_bytes());
+        // events_clear reads as 0.
+        c[8..12].copy_from_slice(&self.num_scanouts.to_le_bytes());
+        c[12..16].copy_from_slice(&self.num_capsets.to_le_bytes());
+        c
+    }
+
+    fn process_queue(&self, vring: &VringRwLock) -> io::Result<()> {
+        let Some(atomic) = lock(&self.mem).clone() else {
+            return Ok(());
+        };
+        let mem = atomic.memory().into_inner();
+        let mut device = lock(&self.device);
+        if self.reset_requested.swap(false, Ordering::AcqRel) {
+            device.reset();
+        }
+        if let Some(display) = lock(&self.pending_display).take() {
+            device.display_mut().set_pending(display);
+        }
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        loop {
+            if event_idx {
+                vring.disable_notification().map_err(io::Error::other)?;
+            }
+            let chains: Vec<_> = vring
+                .get_mut()
+                .get_queue_mut()
+                .iter(Arc::clone(&mem))
+                .map_err(io::Error::other)?
+                .collect();
+            for chain in chains {
+                let head = chain.head_index();
+                let len = self.process_chain(&mut device, &mem, chain);
+                vring.add_used(head, len).map_err(io::Error::other)?;
+            }
+            if vring.needs_notification().map_err(io::Error::other)? {
+                vring.signal_used_queue()?;
+            }
+            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes, runs and answers one chain; returns the bytes written.
+    fn process_chain(
+        &self,
+        device: &mut GpuDevice,
+        mem: &Arc<GuestMemoryMmap>,
+        chain: virtio_queue::DescriptorChain<Arc<GuestMemoryMmap>>,
+    ) -> u32 {
+        let reader = Reader::new(&**mem, chain.clone());
+        let writer = Writer::new(&**mem, chain);
+        let (mut reader, mut writer) = match (reader, writer) {
+            (Ok(r), Ok(w)) => (r, w),
+            (Err(e), _) | (_, Err(e)) => {
+                guest_warn!("descriptor chain outside guest memory: {e}");
+                return 0;
+            }
+        };
+        let (hdr, cmd) = protocol::decode(&mut reader);
+        let response = match cmd {
+            Ok(cmd) => device.process(cmd, mem),
+            Err(e) => {
+                guest_warn!("bad command: {e}");
+                e.response()
+            }
+        };
+        match response.encode(hdr.as_ref(), writer.available_bytes(), &mut writer) {
+            Ok(n) => n as u32,
+            Err(e) => {
+                guest_warn!(
+                    "reply to {:#x} not written: {e}",
+                    hdr.map_or(0, |h| h.type_)
+                );
+                0
+            }
+        }
+    }
+}
+
+impl VhostUserBackend for VhostUserGpu {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_GPU_F_EDID)
+            | (1 << VIRTIO_GPU_F_RESOURCE_UUID)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::RESET_DEVICE
+    }
+
+    fn reset_device(&self) {
+        info!("frontend reset the device");
+        self.reset_requested.store(true, Ordering::Release);
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let c = self.config_bytes();
+        let start = offset as usize;
+        match start.checked_add(size as usize) {
+            Some(end) if end <= c.len() => c[start..end].to_vec(),
+            _ => {
+                warn!("GET_CONFIG {offset}+{size} outside the 16-byte config space");
+                Vec::new()
+            }
+        }
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        // Only events_clear (offset 4) is writable: its bits clear events_read.
+        if offset == 4 && buf.len() == 4 {
+            let v = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            self.events_read.fetch_and(!v, Ordering::Relaxed);
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "only events_clear is writable",
+            ))
+        }
+    }
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        *lock(&self.mem) = Some(mem);
+        Ok(())
+    }
+
+    fn set_gpu_socket(&self, gpu_backend: GpuBackend) -> io::Result<()> {
+        info!("frontend sent its display socket");
+        *lock(&self.pending_display) = Some(gpu_backend);
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        Some((self.exit.0.try_clone().ok()?, self.exit.1.try_clone().ok()?))
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        if queue_index == u32::from(CONTROL_QUEUE) {
+            // The driver is gone or resetting: its resources go with it. Done by the queue
+            // thread (never wait here on the device: the frontend is blocked on our reply).
+            self.reset_requested.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Err(io::Error::other("unexpected event set"));
+        }
+        match device_event {
+            CONTROL_QUEUE | CURSOR_QUEUE => {
+                let vring = vrings
+                    .get(usize::from(device_event))
+                    .ok_or_else(|| io::Error::other("no such vring"))?;
+                self.process_queue(vring)
+            }
+            other => {
+                debug!("event {other} for no queue");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Serves frontends one after another on `listener`, each with a fresh device, until an
+/// unrecoverable error.
+pub fn serve(
+    listener: &mut Listener,
+    config: &DeviceConfig,
+    make_renderer: &RendererFactory,
+) -> Result<(), ServeError> {
+    loop {
+        let renderer = make_renderer()?;
+        let num_capsets = renderer.num_capsets();
+        let device = GpuDevice::new(config.clone(), renderer);
+        let backend = Arc::new(VhostUserGpu::new(config.clone(), device, num_capsets)?);
+        let mut daemon = VhostUserDaemon::new(
+            "vhost-gpu".to_string(),
+            Arc::clone(&backend),
+            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        )
+        .map_err(|e| ServeError::Daemon(format!("{e:?}")))?;
+        daemon
+            .start(listener)
+            .map_err(|e| ServeError::Daemon(format!("{e:?}")))?;
+        info!("frontend connected");
+        match daemon.wait() {
+            Ok(()) => info!("frontend disconnected"),
+            Err(e) => info!("frontend connection ended: {e:?}"),
+        }
+        // Dropping the daemon stops its queue threads; the device and its resources go with
+        // the backend.
+        drop(daemon);
+        info!("state dropped; waiting for the next frontend");
+    }
+}
