@@ -9,7 +9,7 @@ use log::{debug, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{GpuBackend, Listener};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_gpu::{VIRTIO_GPU_F_EDID, VIRTIO_GPU_F_RESOURCE_UUID};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{QueueOwnedT, Reader, Writer};
@@ -192,6 +192,8 @@ impl VhostUserBackend for VhostUserGpu {
         (1 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
+            // QEMU passes the guest's RING_RESET ack through; no driver of a GPU uses it.
+            | (1 << VIRTIO_F_RING_RESET)
             | (1 << VIRTIO_GPU_F_EDID)
             | (1 << VIRTIO_GPU_F_RESOURCE_UUID)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
@@ -203,6 +205,10 @@ impl VhostUserBackend for VhostUserGpu {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::RESET_DEVICE
+    }
+
+    fn acked_features(&self, features: u64) {
+        debug!("frontend acked features {features:#x}");
     }
 
     fn reset_device(&self) {
