@@ -1,0 +1,174 @@
+//! Issues virtio-gpu commands the way the Linux driver does, and reads the replies.
+
+use std::time::Duration;
+
+use crate::display::DisplayServer;
+use crate::frontend::{Backend, ConnectOptions, Connection};
+use crate::virtqueue::Buf;
+use crate::wire::*;
+
+/// Control queue index.
+pub const CONTROLQ: usize = 0;
+/// Cursor queue index.
+pub const CURSORQ: usize = 1;
+
+/// How long a test waits for a reply before calling the device hung.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A guest driver on one connection.
+pub struct Gpu {
+    pub conn: Connection,
+}
+
+/// A reply: its bytes (as many as the device reported writing).
+#[derive(Clone, Debug)]
+pub struct Reply(pub Vec<u8>);
+
+impl Reply {
+    /// The response type.
+    pub fn code(&self) -> u32 {
+        le32(&self.0, 0)
+    }
+}
+
+impl Gpu {
+    /// Connects to a running backend.
+    pub fn connect(backend: &Backend, opts: &ConnectOptions) -> Self {
+        let conn = Connection::connect(&backend.socket, opts)
+            .unwrap_or_else(|e| panic!("connect: {e}\nbackend log:\n{}", backend.log_text()));
+        Gpu { conn }
+    }
+
+    /// The display channel (panics when the connection has none).
+    pub fn display(&self) -> &DisplayServer {
+        self.conn.display.as_ref().expect("connection has a display channel")
+    }
+
+    /// Sends one request chain (request bytes, then a writable reply buffer of `reply_len`)
+    /// and waits for the reply.
+    pub fn request(&mut self, queue: usize, req: &[u8], reply_len: u32) -> Reply {
+        let mut bufs = Vec::new();
+        if !req.is_empty() {
+            let a = self.conn.mem.alloc(req.len() as u64, 16);
+            self.conn.mem.write(a, req);
+            bufs.push(Buf { addr: a, len: req.len() as u32, writable: false });
+        }
+        let r = self.conn.mem.alloc(u64::from(reply_len.max(1)), 16);
+        self.conn.mem.write(r, &vec![0xee; reply_len as usize]);
+        if reply_len > 0 {
+            bufs.push(Buf { addr: r, len: reply_len, writable: true });
+        }
+        self.submit_raw(queue, &bufs, r)
+    }
+
+    /// Sends a chain made of the given buffers and waits; the reply is read at `reply_at`.
+    pub fn submit_raw(&mut self, queue: usize, bufs: &[Buf], reply_at: u64) -> Reply {
+        let vq = &mut self.conn.queues[queue];
+        let head = vq.add(&self.conn.mem, bufs);
+        vq.notify();
+        let used = vq.wait_used(&self.conn.mem, 1, REPLY_TIMEOUT);
+        let u = used
+            .iter()
+            .find(|u| u.head == head)
+            .unwrap_or_else(|| panic!("no reply on queue {queue} within {REPLY_TIMEOUT:?}"));
+        let len = u.len as usize;
+        self.conn.mem.reset_alloc_if_idle(&self.conn.queues);
+        Reply(self.conn.mem.read(reply_at, len))
+    }
+
+    /// A control-queue command with a reply buffer of `reply_len`.
+    pub fn ctrl(&mut self, req: Msg, reply_len: u32) -> Reply {
+        self.request(CONTROLQ, &req.0, reply_len)
+    }
+
+    /// A control-queue command whose reply is a bare header; returns the code.
+    pub fn ctrl_code(&mut self, req: Msg) -> u32 {
+        self.ctrl(req, 24).code()
+    }
+
+    pub fn display_info(&mut self) -> Reply {
+        self.ctrl(Msg::cmd(GET_DISPLAY_INFO), 24 + 16 * 24)
+    }
+
+    pub fn edid(&mut self, scanout: u32) -> Reply {
+        self.ctrl(Msg::cmd(GET_EDID).u32(scanout).u32(0), 24 + 8 + 1024)
+    }
+
+    pub fn create_2d(&mut self, id: u32, format: u32, w: u32, h: u32) -> u32 {
+        self.ctrl_code(Msg::cmd(RESOURCE_CREATE_2D).u32(id).u32(format).u32(w).u32(h))
+    }
+
+    pub fn unref(&mut self, id: u32) -> u32 {
+        self.ctrl_code(Msg::cmd(RESOURCE_UNREF).u32(id).u32(0))
+    }
+
+    pub fn attach_backing(&mut self, id: u32, entries: &[(u64, u32)]) -> u32 {
+        let mut m = Msg::cmd(RESOURCE_ATTACH_BACKING).u32(id).u32(entries.len() as u32);
+        for &(a, l) in entries {
+            m = m.u64(a).u32(l).u32(0);
+        }
+        self.ctrl_code(m)
+    }
+
+    pub fn detach_backing(&mut self, id: u32) -> u32 {
+        self.ctrl_code(Msg::cmd(RESOURCE_DETACH_BACKING).u32(id).u32(0))
+    }
+
+    pub fn set_scanout(&mut self, scanout: u32, id: u32, r: (u32, u32, u32, u32)) -> u32 {
+        self.ctrl_code(Msg::cmd(SET_SCANOUT).rect(r.0, r.1, r.2, r.3).u32(scanout).u32(id))
+    }
+
+    /// TRANSFER_TO_HOST_2D with the Linux driver's offset (of the rect's top-left pixel).
+    pub fn transfer(&mut self, id: u32, r: (u32, u32, u32, u32), stride: u32) -> u32 {
+        let offset = u64::from(r.1) * u64::from(stride) + u64::from(r.0) * 4;
+        self.transfer_at(id, r, offset)
+    }
+
+    pub fn transfer_at(&mut self, id: u32, r: (u32, u32, u32, u32), offset: u64) -> u32 {
+        self.ctrl_code(Msg::cmd(TRANSFER_TO_HOST_2D).rect(r.0, r.1, r.2, r.3).u64(offset).u32(id).u32(0))
+    }
+
+    pub fn flush(&mut self, id: u32, r: (u32, u32, u32, u32)) -> u32 {
+        self.ctrl_code(Msg::cmd(RESOURCE_FLUSH).rect(r.0, r.1, r.2, r.3).u32(id).u32(0))
+    }
+
+    pub fn assign_uuid(&mut self, id: u32) -> Reply {
+        self.ctrl(Msg::cmd(RESOURCE_ASSIGN_UUID).u32(id).u32(0), 24 + 16)
+    }
+
+    pub fn update_cursor(&mut self, scanout: u32, x: u32, y: u32, id: u32, hot: (u32, u32)) -> u32 {
+        let m = Msg::cmd(UPDATE_CURSOR).u32(scanout).u32(x).u32(y).u32(0).u32(id).u32(hot.0).u32(hot.1).u32(0);
+        self.request(CURSORQ, &m.0, 24).code()
+    }
+
+    pub fn move_cursor(&mut self, scanout: u32, x: u32, y: u32) -> u32 {
+        let m = Msg::cmd(MOVE_CURSOR).u32(scanout).u32(x).u32(y).u32(0).u32(0).u32(0).u32(0).u32(0);
+        self.request(CURSORQ, &m.0, 24).code()
+    }
+
+    /// Allocates a framebuffer's backing as a scatter list of 4 KiB pages in *reverse*
+    /// order (so no two neighbours are contiguous, like shmem pages), fills it from `pixels`
+    /// and returns the entries.
+    pub fn scattered_backing(&mut self, pixels: &[u8]) -> Vec<(u64, u32)> {
+        let pages = pixels.len().div_ceil(4096);
+        let base = self.conn.mem.alloc_pinned(pages as u64 * 4096, 4096);
+        let mut entries = Vec::with_capacity(pages);
+        for i in 0..pages {
+            let gpa = base + (pages - 1 - i) as u64 * 4096;
+            let chunk = &pixels[i * 4096..((i + 1) * 4096).min(pixels.len())];
+            self.conn.mem.write(gpa, chunk);
+            entries.push((gpa, chunk.len() as u32));
+        }
+        entries
+    }
+
+    /// Writes `pixels` into backing previously returned by `scattered_backing`.
+    pub fn write_backing(&mut self, entries: &[(u64, u32)], pixels: &[u8]) {
+        let mut off = 0usize;
+        for &(gpa, len) in entries {
+            let end = (off + len as usize).min(pixels.len());
+            self.conn.mem.write(gpa, &pixels[off..end]);
+            off = end;
+        }
+    }
+}

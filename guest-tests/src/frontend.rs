@@ -1,0 +1,248 @@
+//! Starts the real `vhost-gpu` binary and connects to it as a vhost-user frontend, in the order
+//! QEMU 10 does.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use crate::display::{DisplayConfig, DisplayServer};
+use crate::memory::GuestMemory;
+use crate::virtqueue::Virtqueue;
+use crate::wire::{F_EDID, F_PROTOCOL_FEATURES, F_RESOURCE_UUID, F_VERSION_1};
+
+/// vhost-user request VHOST_USER_GPU_SET_SOCKET (not in the `vhost` crate's frontend).
+const GPU_SET_SOCKET: u32 = 33;
+/// vhost-user header flags: protocol version 1.
+const VHOST_USER_VERSION: u32 = 0x1;
+
+/// The path of the `vhost-gpu` binary under test: `$VHOST_GPU_BIN`, or the workspace's
+/// target directory (release first when `VHOST_GPU_PROFILE=release`).
+pub fn binary_path() -> PathBuf {
+    if let Ok(p) = std::env::var("VHOST_GPU_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let profile = std::env::var("VHOST_GPU_PROFILE").unwrap_or_else(|_| "debug".into());
+    let p = target.join(profile).join("vhost-gpu");
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (cargo build --workspace --bins), or set VHOST_GPU_BIN",
+        p.display()
+    );
+    p
+}
+
+/// Options for starting the backend.
+#[derive(Clone, Debug, Default)]
+pub struct BackendOptions {
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
+}
+
+/// A running `vhost-gpu` process, killed on drop.
+pub struct Backend {
+    child: Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    dir: PathBuf,
+}
+
+impl Backend {
+    /// Starts the binary with `--socket-path` in a fresh temp dir and waits for the socket.
+    pub fn start(opts: &BackendOptions) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "vhost-gpu-test-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("gpu.sock");
+        let log = dir.join("backend.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = Command::new(binary_path())
+            .arg("--socket-path")
+            .arg(&socket)
+            .args(&opts.args)
+            .env("RUST_LOG", std::env::var("VHOST_GPU_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .spawn()
+            .expect("start vhost-gpu");
+        let mut b = Backend { child, socket, log, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !b.socket.exists() {
+            if let Ok(Some(st)) = b.child.try_wait() {
+                panic!("vhost-gpu exited ({st}) before listening:\n{}", b.log_text());
+            }
+            assert!(Instant::now() < deadline, "vhost-gpu did not listen:\n{}", b.log_text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        b
+    }
+
+    /// The backend's log so far.
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// True while the process runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// How a connection is set up.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// Guest memory size.
+    pub mem_size: u64,
+    /// Queue size of each queue.
+    pub queue_size: u16,
+    /// Give the backend a display channel, answered with this config.
+    pub display: Option<DisplayConfig>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            mem_size: 128 << 20,
+            queue_size: 256,
+            display: Some(DisplayConfig { protocol_features: 1, ..Default::default() }),
+        }
+    }
+}
+
+/// One frontend connection: vhost-user socket, guest memory, the two queues, the display.
+pub struct Connection {
+    pub frontend: Frontend,
+    pub mem: GuestMemory,
+    pub queues: Vec<Virtqueue>,
+    pub display: Option<DisplayServer>,
+    /// Virtio features the device offered.
+    pub device_features: u64,
+    /// Config space as read at connect: events_read, events_clear, num_scanouts, num_capsets.
+    pub config: [u32; 4],
+}
+
+fn sock_err(what: &str, e: impl std::fmt::Debug) -> String {
+    format!("{what}: {e:?}")
+}
+
+impl Connection {
+    /// Connects and brings the device up the way QEMU 10 does.
+    pub fn connect(socket: &Path, opts: &ConnectOptions) -> Result<Self, String> {
+        let stream = UnixStream::connect(socket).map_err(|e| sock_err("connect", e))?;
+        let raw = stream.try_clone().map_err(|e| sock_err("clone", e))?;
+        let mut fe = Frontend::from_stream(stream, 2);
+        fe.set_owner().map_err(|e| sock_err("set_owner", e))?;
+        let device_features = fe.get_features().map_err(|e| sock_err("get_features", e))?;
+        let pf = fe.get_protocol_features().map_err(|e| sock_err("get_protocol_features", e))?;
+        let want = VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        fe.set_protocol_features(pf & want).map_err(|e| sock_err("set_protocol_features", e))?;
+        let nq = fe.get_queue_num().map_err(|e| sock_err("get_queue_num", e))?;
+        if nq < 2 {
+            return Err(format!("device has {nq} queues"));
+        }
+        let (_, cfg) = fe
+            .get_config(0, 16, VhostUserConfigFlags::WRITABLE, &[0u8; 16])
+            .map_err(|e| sock_err("get_config", e))?;
+        let config = [0, 4, 8, 12].map(|o| crate::wire::le32(&cfg, o));
+
+        let display = match &opts.display {
+            Some(dc) => {
+                let (ours, theirs) = UnixStream::pair().map_err(|e| sock_err("socketpair", e))?;
+                let hdr = crate::wire::Msg::default().u32(GPU_SET_SOCKET).u32(VHOST_USER_VERSION).u32(0);
+                raw.send_with_fd(&hdr.0[..], theirs.as_raw_fd())
+                    .map_err(|e| sock_err("GPU_SET_SOCKET", e))?;
+                drop(theirs);
+                Some(DisplayServer::start(ours, dc.clone()))
+            }
+            None => None,
+        };
+
+        let acked = device_features & (F_VERSION_1 | F_EDID | F_RESOURCE_UUID | F_PROTOCOL_FEATURES);
+        fe.set_features(acked).map_err(|e| sock_err("set_features", e))?;
+        let mem = GuestMemory::new(opts.mem_size).map_err(|e| sock_err("memfd", e))?;
+        let region = VhostUserMemoryRegionInfo {
+            guest_phys_addr: crate::memory::BASE,
+            memory_size: opts.mem_size,
+            userspace_addr: mem.host_addr(crate::memory::BASE),
+            mmap_offset: 0,
+            mmap_handle: mem.raw_fd(),
+        };
+        fe.set_mem_table(&[region]).map_err(|e| sock_err("set_mem_table", e))?;
+
+        let mut conn = Connection { frontend: fe, mem, queues: Vec::new(), display, device_features, config };
+        conn.start_queues(opts.queue_size)?;
+        Ok(conn)
+    }
+
+    /// Stops both queues the way QEMU does at guest reset / power-off (GET_VRING_BASE).
+    pub fn stop_queues(&mut self) -> Result<(), String> {
+        for q in 0..self.queues.len() {
+            self.frontend.get_vring_base(q).map_err(|e| sock_err("get_vring_base", e))?;
+        }
+        self.queues.clear();
+        Ok(())
+    }
+
+    /// Lays out fresh queues and starts them (as after a guest reset).
+    pub fn start_queues(&mut self, queue_size: u16) -> Result<(), String> {
+        let (fe, mem) = (&mut self.frontend, &self.mem);
+        let mut queues = Vec::new();
+        for q in 0..2usize {
+            let base = crate::memory::BASE + (q as u64) * (256 << 10);
+            let vq = Virtqueue::new(mem, base, queue_size);
+            let opts = ConnectOptions { queue_size, ..Default::default() };
+            fe.set_vring_num(q, opts.queue_size).map_err(|e| sock_err("set_vring_num", e))?;
+            let addrs = VringConfigData {
+                queue_max_size: opts.queue_size,
+                queue_size: opts.queue_size,
+                flags: 0,
+                desc_table_addr: mem.host_addr(vq.desc),
+                used_ring_addr: mem.host_addr(vq.used),
+                avail_ring_addr: mem.host_addr(vq.avail),
+                log_addr: None,
+            };
+            fe.set_vring_addr(q, &addrs).map_err(|e| sock_err("set_vring_addr", e))?;
+            fe.set_vring_base(q, 0).map_err(|e| sock_err("set_vring_base", e))?;
+            fe.set_vring_call(q, &vq.call).map_err(|e| sock_err("set_vring_call", e))?;
+            fe.set_vring_kick(q, &vq.kick).map_err(|e| sock_err("set_vring_kick", e))?;
+            fe.set_vring_enable(q, true).map_err(|e| sock_err("set_vring_enable", e))?;
+            queues.push(vq);
+        }
+        self.queues = queues;
+        Ok(())
+    }
+}

@@ -1,0 +1,310 @@
+//! The 2D device against the real binary: probe, display info, EDID, scanout pixels, cursor,
+//! fences, UUIDs, two scanouts, reconnect.
+
+mod common;
+
+use common::*;
+use guest_tests::frontend::ConnectOptions;
+use guest_tests::wire::*;
+use guest_tests::{Backend, BackendOptions, DisplayEvent, Gpu};
+
+#[test]
+fn probe_offers_2d_features_and_config() {
+    let (_b, g) = start(&["--display", "1024x768"]);
+    let f = g.conn.device_features;
+    for bit in [F_VERSION_1, F_EDID, F_RESOURCE_UUID, F_INDIRECT_DESC, F_EVENT_IDX, F_PROTOCOL_FEATURES] {
+        assert_ne!(f & bit, 0, "feature {bit:#x} missing from {f:#x}");
+    }
+    assert_eq!(f & F_VIRGL, 0, "VIRGL offered by the 2D renderer");
+    assert_eq!(f & (1 << 3), 0, "RESOURCE_BLOB offered by the 2D renderer");
+    // events_read, events_clear, num_scanouts, num_capsets
+    assert_eq!(g.conn.config, [0, 0, 1, 0]);
+}
+
+#[test]
+fn display_info_and_edid_follow_display_flags() {
+    let (_b, mut g) = start(&["--display", "1024x768"]);
+    let r = g.display_info();
+    assert_eq!(r.code(), OK_DISPLAY_INFO);
+    assert_eq!(r.0.len(), 24 + 16 * 24);
+    let one = |i: usize| [0, 4, 8, 12, 16].map(|o| le32(&r.0, 24 + i * 24 + o));
+    assert_eq!(one(0), [0, 0, 1024, 768, 1]);
+    for i in 1..16 {
+        assert_eq!(one(i), [0; 5], "scanout {i}");
+    }
+    let e = g.edid(0);
+    assert_eq!(e.code(), OK_EDID);
+    assert_eq!(e.0.len(), 24 + 8 + 1024);
+    assert_eq!(le32(&e.0, 24), 128);
+    let edid = &e.0[32..160];
+    assert_eq!(&edid[..8], &[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0]);
+    assert_eq!(edid.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0, "EDID checksum");
+    let dtd = &edid[54..72];
+    let hactive = u32::from(dtd[2]) | (u32::from(dtd[4] >> 4) << 8);
+    let vactive = u32::from(dtd[5]) | (u32::from(dtd[7] >> 4) << 8);
+    assert_eq!((hactive, vactive), (1024, 768));
+    assert!(e.0[160..].iter().all(|&b| b == 0), "bytes past the EDID are zero");
+}
+
+#[test]
+fn frontend_display_info_and_edid_are_used_without_display_flag() {
+    let b = Backend::start(&BackendOptions::default());
+    let mut opts = ConnectOptions::default();
+    let dc = opts.display.as_mut().unwrap();
+    dc.modes = vec![(1920, 1080, true)];
+    dc.edid = vec![7u8; 256];
+    let mut g = Gpu::connect(&b, &opts);
+    let r = g.display_info();
+    assert_eq!(r.code(), OK_DISPLAY_INFO);
+    assert_eq!([8, 12, 16].map(|o| le32(&r.0, 24 + o)), [1920, 1080, 1]);
+    let e = g.edid(0);
+    assert_eq!(e.code(), OK_EDID);
+    assert_eq!(le32(&e.0, 24), 256);
+    assert!(e.0[32..288].iter().all(|&b| b == 7));
+    // The display channel negotiated EDID.
+    let feats = g.display().wait_for(WAIT, |e| match e {
+        DisplayEvent::SetProtocolFeatures(f) => Some(*f),
+        _ => None,
+    });
+    assert_eq!(feats, Some(1));
+}
+
+#[test]
+fn headless_device_works_without_display_channel() {
+    let b = Backend::start(&BackendOptions::default());
+    let mut g = Gpu::connect(&b, &ConnectOptions { display: None, ..Default::default() });
+    assert_eq!(g.display_info().code(), OK_DISPLAY_INFO);
+    let px = pattern(64, 64, 1);
+    resource_with(&mut g, 1, B8G8R8X8, 64, 64, &px);
+    assert_eq!(g.set_scanout(0, 1, (0, 0, 64, 64)), OK_NODATA);
+    assert_eq!(g.transfer(1, (0, 0, 64, 64), 256), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, 64, 64)), OK_NODATA);
+}
+
+#[test]
+fn fbcon_frame_and_damage_arrive_as_exact_pixels() {
+    let (w, h) = (1280u32, 800u32);
+    let (_b, mut g) = start(&[]);
+    assert_eq!(g.display_info().code(), OK_DISPLAY_INFO);
+    let mut px = pattern(w, h, 0);
+    let entries = resource_with(&mut g, 1, B8G8R8X8, w, h, &px);
+    assert_eq!(entries.len(), (w * h * 4 / 4096) as usize, "one entry per page");
+    assert_eq!(g.set_scanout(0, 1, (0, 0, w, h)), OK_NODATA);
+    let sc = g.display().wait_for(WAIT, |e| match e {
+        DisplayEvent::Scanout { id, width, height } => Some((*id, *width, *height)),
+        _ => None,
+    });
+    assert_eq!(sc, Some((0, w, h)));
+    assert_eq!(g.transfer(1, (0, 0, w, h), w * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, w, h)), OK_NODATA);
+    let (id, x, y, uw, uh, data) = next_update(&g);
+    assert_eq!((id, x, y, uw, uh), (0, 0, 0, w, h));
+    assert!(data == px, "full frame differs");
+
+    // Damage like fbcon's: a rect in the middle, transferred with the Linux offset.
+    let r = (100, 50, 30, 20);
+    for row in r.1..r.1 + r.3 {
+        for col in r.0..r.0 + r.2 {
+            let i = ((row * w + col) * 4) as usize;
+            px[i..i + 4].copy_from_slice(&[0x10, 0x20, 0x30, 0xff]);
+        }
+    }
+    g.write_backing(&entries, &px);
+    assert_eq!(g.transfer(1, r, w * 4), OK_NODATA);
+    assert_eq!(g.flush(1, r), OK_NODATA);
+    let (id, x, y, uw, uh, data) = next_update(&g);
+    assert_eq!((id, x, y, uw, uh), (0, r.0, r.1, r.2, r.3));
+    assert_eq!(data, crop(&px, w * 4, r));
+    assert!(data.chunks(4).all(|p| p == [0x10, 0x20, 0x30, 0xff]));
+
+    // Full-width damage (rows 700..710) takes the no-repack path: same pixels.
+    let r = (0, 700, w, 10);
+    assert_eq!(g.transfer(1, r, w * 4), OK_NODATA);
+    assert_eq!(g.flush(1, r), OK_NODATA);
+    let (_, x, y, uw, uh, data) = next_update(&g);
+    assert_eq!((x, y, uw, uh), (0, 700, w, 10));
+    assert_eq!(data, crop(&px, w * 4, r));
+
+    // Disabling the scanout announces 0x0.
+    assert_eq!(g.set_scanout(0, 0, (0, 0, 0, 0)), OK_NODATA);
+    let sc = g.display().wait_for(WAIT, |e| match e {
+        DisplayEvent::Scanout { id, width, height } => Some((*id, *width, *height)),
+        _ => None,
+    });
+    assert_eq!(sc, Some((0, 0, 0)));
+}
+
+#[test]
+fn every_format_reaches_the_frontend_as_bgrx() {
+    let (_b, mut g) = start(&[]);
+    // One pixel value, R=0x11 G=0x22 B=0x33 A/X=0x44, in each format's byte order.
+    let cases: [(u32, [u8; 4]); 8] = [
+        (B8G8R8A8, [0x33, 0x22, 0x11, 0x44]),
+        (B8G8R8X8, [0x33, 0x22, 0x11, 0x44]),
+        (A8R8G8B8, [0x44, 0x11, 0x22, 0x33]),
+        (X8R8G8B8, [0x44, 0x11, 0x22, 0x33]),
+        (R8G8B8A8, [0x11, 0x22, 0x33, 0x44]),
+        (X8B8G8R8, [0x44, 0x33, 0x22, 0x11]),
+        (A8B8G8R8, [0x44, 0x33, 0x22, 0x11]),
+        (R8G8B8X8, [0x11, 0x22, 0x33, 0x44]),
+    ];
+    for (i, (fmt, px)) in cases.iter().enumerate() {
+        let id = 10 + i as u32;
+        let pixels: Vec<u8> = px.iter().copied().cycle().take(4 * 4 * 4).collect();
+        resource_with(&mut g, id, *fmt, 4, 4, &pixels);
+        assert_eq!(g.set_scanout(0, id, (0, 0, 4, 4)), OK_NODATA);
+        assert_eq!(g.transfer(id, (0, 0, 4, 4), 16), OK_NODATA);
+        assert_eq!(g.flush(id, (0, 0, 4, 4)), OK_NODATA);
+        let (_, _, _, _, _, data) = next_update(&g);
+        assert_eq!(data.len(), 64, "format {fmt}");
+        for p in data.chunks(4) {
+            assert_eq!(p, [0x33, 0x22, 0x11, 0x44], "format {fmt}");
+        }
+    }
+}
+
+#[test]
+fn cursor_update_move_and_hide() {
+    let (_b, mut g) = start(&[]);
+    let img = pattern(64, 64, 3);
+    resource_with(&mut g, 7, B8G8R8A8, 64, 64, &img);
+    assert_eq!(g.transfer(7, (0, 0, 64, 64), 256), OK_NODATA);
+    assert_eq!(g.update_cursor(0, 10, 20, 7, (3, 4)), OK_NODATA);
+    let ev = g.display().wait_for(WAIT, |e| match e {
+        DisplayEvent::CursorUpdate { .. } => Some(e.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        ev,
+        Some(DisplayEvent::CursorUpdate { id: 0, x: 10, y: 20, hot_x: 3, hot_y: 4, image: img.clone() })
+    );
+    assert_eq!(g.move_cursor(0, 300, 200), OK_NODATA);
+    let ev = g.display().wait_for(WAIT, |e| match e {
+        DisplayEvent::CursorPos { .. } => Some(e.clone()),
+        _ => None,
+    });
+    assert_eq!(ev, Some(DisplayEvent::CursorPos { id: 0, x: 300, y: 200 }));
+    assert_eq!(g.update_cursor(0, 5, 6, 0, (0, 0)), OK_NODATA);
+    let ev = g.display().wait_for(WAIT, |e| match e {
+        DisplayEvent::CursorHide { .. } => Some(e.clone()),
+        _ => None,
+    });
+    assert_eq!(ev, Some(DisplayEvent::CursorHide { id: 0, x: 5, y: 6 }));
+
+    // A cursor resource smaller than 64x64 is padded with transparent pixels, not over-read.
+    let small = pattern(16, 8, 5);
+    resource_with(&mut g, 8, B8G8R8A8, 16, 8, &small);
+    assert_eq!(g.transfer(8, (0, 0, 16, 8), 64), OK_NODATA);
+    assert_eq!(g.update_cursor(0, 1, 1, 8, (0, 0)), OK_NODATA);
+    let image = g
+        .display()
+        .wait_for(WAIT, |e| match e {
+            DisplayEvent::CursorUpdate { image, .. } => Some(image.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(image.len(), 64 * 64 * 4);
+    for row in 0..64usize {
+        let got = &image[row * 256..(row + 1) * 256];
+        if row < 8 {
+            assert_eq!(&got[..64], &small[row * 64..(row + 1) * 64]);
+            assert!(got[64..].iter().all(|&b| b == 0));
+        } else {
+            assert!(got.iter().all(|&b| b == 0));
+        }
+    }
+}
+
+#[test]
+fn fenced_replies_echo_fence_context_and_ring() {
+    let (_b, mut g) = start(&[]);
+    let r = g.ctrl(Msg::hdr(RESOURCE_CREATE_2D, FLAG_FENCE, 42, 0, 0).u32(1).u32(1).u32(8).u32(8), 24);
+    assert_eq!(resp_hdr(&r.0), (OK_NODATA, FLAG_FENCE, 42, 0, 0));
+    let r = g.ctrl(
+        Msg::hdr(RESOURCE_CREATE_2D, FLAG_FENCE | FLAG_INFO_RING_IDX, 43, 0, 3).u32(2).u32(1).u32(8).u32(8),
+        24,
+    );
+    assert_eq!(resp_hdr(&r.0), (OK_NODATA, FLAG_FENCE | FLAG_INFO_RING_IDX, 43, 0, 3));
+    // A failing fenced command still echoes its fence (the guest waits on it).
+    let r = g.ctrl(Msg::hdr(RESOURCE_UNREF, FLAG_FENCE, 44, 0, 0).u32(99).u32(0), 24);
+    assert_eq!(resp_hdr(&r.0), (ERR_INVALID_RESOURCE_ID, FLAG_FENCE, 44, 0, 0));
+    // Unfenced replies carry no fence.
+    let r = g.ctrl(Msg::hdr(RESOURCE_UNREF, 0, 45, 0, 0).u32(1).u32(0), 24);
+    assert_eq!(resp_hdr(&r.0), (OK_NODATA, 0, 0, 0, 0));
+}
+
+#[test]
+fn uuids_are_stable_per_resource_and_unique() {
+    let (_b, mut g) = start(&[]);
+    assert_eq!(g.create_2d(1, B8G8R8X8, 4, 4), OK_NODATA);
+    assert_eq!(g.create_2d(2, B8G8R8X8, 4, 4), OK_NODATA);
+    let a = g.assign_uuid(1);
+    assert_eq!(a.code(), OK_RESOURCE_UUID);
+    assert_eq!(a.0.len(), 40);
+    let a2 = g.assign_uuid(1);
+    let b = g.assign_uuid(2);
+    assert_eq!(a.0[24..], a2.0[24..]);
+    assert_ne!(a.0[24..], b.0[24..]);
+    assert_eq!(a.0[24 + 6] >> 4, 4, "version 4 UUID");
+    assert_eq!(g.assign_uuid(3).code(), ERR_INVALID_RESOURCE_ID);
+}
+
+#[test]
+fn two_scanouts_from_one_framebuffer() {
+    let (_b, mut g) = start(&["--display", "640x480", "--display", "800x600"]);
+    assert_eq!(g.conn.config[2], 2);
+    let r = g.display_info();
+    assert_eq!([8, 12, 16].map(|o| le32(&r.0, 24 + o)), [640, 480, 1]);
+    assert_eq!([8, 12, 16].map(|o| le32(&r.0, 48 + o)), [800, 600, 1]);
+    let e1 = g.edid(1);
+    let dtd = &e1.0[32 + 54..32 + 72];
+    assert_eq!(u32::from(dtd[2]) | (u32::from(dtd[4] >> 4) << 8), 800);
+    // One 1440x600 framebuffer, scanout 0 on its left 640x480, scanout 1 on its right 800x600.
+    let (w, h) = (1440u32, 600u32);
+    let px = pattern(w, h, 7);
+    resource_with(&mut g, 1, B8G8R8X8, w, h, &px);
+    assert_eq!(g.set_scanout(0, 1, (0, 0, 640, 480)), OK_NODATA);
+    assert_eq!(g.set_scanout(1, 1, (640, 0, 800, 600)), OK_NODATA);
+    assert_eq!(g.transfer(1, (0, 0, w, h), w * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, w, h)), OK_NODATA);
+    let mut got = vec![next_update(&g), next_update(&g)];
+    got.sort_by_key(|u| u.0);
+    assert_eq!(got[0].0..=got[0].4, 0..=480);
+    assert_eq!((got[0].1, got[0].2, got[0].3, got[0].4), (0, 0, 640, 480));
+    assert_eq!(got[0].5, crop(&px, w * 4, (0, 0, 640, 480)));
+    // Scanout-relative coordinates for the right-hand scanout.
+    assert_eq!((got[1].0, got[1].1, got[1].2, got[1].3, got[1].4), (1, 0, 0, 800, 600));
+    assert_eq!(got[1].5, crop(&px, w * 4, (640, 0, 800, 600)));
+    assert_eq!(g.set_scanout(2, 1, (0, 0, 8, 8)), ERR_INVALID_SCANOUT_ID);
+}
+
+#[test]
+fn reconnect_gives_a_clean_working_device() {
+    let b = Backend::start(&BackendOptions::default());
+    {
+        let mut g = Gpu::connect(&b, &ConnectOptions::default());
+        assert_eq!(g.create_2d(1, B8G8R8X8, 64, 64), OK_NODATA);
+        assert_eq!(g.create_2d(1, B8G8R8X8, 64, 64), ERR_INVALID_RESOURCE_ID);
+    } // frontend goes away (QEMU quits)
+    let mut g = Gpu::connect(&b, &ConnectOptions::default());
+    // Resource 1 is gone with the old frontend.
+    assert_eq!(g.create_2d(1, B8G8R8X8, 64, 64), OK_NODATA);
+    let px = pattern(64, 64, 2);
+    let e = g.scattered_backing(&px);
+    assert_eq!(g.attach_backing(1, &e), OK_NODATA);
+    assert_eq!(g.set_scanout(0, 1, (0, 0, 64, 64)), OK_NODATA);
+    assert_eq!(g.transfer(1, (0, 0, 64, 64), 256), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, 64, 64)), OK_NODATA);
+    assert_eq!(next_update(&g).5, px);
+    assert!(b.log_text().contains("frontend disconnected") || b.log_text().contains("connection ended"));
+}
+
+#[test]
+fn guest_reset_drops_resources() {
+    let (_b, mut g) = start(&[]);
+    assert_eq!(g.create_2d(1, B8G8R8X8, 64, 64), OK_NODATA);
+    // What QEMU does when the guest reboots: stop the rings, then start them afresh.
+    g.conn.stop_queues().unwrap();
+    g.conn.start_queues(256).unwrap();
+    assert_eq!(g.create_2d(1, B8G8R8X8, 64, 64), OK_NODATA);
+}
