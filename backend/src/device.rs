@@ -328,7 +328,10 @@ impl GpuDevice {
         if width == 0 || height == 0 {
             return Err(invalid(format!("size {width}x{height}")));
         }
-        let size = u64::from(width) * u64::from(height) * u64::from(BYTES_PER_PIXEL);
+        let size = u64::from(width)
+            .checked_mul(u64::from(height))
+            .and_then(|v| v.checked_mul(u64::from(BYTES_PER_PIXEL)))
+            .unwrap_or(u64::MAX);
         let total = self.host_mem.saturating_add(size);
         if total > self.config.max_host_memory {
             return Err(GpuError::OutOfMemory(format!(
@@ -613,8 +616,7 @@ mod tests {
     use vm_memory::Bytes;
 
     fn device(max_mem: u64) -> (GpuDevice, Arc<GuestMemoryMmap>) {
-        let mut cfg = DeviceConfig::default();
-        cfg.max_host_memory = max_mem;
+        let cfg = DeviceConfig { max_host_memory: max_mem, ..Default::default() };
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         (
             GpuDevice::new(cfg, Box::new(Renderer2D::new().unwrap())),

@@ -51,7 +51,7 @@ impl Display {
         if let Some(backend) = self.pending.take() {
             match backend.get_protocol_features() {
                 Ok(offered) => {
-                    let features = u64::from(offered.value) & PROTOCOL_F_EDID;
+                    let features = offered.value & PROTOCOL_F_EDID;
                     match backend.set_protocol_features(&VhostUserU64::new(features)) {
                         Ok(()) => {
                             info!("display channel up, protocol features {features:#x}");

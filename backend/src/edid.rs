@@ -16,7 +16,7 @@ const VBLANK: u32 = 40;
 
 /// Refresh rate the descriptor uses for a `width` x `height` mode.
 pub fn refresh_hz(width: u32, height: u32) -> u32 {
-    let total = u64::from(width + HBLANK) * u64::from(height + VBLANK);
+    let total = (u64::from(width) + u64::from(HBLANK)) * (u64::from(height) + u64::from(VBLANK));
     // The pixel clock field is 16 bits of 10 kHz.
     let max_clock = 65_535u64 * 10_000;
     (max_clock / total.max(1)).clamp(1, 60) as u32

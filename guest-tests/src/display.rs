@@ -2,7 +2,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,11 +24,37 @@ const REPLY: u32 = 0x4;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DisplayEvent {
     SetProtocolFeatures(u64),
-    Scanout { id: u32, width: u32, height: u32 },
-    Update { id: u32, x: u32, y: u32, width: u32, height: u32, data: Vec<u8> },
-    CursorPos { id: u32, x: u32, y: u32 },
-    CursorHide { id: u32, x: u32, y: u32 },
-    CursorUpdate { id: u32, x: u32, y: u32, hot_x: u32, hot_y: u32, image: Vec<u8> },
+    Scanout {
+        id: u32,
+        width: u32,
+        height: u32,
+    },
+    Update {
+        id: u32,
+        x: u32,
+        y: u32,
+        width: u32,
+        height: u32,
+        data: Vec<u8>,
+    },
+    CursorPos {
+        id: u32,
+        x: u32,
+        y: u32,
+    },
+    CursorHide {
+        id: u32,
+        x: u32,
+        y: u32,
+    },
+    CursorUpdate {
+        id: u32,
+        x: u32,
+        y: u32,
+        hot_x: u32,
+        hot_y: u32,
+        image: Vec<u8>,
+    },
     /// The backend asked for display info / EDID (answered from the server's config).
     AskedDisplayInfo,
     AskedEdid(u32),
@@ -67,13 +93,17 @@ impl DisplayServer {
         let config = Arc::new(Mutex::new(config));
         let cfg = Arc::clone(&config);
         let thread = std::thread::spawn(move || loop {
-            let Some(h) = read_exact(&mut sock, 12) else { return };
+            let Some(h) = read_exact(&mut sock, 12) else {
+                return;
+            };
             let (req, size) = (crate::wire::le32(&h, 0), crate::wire::le32(&h, 8) as usize);
             if size > 256 << 20 {
                 let _ = tx.send(DisplayEvent::Unknown(req));
                 return;
             }
-            let Some(p) = read_exact(&mut sock, size) else { return };
+            let Some(p) = read_exact(&mut sock, size) else {
+                return;
+            };
             let le = |o| crate::wire::le32(&p, o);
             let reply = |s: &mut UnixStream, body: &[u8]| {
                 let mut m = Msg::default().u32(req).u32(REPLY).u32(body.len() as u32).0;
@@ -86,7 +116,9 @@ impl DisplayServer {
                     reply(&mut sock, &f.to_le_bytes());
                     continue;
                 }
-                SET_PROTOCOL_FEATURES => DisplayEvent::SetProtocolFeatures(crate::wire::le64(&p, 0)),
+                SET_PROTOCOL_FEATURES => {
+                    DisplayEvent::SetProtocolFeatures(crate::wire::le64(&p, 0))
+                }
                 GET_DISPLAY_INFO => {
                     let modes = cfg.lock().unwrap().modes.clone();
                     let mut m = Msg::hdr(OK_DISPLAY_INFO, 0, 0, 0, 0);
@@ -99,12 +131,19 @@ impl DisplayServer {
                 }
                 GET_EDID => {
                     let edid = cfg.lock().unwrap().edid.clone();
-                    let mut m = Msg::hdr(OK_EDID, 0, 0, 0, 0).u32(edid.len() as u32).u32(0).bytes(&edid);
+                    let mut m = Msg::hdr(OK_EDID, 0, 0, 0, 0)
+                        .u32(edid.len() as u32)
+                        .u32(0)
+                        .bytes(&edid);
                     m.0.resize(24 + 8 + 1024, 0);
                     reply(&mut sock, &m.0);
                     DisplayEvent::AskedEdid(le(0))
                 }
-                SCANOUT => DisplayEvent::Scanout { id: le(0), width: le(4), height: le(8) },
+                SCANOUT => DisplayEvent::Scanout {
+                    id: le(0),
+                    width: le(4),
+                    height: le(8),
+                },
                 UPDATE => DisplayEvent::Update {
                     id: le(0),
                     x: le(4),
@@ -113,8 +152,16 @@ impl DisplayServer {
                     height: le(16),
                     data: p.get(20..).unwrap_or_default().to_vec(),
                 },
-                CURSOR_POS => DisplayEvent::CursorPos { id: le(0), x: le(4), y: le(8) },
-                CURSOR_POS_HIDE => DisplayEvent::CursorHide { id: le(0), x: le(4), y: le(8) },
+                CURSOR_POS => DisplayEvent::CursorPos {
+                    id: le(0),
+                    x: le(4),
+                    y: le(8),
+                },
+                CURSOR_POS_HIDE => DisplayEvent::CursorHide {
+                    id: le(0),
+                    x: le(4),
+                    y: le(8),
+                },
                 CURSOR_UPDATE => DisplayEvent::CursorUpdate {
                     id: le(0),
                     x: le(4),
@@ -129,19 +176,24 @@ impl DisplayServer {
                 return;
             }
         });
-        DisplayServer { events: rx, _thread: thread, config }
+        DisplayServer {
+            events: rx,
+            _thread: thread,
+            config,
+        }
     }
 
     /// The next event, waiting up to `timeout`.
     pub fn next(&self, timeout: Duration) -> Option<DisplayEvent> {
-        match self.events.recv_timeout(timeout) {
-            Ok(e) => Some(e),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        self.events.recv_timeout(timeout).ok()
     }
 
     /// Waits for the first event `f` accepts, skipping others; None on timeout.
-    pub fn wait_for<T>(&self, timeout: Duration, mut f: impl FnMut(&DisplayEvent) -> Option<T>) -> Option<T> {
+    pub fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        mut f: impl FnMut(&DisplayEvent) -> Option<T>,
+    ) -> Option<T> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

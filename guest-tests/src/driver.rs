@@ -41,7 +41,10 @@ impl Gpu {
 
     /// The display channel (panics when the connection has none).
     pub fn display(&self) -> &DisplayServer {
-        self.conn.display.as_ref().expect("connection has a display channel")
+        self.conn
+            .display
+            .as_ref()
+            .expect("connection has a display channel")
     }
 
     /// Sends one request chain (request bytes, then a writable reply buffer of `reply_len`)
@@ -51,12 +54,20 @@ impl Gpu {
         if !req.is_empty() {
             let a = self.conn.mem.alloc(req.len() as u64, 16);
             self.conn.mem.write(a, req);
-            bufs.push(Buf { addr: a, len: req.len() as u32, writable: false });
+            bufs.push(Buf {
+                addr: a,
+                len: req.len() as u32,
+                writable: false,
+            });
         }
         let r = self.conn.mem.alloc(u64::from(reply_len.max(1)), 16);
         self.conn.mem.write(r, &vec![0xee; reply_len as usize]);
         if reply_len > 0 {
-            bufs.push(Buf { addr: r, len: reply_len, writable: true });
+            bufs.push(Buf {
+                addr: r,
+                len: reply_len,
+                writable: true,
+            });
         }
         self.submit_raw(queue, &bufs, r)
     }
@@ -95,7 +106,13 @@ impl Gpu {
     }
 
     pub fn create_2d(&mut self, id: u32, format: u32, w: u32, h: u32) -> u32 {
-        self.ctrl_code(Msg::cmd(RESOURCE_CREATE_2D).u32(id).u32(format).u32(w).u32(h))
+        self.ctrl_code(
+            Msg::cmd(RESOURCE_CREATE_2D)
+                .u32(id)
+                .u32(format)
+                .u32(w)
+                .u32(h),
+        )
     }
 
     pub fn unref(&mut self, id: u32) -> u32 {
@@ -103,7 +120,9 @@ impl Gpu {
     }
 
     pub fn attach_backing(&mut self, id: u32, entries: &[(u64, u32)]) -> u32 {
-        let mut m = Msg::cmd(RESOURCE_ATTACH_BACKING).u32(id).u32(entries.len() as u32);
+        let mut m = Msg::cmd(RESOURCE_ATTACH_BACKING)
+            .u32(id)
+            .u32(entries.len() as u32);
         for &(a, l) in entries {
             m = m.u64(a).u32(l).u32(0);
         }
@@ -115,7 +134,12 @@ impl Gpu {
     }
 
     pub fn set_scanout(&mut self, scanout: u32, id: u32, r: (u32, u32, u32, u32)) -> u32 {
-        self.ctrl_code(Msg::cmd(SET_SCANOUT).rect(r.0, r.1, r.2, r.3).u32(scanout).u32(id))
+        self.ctrl_code(
+            Msg::cmd(SET_SCANOUT)
+                .rect(r.0, r.1, r.2, r.3)
+                .u32(scanout)
+                .u32(id),
+        )
     }
 
     /// TRANSFER_TO_HOST_2D with the Linux driver's offset (of the rect's top-left pixel).
@@ -125,11 +149,22 @@ impl Gpu {
     }
 
     pub fn transfer_at(&mut self, id: u32, r: (u32, u32, u32, u32), offset: u64) -> u32 {
-        self.ctrl_code(Msg::cmd(TRANSFER_TO_HOST_2D).rect(r.0, r.1, r.2, r.3).u64(offset).u32(id).u32(0))
+        self.ctrl_code(
+            Msg::cmd(TRANSFER_TO_HOST_2D)
+                .rect(r.0, r.1, r.2, r.3)
+                .u64(offset)
+                .u32(id)
+                .u32(0),
+        )
     }
 
     pub fn flush(&mut self, id: u32, r: (u32, u32, u32, u32)) -> u32 {
-        self.ctrl_code(Msg::cmd(RESOURCE_FLUSH).rect(r.0, r.1, r.2, r.3).u32(id).u32(0))
+        self.ctrl_code(
+            Msg::cmd(RESOURCE_FLUSH)
+                .rect(r.0, r.1, r.2, r.3)
+                .u32(id)
+                .u32(0),
+        )
     }
 
     pub fn assign_uuid(&mut self, id: u32) -> Reply {
@@ -137,12 +172,28 @@ impl Gpu {
     }
 
     pub fn update_cursor(&mut self, scanout: u32, x: u32, y: u32, id: u32, hot: (u32, u32)) -> u32 {
-        let m = Msg::cmd(UPDATE_CURSOR).u32(scanout).u32(x).u32(y).u32(0).u32(id).u32(hot.0).u32(hot.1).u32(0);
+        let m = Msg::cmd(UPDATE_CURSOR)
+            .u32(scanout)
+            .u32(x)
+            .u32(y)
+            .u32(0)
+            .u32(id)
+            .u32(hot.0)
+            .u32(hot.1)
+            .u32(0);
         self.request(CURSORQ, &m.0, 24).code()
     }
 
     pub fn move_cursor(&mut self, scanout: u32, x: u32, y: u32) -> u32 {
-        let m = Msg::cmd(MOVE_CURSOR).u32(scanout).u32(x).u32(y).u32(0).u32(0).u32(0).u32(0).u32(0);
+        let m = Msg::cmd(MOVE_CURSOR)
+            .u32(scanout)
+            .u32(x)
+            .u32(y)
+            .u32(0)
+            .u32(0)
+            .u32(0)
+            .u32(0)
+            .u32(0);
         self.request(CURSORQ, &m.0, 24).code()
     }
 

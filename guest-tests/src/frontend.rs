@@ -63,7 +63,10 @@ impl Backend {
         let dir = std::env::temp_dir().join(format!(
             "vhost-gpu-test-{}-{}",
             std::process::id(),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("gpu.sock");
@@ -73,19 +76,34 @@ impl Backend {
             .arg("--socket-path")
             .arg(&socket)
             .args(&opts.args)
-            .env("RUST_LOG", std::env::var("VHOST_GPU_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("VHOST_GPU_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
             .spawn()
             .expect("start vhost-gpu");
-        let mut b = Backend { child, socket, log, dir };
+        let mut b = Backend {
+            child,
+            socket,
+            log,
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !b.socket.exists() {
             if let Ok(Some(st)) = b.child.try_wait() {
-                panic!("vhost-gpu exited ({st}) before listening:\n{}", b.log_text());
+                panic!(
+                    "vhost-gpu exited ({st}) before listening:\n{}",
+                    b.log_text()
+                );
             }
-            assert!(Instant::now() < deadline, "vhost-gpu did not listen:\n{}", b.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "vhost-gpu did not listen:\n{}",
+                b.log_text()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         b
@@ -113,6 +131,13 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- vhost-gpu log ({}) ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -135,7 +160,10 @@ impl Default for ConnectOptions {
         ConnectOptions {
             mem_size: 128 << 20,
             queue_size: 256,
-            display: Some(DisplayConfig { protocol_features: 1, ..Default::default() }),
+            display: Some(DisplayConfig {
+                protocol_features: 1,
+                ..Default::default()
+            }),
         }
     }
 }
@@ -164,13 +192,18 @@ impl Connection {
         let mut fe = Frontend::from_stream(stream, 2);
         fe.set_owner().map_err(|e| sock_err("set_owner", e))?;
         let device_features = fe.get_features().map_err(|e| sock_err("get_features", e))?;
-        let pf = fe.get_protocol_features().map_err(|e| sock_err("get_protocol_features", e))?;
+        let pf = fe
+            .get_protocol_features()
+            .map_err(|e| sock_err("get_protocol_features", e))?;
         let want = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
-        fe.set_protocol_features(pf & want).map_err(|e| sock_err("set_protocol_features", e))?;
-        let nq = fe.get_queue_num().map_err(|e| sock_err("get_queue_num", e))?;
+        fe.set_protocol_features(pf & want)
+            .map_err(|e| sock_err("set_protocol_features", e))?;
+        let nq = fe
+            .get_queue_num()
+            .map_err(|e| sock_err("get_queue_num", e))?;
         if nq < 2 {
             return Err(format!("device has {nq} queues"));
         }
@@ -182,7 +215,10 @@ impl Connection {
         let display = match &opts.display {
             Some(dc) => {
                 let (ours, theirs) = UnixStream::pair().map_err(|e| sock_err("socketpair", e))?;
-                let hdr = crate::wire::Msg::default().u32(GPU_SET_SOCKET).u32(VHOST_USER_VERSION).u32(0);
+                let hdr = crate::wire::Msg::default()
+                    .u32(GPU_SET_SOCKET)
+                    .u32(VHOST_USER_VERSION)
+                    .u32(0);
                 raw.send_with_fd(&hdr.0[..], theirs.as_raw_fd())
                     .map_err(|e| sock_err("GPU_SET_SOCKET", e))?;
                 drop(theirs);
@@ -191,8 +227,10 @@ impl Connection {
             None => None,
         };
 
-        let acked = device_features & (F_VERSION_1 | F_EDID | F_RESOURCE_UUID | F_PROTOCOL_FEATURES);
-        fe.set_features(acked).map_err(|e| sock_err("set_features", e))?;
+        let acked =
+            device_features & (F_VERSION_1 | F_EDID | F_RESOURCE_UUID | F_PROTOCOL_FEATURES);
+        fe.set_features(acked)
+            .map_err(|e| sock_err("set_features", e))?;
         let mem = GuestMemory::new(opts.mem_size).map_err(|e| sock_err("memfd", e))?;
         let region = VhostUserMemoryRegionInfo {
             guest_phys_addr: crate::memory::BASE,
@@ -201,9 +239,17 @@ impl Connection {
             mmap_offset: 0,
             mmap_handle: mem.raw_fd(),
         };
-        fe.set_mem_table(&[region]).map_err(|e| sock_err("set_mem_table", e))?;
+        fe.set_mem_table(&[region])
+            .map_err(|e| sock_err("set_mem_table", e))?;
 
-        let mut conn = Connection { frontend: fe, mem, queues: Vec::new(), display, device_features, config };
+        let mut conn = Connection {
+            frontend: fe,
+            mem,
+            queues: Vec::new(),
+            display,
+            device_features,
+            config,
+        };
         conn.start_queues(opts.queue_size)?;
         Ok(conn)
     }
@@ -211,7 +257,9 @@ impl Connection {
     /// Stops both queues the way QEMU does at guest reset / power-off (GET_VRING_BASE).
     pub fn stop_queues(&mut self) -> Result<(), String> {
         for q in 0..self.queues.len() {
-            self.frontend.get_vring_base(q).map_err(|e| sock_err("get_vring_base", e))?;
+            self.frontend
+                .get_vring_base(q)
+                .map_err(|e| sock_err("get_vring_base", e))?;
         }
         self.queues.clear();
         Ok(())
@@ -224,8 +272,12 @@ impl Connection {
         for q in 0..2usize {
             let base = crate::memory::BASE + (q as u64) * (256 << 10);
             let vq = Virtqueue::new(mem, base, queue_size);
-            let opts = ConnectOptions { queue_size, ..Default::default() };
-            fe.set_vring_num(q, opts.queue_size).map_err(|e| sock_err("set_vring_num", e))?;
+            let opts = ConnectOptions {
+                queue_size,
+                ..Default::default()
+            };
+            fe.set_vring_num(q, opts.queue_size)
+                .map_err(|e| sock_err("set_vring_num", e))?;
             let addrs = VringConfigData {
                 queue_max_size: opts.queue_size,
                 queue_size: opts.queue_size,
@@ -235,11 +287,16 @@ impl Connection {
                 avail_ring_addr: mem.host_addr(vq.avail),
                 log_addr: None,
             };
-            fe.set_vring_addr(q, &addrs).map_err(|e| sock_err("set_vring_addr", e))?;
-            fe.set_vring_base(q, 0).map_err(|e| sock_err("set_vring_base", e))?;
-            fe.set_vring_call(q, &vq.call).map_err(|e| sock_err("set_vring_call", e))?;
-            fe.set_vring_kick(q, &vq.kick).map_err(|e| sock_err("set_vring_kick", e))?;
-            fe.set_vring_enable(q, true).map_err(|e| sock_err("set_vring_enable", e))?;
+            fe.set_vring_addr(q, &addrs)
+                .map_err(|e| sock_err("set_vring_addr", e))?;
+            fe.set_vring_base(q, 0)
+                .map_err(|e| sock_err("set_vring_base", e))?;
+            fe.set_vring_call(q, &vq.call)
+                .map_err(|e| sock_err("set_vring_call", e))?;
+            fe.set_vring_kick(q, &vq.kick)
+                .map_err(|e| sock_err("set_vring_kick", e))?;
+            fe.set_vring_enable(q, true)
+                .map_err(|e| sock_err("set_vring_enable", e))?;
             queues.push(vq);
         }
         self.queues = queues;

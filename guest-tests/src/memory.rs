@@ -4,7 +4,10 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Mutex;
 
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap,
+    MmapRegion,
+};
 
 /// Where guest memory starts (guest physical address).
 pub const BASE: u64 = 0;
@@ -35,12 +38,20 @@ impl GuestMemory {
         let region = GuestRegionMmap::new(region, GuestAddress(BASE))
             .ok_or_else(|| std::io::Error::other("region"))?;
         let mem = GuestMemoryMmap::from_regions(vec![region]).map_err(std::io::Error::other)?;
-        Ok(GuestMemory { mem, file, size, next: Mutex::new(BASE + (1 << 20)), scratch_start: Mutex::new(BASE + (1 << 20)) })
+        Ok(GuestMemory {
+            mem,
+            file,
+            size,
+            next: Mutex::new(BASE + (1 << 20)),
+            scratch_start: Mutex::new(BASE + (1 << 20)),
+        })
     }
 
     /// Host address of guest physical `gpa` (the frontend's "userspace address").
     pub fn host_addr(&self, gpa: u64) -> u64 {
-        self.mem.get_host_address(GuestAddress(gpa)).expect("gpa in memory") as u64
+        self.mem
+            .get_host_address(GuestAddress(gpa))
+            .expect("gpa in memory") as u64
     }
 
     /// Allocates `len` bytes aligned to `align`; panics when memory runs out (a test bug).
@@ -62,18 +73,25 @@ impl GuestMemory {
 
     /// Frees the command buffers when no queue has a chain in flight.
     pub fn reset_alloc_if_idle(&self, queues: &[crate::virtqueue::Virtqueue]) {
-        if queues.iter().all(|q| q.free_descriptors() == q.size as usize) {
+        if queues
+            .iter()
+            .all(|q| q.free_descriptors() == q.size as usize)
+        {
             *self.next.lock().unwrap() = *self.scratch_start.lock().unwrap();
         }
     }
 
     pub fn write(&self, gpa: u64, data: &[u8]) {
-        self.mem.write_slice(data, GuestAddress(gpa)).expect("write guest memory");
+        self.mem
+            .write_slice(data, GuestAddress(gpa))
+            .expect("write guest memory");
     }
 
     pub fn read(&self, gpa: u64, len: usize) -> Vec<u8> {
         let mut v = vec![0u8; len];
-        self.mem.read_slice(&mut v, GuestAddress(gpa)).expect("read guest memory");
+        self.mem
+            .read_slice(&mut v, GuestAddress(gpa))
+            .expect("read guest memory");
         v
     }
 

@@ -46,7 +46,10 @@ impl Virtqueue {
         let desc = base;
         let avail = desc + 16 * u64::from(size);
         let used = (avail + 6 + 2 * u64::from(size)).div_ceil(4096) * 4096;
-        mem.write(base, &vec![0u8; (used - base + 6 + 8 * u64::from(size)) as usize]);
+        mem.write(
+            base,
+            &vec![0u8; (used - base + 6 + 8 * u64::from(size)) as usize],
+        );
         Virtqueue {
             size,
             desc,
@@ -68,7 +71,10 @@ impl Virtqueue {
 
     /// Puts a chain on the available ring (without kicking); returns its head.
     pub fn add(&mut self, mem: &GuestMemory, bufs: &[Buf]) -> u16 {
-        assert!(!bufs.is_empty() && bufs.len() <= self.free.len(), "no room in the queue");
+        assert!(
+            !bufs.is_empty() && bufs.len() <= self.free.len(),
+            "no room in the queue"
+        );
         let ids: Vec<u16> = (0..bufs.len()).map(|_| self.free.pop().unwrap()).collect();
         for (i, b) in bufs.iter().enumerate() {
             let mut flags = if b.writable { DESC_F_WRITE } else { 0 };
@@ -130,7 +136,11 @@ impl Virtqueue {
             if left.is_zero() {
                 break;
             }
-            let mut pfd = libc::pollfd { fd: self.call.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd: self.call.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: one valid pollfd on the stack, count 1.
             unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(100) as i32) };
             if pfd.revents & libc::POLLIN != 0 {

@@ -38,8 +38,9 @@ pub const R8G8B8A8: u32 = 67;
 pub const X8B8G8R8: u32 = 68;
 pub const A8B8G8R8: u32 = 121;
 pub const R8G8B8X8: u32 = 134;
-pub const FORMATS: [u32; 8] =
-    [B8G8R8A8, B8G8R8X8, A8R8G8B8, X8R8G8B8, R8G8B8A8, X8B8G8R8, A8B8G8R8, R8G8B8X8];
+pub const FORMATS: [u32; 8] = [
+    B8G8R8A8, B8G8R8X8, A8R8G8B8, X8R8G8B8, R8G8B8A8, X8B8G8R8, A8B8G8R8, R8G8B8X8,
+];
 
 /// virtio feature bits the device offers.
 pub const F_EDID: u64 = 1 << 1;
@@ -57,7 +58,12 @@ pub struct Msg(pub Vec<u8>);
 impl Msg {
     /// A request header.
     pub fn hdr(type_: u32, flags: u32, fence_id: u64, ctx_id: u32, ring_idx: u8) -> Self {
-        Msg::default().u32(type_).u32(flags).u64(fence_id).u32(ctx_id).bytes(&[ring_idx, 0, 0, 0])
+        Msg::default()
+            .u32(type_)
+            .u32(flags)
+            .u64(fence_id)
+            .u32(ctx_id)
+            .bytes(&[ring_idx, 0, 0, 0])
     }
     /// A plain request header.
     pub fn cmd(type_: u32) -> Self {
@@ -83,7 +89,8 @@ impl Msg {
 
 /// Reads a little-endian u32 at `off` (0 when out of range, for asserting on short replies).
 pub fn le32(b: &[u8], off: usize) -> u32 {
-    b.get(off..off + 4).map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(off..off + 4)
+        .map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 /// Reads a little-endian u64 at `off`.
@@ -93,5 +100,11 @@ pub fn le64(b: &[u8], off: usize) -> u64 {
 
 /// The response header's fields: (type, flags, fence_id, ctx_id, ring_idx).
 pub fn resp_hdr(b: &[u8]) -> (u32, u32, u64, u32, u8) {
-    (le32(b, 0), le32(b, 4), le64(b, 8), le32(b, 16), b.get(20).copied().unwrap_or(0))
+    (
+        le32(b, 0),
+        le32(b, 4),
+        le64(b, 8),
+        le32(b, 16),
+        b.get(20).copied().unwrap_or(0),
+    )
 }

@@ -10,7 +10,9 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Starts the backend with `args` and connects a guest with a display channel.
 pub fn start(args: &[&str]) -> (Backend, Gpu) {
-    let b = Backend::start(&BackendOptions { args: args.iter().map(|s| s.to_string()).collect() });
+    let b = Backend::start(&BackendOptions {
+        args: args.iter().map(|s| s.to_string()).collect(),
+    });
     let g = Gpu::connect(&b, &ConnectOptions::default());
     (b, g)
 }
@@ -20,7 +22,12 @@ pub fn pattern(w: u32, h: u32, seed: u8) -> Vec<u8> {
     let mut v = Vec::with_capacity((w * h * 4) as usize);
     for y in 0..h {
         for x in 0..w {
-            v.extend_from_slice(&[(x as u8).wrapping_add(seed), y as u8, (x >> 8) as u8 ^ (y >> 8) as u8 ^ seed, 0xff]);
+            v.extend_from_slice(&[
+                (x as u8).wrapping_add(seed),
+                y as u8,
+                (x >> 8) as u8 ^ (y >> 8) as u8 ^ seed,
+                0xff,
+            ]);
         }
     }
     v
@@ -40,16 +47,28 @@ pub fn crop(img: &[u8], stride: u32, r: (u32, u32, u32, u32)) -> Vec<u8> {
 pub fn next_update(g: &Gpu) -> (u32, u32, u32, u32, u32, Vec<u8>) {
     g.display()
         .wait_for(WAIT, |e| match e {
-            DisplayEvent::Update { id, x, y, width, height, data } => {
-                Some((*id, *x, *y, *width, *height, data.clone()))
-            }
+            DisplayEvent::Update {
+                id,
+                x,
+                y,
+                width,
+                height,
+                data,
+            } => Some((*id, *x, *y, *width, *height, data.clone())),
             _ => None,
         })
         .expect("an UPDATE on the display channel")
 }
 
 /// Creates a w x h resource with scattered backing holding `pixels`; returns the entries.
-pub fn resource_with(g: &mut Gpu, id: u32, fmt: u32, w: u32, h: u32, pixels: &[u8]) -> Vec<(u64, u32)> {
+pub fn resource_with(
+    g: &mut Gpu,
+    id: u32,
+    fmt: u32,
+    w: u32,
+    h: u32,
+    pixels: &[u8],
+) -> Vec<(u64, u32)> {
     assert_eq!(g.create_2d(id, fmt, w, h), guest_tests::wire::OK_NODATA);
     let entries = g.scattered_backing(pixels);
     assert_eq!(g.attach_backing(id, &entries), guest_tests::wire::OK_NODATA);
@@ -61,6 +80,9 @@ pub fn still_serves(g: &mut Gpu, b: &mut Backend) {
     assert!(b.alive(), "backend died:\n{}", b.log_text());
     let px = pattern(8, 8, 9);
     resource_with(g, 4242, guest_tests::wire::B8G8R8X8, 8, 8, &px);
-    assert_eq!(g.transfer(4242, (0, 0, 8, 8), 32), guest_tests::wire::OK_NODATA);
+    assert_eq!(
+        g.transfer(4242, (0, 0, 8, 8), 32),
+        guest_tests::wire::OK_NODATA
+    );
     assert_eq!(g.unref(4242), guest_tests::wire::OK_NODATA);
 }
