@@ -616,7 +616,10 @@ mod tests {
     use vm_memory::Bytes;
 
     fn device(max_mem: u64) -> (GpuDevice, Arc<GuestMemoryMmap>) {
-        let cfg = DeviceConfig { max_host_memory: max_mem, ..Default::default() };
+        let cfg = DeviceConfig {
+            max_host_memory: max_mem,
+            ..Default::default()
+        };
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         (
             GpuDevice::new(cfg, Box::new(Renderer2D::new().unwrap())),
