@@ -5,9 +5,14 @@
 
 mod renderer;
 mod rutabaga2d;
+mod virgl;
 
-pub use renderer::{Iovec, Rect, Renderer, RendererError, RendererKind, RendererResult};
+pub use renderer::{
+    Box3d, CapsetInfo, FenceDone, FenceTimeline, Iovec, Rect, Renderer, RendererError,
+    RendererKind, RendererResult, Resource3d, Transfer3d,
+};
 pub use rutabaga2d::Renderer2D;
+pub use virgl::{VirglOptions, VirglRenderer};
 
 /// Bytes per pixel of every 2D virtio-gpu format.
 pub const BYTES_PER_PIXEL: u32 = 4;

@@ -17,6 +17,12 @@ pub enum RendererError {
     /// The resource has no backing attached.
     #[error("resource {0} has no backing")]
     NoBacking(u32),
+    /// The context id is not known to the renderer.
+    #[error("unknown context {0}")]
+    UnknownContext(u32),
+    /// The renderer does not offer this (a 3D operation on the 2D renderer, say).
+    #[error("not supported by this renderer: {0}")]
+    Unsupported(&'static str),
     /// The underlying renderer refused the operation.
     #[error("renderer failed: {0}")]
     Backend(String),
@@ -30,12 +36,15 @@ pub type RendererResult<T> = Result<T, RendererError>;
 pub enum RendererKind {
     /// rutabaga_gfx's 2D component: 2D resources only, no capsets.
     TwoD,
+    /// virglrenderer: OpenGL through virgl, on a render node or llvmpipe.
+    Virgl,
 }
 
 impl fmt::Display for RendererKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RendererKind::TwoD => f.write_str("2d"),
+            RendererKind::Virgl => f.write_str("virgl"),
         }
     }
 }
@@ -75,6 +84,68 @@ pub struct Iovec {
 // SAFETY: an Iovec is a plain (pointer, length) pair naming guest memory that the backend keeps
 // mapped while the iovec is attached; moving it between threads does not change that.
 unsafe impl Send for Iovec {}
+
+/// A capset the renderer offers (GET_CAPSET_INFO).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CapsetInfo {
+    pub id: u32,
+    pub max_version: u32,
+    pub max_size: u32,
+}
+
+/// RESOURCE_CREATE_3D's parameters (gallium terms).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resource3d {
+    pub target: u32,
+    pub format: u32,
+    pub bind: u32,
+    pub width: u32,
+    pub height: u32,
+    pub depth: u32,
+    pub array_size: u32,
+    pub last_level: u32,
+    pub nr_samples: u32,
+    pub flags: u32,
+}
+
+/// A box in a resource.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Box3d {
+    pub x: u32,
+    pub y: u32,
+    pub z: u32,
+    pub w: u32,
+    pub h: u32,
+    pub d: u32,
+}
+
+/// TRANSFER_{TO,FROM}_HOST_3D's parameters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transfer3d {
+    pub bx: Box3d,
+    pub level: u32,
+    pub stride: u32,
+    pub layer_stride: u32,
+    /// Offset in the resource's backing.
+    pub offset: u64,
+}
+
+/// The timeline a fence is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FenceTimeline {
+    /// The device-global timeline (fences without INFO_RING_IDX).
+    Global,
+    /// One ring of one context (INFO_RING_IDX).
+    Ring { ctx_id: u32, ring_idx: u8 },
+}
+
+/// A fence the renderer has signalled. On the global timeline only the low 32 bits of the id
+/// survive virglrenderer's legacy callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FenceDone {
+    pub timeline: FenceTimeline,
+    pub fence_id: u64,
+}
 
 /// What the device needs from a renderer, in virtio-gpu terms.
 ///
@@ -116,6 +187,100 @@ pub trait Renderer: Send {
     ) -> RendererResult<()>;
 
     /// Copies `rect` of the resource into `dst`, which is laid out like the whole resource
-    /// (stride = width * 4): the pixel (x, y) lands at `y * stride + x * 4`.
+    /// (stride = width * 4): the pixel (x, y) lands at `y * stride + x * 4`. Rows come in the
+    /// resource's own order (see [`Renderer::bottom_up`]).
     fn read_rect(&mut self, resource_id: u32, rect: Rect, dst: &mut [u8]) -> RendererResult<()>;
+
+    /// True when the resource's row 0 is the bottom of the picture (GL's origin), so a display
+    /// must flip it.
+    fn bottom_up(&mut self, _resource_id: u32) -> bool {
+        false
+    }
+
+    /// Capsets offered to the guest.
+    fn capsets(&self) -> Vec<CapsetInfo> {
+        Vec::new()
+    }
+
+    /// Capset data for `id` at `version`, as the renderer fills it (fully initialised).
+    fn capset(&mut self, _id: u32, _version: u32) -> RendererResult<Vec<u8>> {
+        Err(RendererError::Unsupported("capsets"))
+    }
+
+    /// Creates a rendering context; `capset_id` 0 means the renderer's default.
+    fn create_context(
+        &mut self,
+        _ctx_id: u32,
+        _capset_id: u32,
+        _name: &[u8],
+    ) -> RendererResult<()> {
+        Err(RendererError::Unsupported("contexts"))
+    }
+
+    /// Destroys a context.
+    fn destroy_context(&mut self, _ctx_id: u32) -> RendererResult<()> {
+        Err(RendererError::Unsupported("contexts"))
+    }
+
+    /// Makes a resource visible to a context.
+    fn context_attach(&mut self, _ctx_id: u32, _resource_id: u32) -> RendererResult<()> {
+        Err(RendererError::Unsupported("contexts"))
+    }
+
+    /// Removes a resource from a context.
+    fn context_detach(&mut self, _ctx_id: u32, _resource_id: u32) -> RendererResult<()> {
+        Err(RendererError::Unsupported("contexts"))
+    }
+
+    /// Creates a 3D resource.
+    fn create_3d(&mut self, _resource_id: u32, _args: &Resource3d) -> RendererResult<()> {
+        Err(RendererError::Unsupported("3D resources"))
+    }
+
+    /// Copies from the resource's backing into the resource.
+    fn transfer_to_host_3d(
+        &mut self,
+        _ctx_id: u32,
+        _resource_id: u32,
+        _t: &Transfer3d,
+    ) -> RendererResult<()> {
+        Err(RendererError::Unsupported("3D transfers"))
+    }
+
+    /// Copies from the resource into its backing.
+    fn transfer_from_host_3d(
+        &mut self,
+        _ctx_id: u32,
+        _resource_id: u32,
+        _t: &Transfer3d,
+    ) -> RendererResult<()> {
+        Err(RendererError::Unsupported("3D transfers"))
+    }
+
+    /// Runs a command stream (whole 32-bit words) in a context.
+    fn submit_3d(&mut self, _ctx_id: u32, _cmds: Vec<u8>) -> RendererResult<()> {
+        Err(RendererError::Unsupported("command submission"))
+    }
+
+    /// Creates a fence after all work submitted so far by context `ctx_id` (0: the device) on
+    /// `timeline`.
+    fn create_fence(
+        &mut self,
+        _ctx_id: u32,
+        _timeline: FenceTimeline,
+        _fence_id: u64,
+    ) -> RendererResult<()> {
+        Err(RendererError::Unsupported("fences"))
+    }
+
+    /// An fd that becomes readable when fences complete; None when all work is synchronous
+    /// (then a fenced command is done when the call returns).
+    fn fence_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    /// Fences signalled since the last call, in signalling order.
+    fn take_completed_fences(&mut self) -> Vec<FenceDone> {
+        Vec::new()
+    }
 }

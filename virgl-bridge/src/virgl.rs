@@ -1,0 +1,855 @@
+//! The virgl renderer on virglrenderer (through `virglrenderer-sys`).
+//!
+//! virglrenderer is one library-wide instance whose GL contexts belong to the thread that uses
+//! them, so every call runs on one renderer thread owned by this module, started on first use
+//! and kept for the life of the process. A [`VirglRenderer`] handle sends it jobs and waits for
+//! their results; when a handle is dropped (the frontend went away) the contexts and resources
+//! it made are destroyed. virglrenderer's fence callbacks land in a queue here and wake an
+//! eventfd the device polls: nothing of the C library's global state is visible outside.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::c_void;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
+use std::sync::{Mutex, OnceLock};
+
+use log::{info, warn};
+use virglrenderer_sys as sys;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::renderer::{
+    CapsetInfo, FenceDone, FenceTimeline, Iovec, Rect, Renderer, RendererError, RendererKind,
+    RendererResult, Resource3d, Transfer3d,
+};
+use crate::BYTES_PER_PIXEL;
+
+/// virglrenderer's `struct virgl_box` (opaque in the generated bindings).
+#[repr(C)]
+struct VirglBox {
+    x: u32,
+    y: u32,
+    z: u32,
+    w: u32,
+    h: u32,
+    d: u32,
+}
+
+const CAPSET_VIRGL: u32 = 1;
+const CAPSET_VIRGL2: u32 = 2;
+const PIPE_TEXTURE_2D: u32 = 2;
+const PIPE_BIND_RENDER_TARGET: u32 = 2;
+const RESOURCE_Y_0_TOP: u32 = 1;
+
+/// How to start virglrenderer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VirglOptions {
+    /// A DRM render node (GBM on the host GPU); None: surfaceless EGL (llvmpipe without a GPU).
+    pub render_node: Option<PathBuf>,
+}
+
+type Job = Box<dyn FnOnce(&mut State) + Send>;
+
+/// What the renderer thread keeps: the backing iovec arrays virglrenderer points into.
+#[derive(Default)]
+struct State {
+    backings: HashMap<u32, Vec<libc::iovec>>,
+}
+
+struct Worker {
+    jobs: Mutex<Sender<Job>>,
+    wake: EventFd,
+    capsets: Vec<CapsetInfo>,
+    options: VirglOptions,
+}
+
+/// Fences signalled by virglrenderer, and the eventfd that tells the device.
+struct FenceSink {
+    done: Mutex<Vec<FenceDone>>,
+    event: EventFd,
+}
+
+static WORKER: OnceLock<Result<Worker, String>> = OnceLock::new();
+static SINK: OnceLock<FenceSink> = OnceLock::new();
+static RENDER_NODE: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+fn sink() -> &'static FenceSink {
+    SINK.get_or_init(|| FenceSink {
+        done: Mutex::new(Vec::new()),
+        // An eventfd failing to open at start is not recoverable.
+        event: EventFd::new(EFD_NONBLOCK).unwrap_or_else(|e| panic!("eventfd: {e}")),
+    })
+}
+
+fn push_fence(f: FenceDone) {
+    let s = sink();
+    s.done.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+    let _ = s.event.write(1);
+}
+
+extern "C" fn write_fence(_cookie: *mut c_void, fence: u32) {
+    push_fence(FenceDone {
+        timeline: FenceTimeline::Global,
+        fence_id: u64::from(fence),
+    });
+}
+
+extern "C" fn write_context_fence(_cookie: *mut c_void, ctx_id: u32, ring_idx: u32, fence_id: u64) {
+    let ring_idx = u8::try_from(ring_idx).unwrap_or(u8::MAX);
+    push_fence(FenceDone {
+        timeline: FenceTimeline::Ring { ctx_id, ring_idx },
+        fence_id,
+    });
+}
+
+extern "C" fn get_drm_fd(_cookie: *mut c_void) -> i32 {
+    let Some(Some(path)) = RENDER_NODE.get() else {
+        return -1;
+    };
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(f) => std::os::fd::IntoRawFd::into_raw_fd(f),
+        Err(e) => {
+            warn!("opening render node {}: {e}", path.display());
+            -1
+        }
+    }
+}
+
+fn init_on_thread(options: &VirglOptions) -> Result<Vec<CapsetInfo>, String> {
+    let _ = RENDER_NODE.set(options.render_node.clone());
+    let cbs = Box::leak(Box::new(sys::virgl_renderer_callbacks {
+        version: 3,
+        write_fence: Some(write_fence),
+        create_gl_context: None,
+        destroy_gl_context: None,
+        make_current: None,
+        get_drm_fd: Some(get_drm_fd),
+        write_context_fence: Some(write_context_fence),
+        get_server_fd: None,
+        get_egl_display: None,
+    }));
+    let mut flags = sys::VIRGL_RENDERER_USE_EGL | sys::VIRGL_RENDERER_THREAD_SYNC;
+    if options.render_node.is_none() {
+        flags |= sys::VIRGL_RENDERER_USE_SURFACELESS;
+    }
+    // The cookie only has to be non-null (virglrenderer refuses NULL); callbacks ignore it.
+    let cookie = sink() as *const FenceSink as *mut c_void;
+    // SAFETY: `cbs` is leaked, so it outlives virglrenderer, which keeps the pointer; the
+    // cookie points to a static. Called once, on the renderer thread.
+    let ret = unsafe { sys::virgl_renderer_init(cookie, flags as i32, cbs) };
+    if ret != 0 {
+        return Err(format!("virgl_renderer_init failed ({ret})"));
+    }
+    let mut capsets = Vec::new();
+    for id in [CAPSET_VIRGL, CAPSET_VIRGL2] {
+        let (mut max_version, mut max_size) = (0u32, 0u32);
+        // SAFETY: both out-pointers point to live locals.
+        unsafe { sys::virgl_renderer_get_cap_set(id, &mut max_version, &mut max_size) };
+        if max_version > 0 && max_size > 0 {
+            capsets.push(CapsetInfo {
+                id,
+                max_version,
+                max_size,
+            });
+        }
+    }
+    Ok(capsets)
+}
+
+fn run(rx: Receiver<Job>, wake: RawFd) {
+    let mut state = State::default();
+    // SAFETY: no arguments; -1 when virglrenderer has no poll fd.
+    let poll_fd = unsafe { sys::virgl_renderer_get_poll_fd() };
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: wake,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: poll_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let n = if poll_fd >= 0 { 2 } else { 1 };
+        // With no poll fd, look for signalled fences every 2 ms.
+        let timeout = if poll_fd >= 0 { -1 } else { 2 };
+        // SAFETY: `fds` is a live array of at least `n` pollfds.
+        unsafe { libc::poll(fds.as_mut_ptr(), n, timeout) };
+        if fds[0].revents & libc::POLLIN != 0 {
+            let mut v = 0u64;
+            // SAFETY: reads 8 bytes into a live u64 from the eventfd (non-blocking).
+            unsafe { libc::read(wake, (&mut v as *mut u64).cast(), 8) };
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(job) => job(&mut state),
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+            }
+        }
+        // SAFETY: no arguments; runs fence callbacks on this thread.
+        unsafe { sys::virgl_renderer_poll() };
+    }
+}
+
+fn worker(options: &VirglOptions) -> RendererResult<&'static Worker> {
+    let w = WORKER.get_or_init(|| {
+        let (tx, rx) = channel::<Job>();
+        let wake = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
+        let wake_fd = wake.as_raw_fd();
+        let (init_tx, init_rx) = sync_channel(1);
+        let opts = options.clone();
+        std::thread::Builder::new()
+            .name("virgl".into())
+            .spawn(move || {
+                let r = init_on_thread(&opts);
+                let ok = r.is_ok();
+                let _ = init_tx.send(r);
+                if ok {
+                    run(rx, wake_fd);
+                }
+            })
+            .map_err(|e| format!("renderer thread: {e}"))?;
+        let capsets = init_rx
+            .recv()
+            .map_err(|_| "renderer thread died".to_string())??;
+        Ok(Worker {
+            jobs: Mutex::new(tx),
+            wake,
+            capsets,
+            options: options.clone(),
+        })
+    });
+    match w {
+        Ok(w) if &w.options == options => Ok(w),
+        Ok(w) => Err(RendererError::Backend(format!(
+            "virglrenderer already runs with {:?}; one setup per process",
+            w.options
+        ))),
+        Err(e) => Err(RendererError::Backend(e.clone())),
+    }
+}
+
+/// A raw pointer the caller keeps valid until the job that uses it has finished.
+struct SendPtr(*mut u8, usize);
+// SAFETY: only used by `VirglRenderer::call`'s callers, which block until the job that holds it
+// has run or been dropped, so the pointee (borrowed by the caller) outlives every use.
+unsafe impl Send for SendPtr {}
+
+/// The virgl renderer of one frontend connection.
+pub struct VirglRenderer {
+    worker: &'static Worker,
+    contexts: HashSet<u32>,
+    resources: HashMap<u32, (u32, u32)>,
+}
+
+fn check(ret: i32, what: &'static str) -> RendererResult<()> {
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(RendererError::Backend(format!("{what} failed ({ret})")))
+    }
+}
+
+impl VirglRenderer {
+    /// Starts virglrenderer (once per process) and returns a handle with no contexts or
+    /// resources.
+    pub fn new(options: &VirglOptions) -> RendererResult<Self> {
+        let worker = worker(options)?;
+        info!(
+            "virgl renderer up ({}), capsets {:?}",
+            options
+                .render_node
+                .as_ref()
+                .map_or("surfaceless EGL".to_string(), |p| format!(
+                    "render node {}",
+                    p.display()
+                )),
+            worker.capsets
+        );
+        // Fences of an earlier connection mean nothing to this one.
+        sink()
+            .done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        Ok(VirglRenderer {
+            worker,
+            contexts: HashSet::new(),
+            resources: HashMap::new(),
+        })
+    }
+
+    /// Runs `f` on the renderer thread and waits for its result.
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut State) -> T + Send + 'static,
+    ) -> RendererResult<T> {
+        let (tx, rx) = sync_channel(1);
+        let job: Job = Box::new(move |st| {
+            let _ = tx.send(f(st));
+        });
+        self.worker
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job)
+            .map_err(|_| RendererError::Backend("renderer thread gone".into()))?;
+        let _ = self.worker.wake.write(1);
+        rx.recv()
+            .map_err(|_| RendererError::Backend("renderer thread gone".into()))
+    }
+
+    fn known(&self, id: u32) -> RendererResult<(u32, u32)> {
+        self.resources
+            .get(&id)
+            .copied()
+            .ok_or(RendererError::UnknownResource(id))
+    }
+
+    fn known_ctx(&self, ctx_id: u32) -> RendererResult<()> {
+        if self.contexts.contains(&ctx_id) {
+            Ok(())
+        } else {
+            Err(RendererError::UnknownContext(ctx_id))
+        }
+    }
+
+    fn create(&mut self, id: u32, a: Resource3d) -> RendererResult<()> {
+        if id == 0 || self.resources.contains_key(&id) {
+            return Err(RendererError::ResourceExists(id));
+        }
+        let ret = self.call(move |_| {
+            let mut args = sys::virgl_renderer_resource_create_args {
+                handle: id,
+                target: a.target,
+                format: a.format,
+                bind: a.bind,
+                width: a.width,
+                height: a.height,
+                depth: a.depth,
+                array_size: a.array_size,
+                last_level: a.last_level,
+                nr_samples: a.nr_samples,
+                flags: a.flags,
+            };
+            // SAFETY: `args` is a live, fully initialised struct; no iovecs (null, 0).
+            unsafe { sys::virgl_renderer_resource_create(&mut args, std::ptr::null_mut(), 0) }
+        })?;
+        check(ret, "resource create")?;
+        self.resources.insert(id, (a.width, a.height));
+        Ok(())
+    }
+
+    fn transfer(
+        &mut self,
+        ctx_id: u32,
+        id: u32,
+        t: &Transfer3d,
+        write: bool,
+    ) -> RendererResult<()> {
+        self.known(id)?;
+        if ctx_id != 0 {
+            self.known_ctx(ctx_id)?;
+        }
+        let t = *t;
+        let ret = self.call(move |st| {
+            if !st.backings.contains_key(&id) {
+                return -libc::EINVAL;
+            }
+            let mut b = VirglBox {
+                x: t.bx.x,
+                y: t.bx.y,
+                z: t.bx.z,
+                w: t.bx.w,
+                h: t.bx.h,
+                d: t.bx.d,
+            };
+            let bp = (&mut b as *mut VirglBox).cast::<sys::virgl_box>();
+            // SAFETY: `b` is a live virgl_box; null iovecs mean "the attached backing", whose
+            // array lives in `st.backings` and whose memory the backend keeps mapped.
+            // virglrenderer checks the box and offset against the resource and backing.
+            unsafe {
+                if write {
+                    sys::virgl_renderer_transfer_write_iov(
+                        id,
+                        ctx_id,
+                        t.level as i32,
+                        t.stride,
+                        t.layer_stride,
+                        bp,
+                        t.offset,
+                        std::ptr::null_mut(),
+                        0,
+                    )
+                } else {
+                    sys::virgl_renderer_transfer_read_iov(
+                        id,
+                        ctx_id,
+                        t.level,
+                        t.stride,
+                        t.layer_stride,
+                        bp,
+                        t.offset,
+                        std::ptr::null_mut(),
+                        0,
+                    )
+                }
+            }
+        })?;
+        if ret == -libc::EINVAL {
+            return Err(RendererError::InvalidParameter(
+                "transfer refused (box, offset or backing)",
+            ));
+        }
+        check(ret, "transfer")
+    }
+}
+
+impl Drop for VirglRenderer {
+    fn drop(&mut self) {
+        let contexts: Vec<u32> = self.contexts.drain().collect();
+        let resources: Vec<u32> = self.resources.drain().map(|(k, _)| k).collect();
+        let _ = self.call(move |st| {
+            for c in contexts {
+                // SAFETY: a context this handle created.
+                unsafe { sys::virgl_renderer_context_destroy(c) };
+            }
+            for r in resources {
+                let mut iov: *mut sys::iovec = std::ptr::null_mut();
+                let mut n = 0i32;
+                // SAFETY: a resource this handle created; out-pointers are live locals.
+                unsafe {
+                    sys::virgl_renderer_resource_detach_iov(r as i32, &mut iov, &mut n);
+                    sys::virgl_renderer_resource_unref(r);
+                }
+                st.backings.remove(&r);
+            }
+        });
+    }
+}
+
+impl Renderer for VirglRenderer {
+    fn kind(&self) -> RendererKind {
+        RendererKind::Virgl
+    }
+
+    fn num_capsets(&self) -> u32 {
+        self.worker.capsets.len() as u32
+    }
+
+    fn capsets(&self) -> Vec<CapsetInfo> {
+        self.worker.capsets.clone()
+    }
+
+    fn capset(&mut self, id: u32, version: u32) -> RendererResult<Vec<u8>> {
+        let info = self
+            .worker
+            .capsets
+            .iter()
+            .find(|c| c.id == id)
+            .copied()
+            .ok_or(RendererError::InvalidParameter("unknown capset id"))?;
+        if version == 0 || version > info.max_version {
+            return Err(RendererError::InvalidParameter(
+                "capset version out of range",
+            ));
+        }
+        self.call(move |_| {
+            // Zeroed first: bytes virglrenderer does not fill are zero, never stale.
+            let mut buf = vec![0u8; info.max_size as usize];
+            // SAFETY: `buf` holds max_size bytes, the size virglrenderer reported for this
+            // capset; fill_caps writes at most that.
+            unsafe { sys::virgl_renderer_fill_caps(id, version, buf.as_mut_ptr().cast()) };
+            buf
+        })
+    }
+
+    fn create_2d(&mut self, id: u32, format: u32, width: u32, height: u32) -> RendererResult<()> {
+        let a = Resource3d {
+            target: PIPE_TEXTURE_2D,
+            format,
+            bind: PIPE_BIND_RENDER_TARGET,
+            width,
+            height,
+            depth: 1,
+            array_size: 1,
+            ..Default::default()
+        };
+        self.create(id, a)
+    }
+
+    fn create_3d(&mut self, id: u32, args: &Resource3d) -> RendererResult<()> {
+        self.create(id, *args)
+    }
+
+    fn unref(&mut self, id: u32) -> RendererResult<()> {
+        self.known(id)?;
+        self.resources.remove(&id);
+        self.call(move |st| {
+            let mut iov: *mut sys::iovec = std::ptr::null_mut();
+            let mut n = 0i32;
+            // SAFETY: a live resource; out-pointers are live locals. Detaching first so that
+            // virglrenderer drops its pointer to our iovec array before we free it.
+            unsafe {
+                sys::virgl_renderer_resource_detach_iov(id as i32, &mut iov, &mut n);
+                sys::virgl_renderer_resource_unref(id);
+            }
+            st.backings.remove(&id);
+        })
+    }
+
+    fn attach_backing(&mut self, id: u32, iovecs: Vec<Iovec>) -> RendererResult<()> {
+        self.known(id)?;
+        let n = i32::try_from(iovecs.len())
+            .map_err(|_| RendererError::InvalidParameter("too many iovecs"))?;
+        let ret = self.call(move |st| {
+            let mut v: Vec<libc::iovec> = iovecs
+                .iter()
+                .map(|i| libc::iovec {
+                    iov_base: i.base.cast(),
+                    iov_len: i.len,
+                })
+                .collect();
+            // SAFETY: `v` is moved into `st.backings` right after and never resized until the
+            // resource is detached, so the array virglrenderer keeps a pointer to stays put;
+            // the memory it names is kept mapped by the backend while attached.
+            let ret = unsafe {
+                sys::virgl_renderer_resource_attach_iov(id as i32, v.as_mut_ptr().cast(), n)
+            };
+            if ret == 0 {
+                st.backings.insert(id, v);
+            }
+            ret
+        })?;
+        check(ret, "attach backing")
+    }
+
+    fn detach_backing(&mut self, id: u32) -> RendererResult<()> {
+        self.known(id)?;
+        self.call(move |st| {
+            let mut iov: *mut sys::iovec = std::ptr::null_mut();
+            let mut n = 0i32;
+            // SAFETY: a live resource; out-pointers are live locals.
+            unsafe { sys::virgl_renderer_resource_detach_iov(id as i32, &mut iov, &mut n) };
+            st.backings.remove(&id);
+        })
+    }
+
+    fn transfer_to_host_2d(&mut self, id: u32, rect: Rect, offset: u64) -> RendererResult<()> {
+        let (w, h) = self.known(id)?;
+        if !rect.fits_in(w, h) {
+            return Err(RendererError::InvalidParameter("rect outside resource"));
+        }
+        let t = Transfer3d {
+            bx: crate::Box3d {
+                x: rect.x,
+                y: rect.y,
+                z: 0,
+                w: rect.width,
+                h: rect.height,
+                d: 1,
+            },
+            level: 0,
+            stride: w * BYTES_PER_PIXEL,
+            layer_stride: 0,
+            offset,
+        };
+        self.transfer(0, id, &t, true)
+    }
+
+    fn read_rect(&mut self, id: u32, rect: Rect, dst: &mut [u8]) -> RendererResult<()> {
+        let (w, h) = self.known(id)?;
+        if !rect.fits_in(w, h) {
+            return Err(RendererError::InvalidParameter("rect outside resource"));
+        }
+        let stride = w
+            .checked_mul(BYTES_PER_PIXEL)
+            .ok_or(RendererError::InvalidParameter("width"))?;
+        if (dst.len() as u64) < u64::from(stride) * u64::from(h) {
+            return Err(RendererError::InvalidParameter("destination too small"));
+        }
+        let offset =
+            u64::from(rect.y) * u64::from(stride) + u64::from(rect.x) * u64::from(BYTES_PER_PIXEL);
+        let p = SendPtr(dst.as_mut_ptr(), dst.len());
+        let ret = self.call(move |_| {
+            let p = p;
+            let mut iov = libc::iovec {
+                iov_base: p.0.cast(),
+                iov_len: p.1,
+            };
+            let mut b = VirglBox {
+                x: rect.x,
+                y: rect.y,
+                z: 0,
+                w: rect.width,
+                h: rect.height,
+                d: 1,
+            };
+            // SAFETY: `iov` names the caller's buffer, which outlives this job (the caller
+            // waits for it); it holds a whole resource at `stride`, so every row of the box
+            // lands inside it. `b` is a live virgl_box.
+            unsafe {
+                sys::virgl_renderer_transfer_read_iov(
+                    id,
+                    0,
+                    0,
+                    stride,
+                    0,
+                    (&mut b as *mut VirglBox).cast(),
+                    offset,
+                    (&mut iov as *mut libc::iovec).cast(),
+                    1,
+                )
+            }
+        })?;
+        check(ret, "read back")
+    }
+
+    fn bottom_up(&mut self, id: u32) -> bool {
+        if !self.resources.contains_key(&id) {
+            return false;
+        }
+        self.call(move |_| {
+            // SAFETY: all-zero is a valid value of this plain C struct.
+            let mut info: sys::virgl_renderer_resource_info = unsafe { std::mem::zeroed() };
+            // SAFETY: a live resource; `info` is a live out-struct.
+            let ret = unsafe { sys::virgl_renderer_resource_get_info(id as i32, &mut info) };
+            ret == 0 && info.flags & RESOURCE_Y_0_TOP == 0
+        })
+        .unwrap_or(false)
+    }
+
+    fn create_context(&mut self, ctx_id: u32, capset_id: u32, name: &[u8]) -> RendererResult<()> {
+        if ctx_id == 0 || self.contexts.contains(&ctx_id) {
+            return Err(RendererError::InvalidParameter("context id in use"));
+        }
+        if capset_id != 0 && !self.worker.capsets.iter().any(|c| c.id == capset_id) {
+            return Err(RendererError::InvalidParameter(
+                "context capset not offered",
+            ));
+        }
+        let name = name.to_vec();
+        let ret = self.call(move |_| {
+            let nlen = name.len() as u32;
+            // SAFETY: `name` is a live buffer of exactly nlen bytes (no terminator needed).
+            // context_init 0 is the legacy (virgl) context, which only the old call accepts.
+            unsafe {
+                if capset_id == 0 {
+                    sys::virgl_renderer_context_create(ctx_id, nlen, name.as_ptr().cast())
+                } else {
+                    sys::virgl_renderer_context_create_with_flags(
+                        ctx_id,
+                        capset_id,
+                        nlen,
+                        name.as_ptr().cast(),
+                    )
+                }
+            }
+        })?;
+        check(ret, "context create")?;
+        self.contexts.insert(ctx_id);
+        Ok(())
+    }
+
+    fn destroy_context(&mut self, ctx_id: u32) -> RendererResult<()> {
+        self.known_ctx(ctx_id)?;
+        self.contexts.remove(&ctx_id);
+        // SAFETY: a context this handle created.
+        self.call(move |_| unsafe { sys::virgl_renderer_context_destroy(ctx_id) })
+    }
+
+    fn context_attach(&mut self, ctx_id: u32, id: u32) -> RendererResult<()> {
+        self.known_ctx(ctx_id)?;
+        self.known(id)?;
+        // SAFETY: a live context and resource.
+        self.call(move |_| unsafe {
+            sys::virgl_renderer_ctx_attach_resource(ctx_id as i32, id as i32)
+        })
+    }
+
+    fn context_detach(&mut self, ctx_id: u32, id: u32) -> RendererResult<()> {
+        self.known_ctx(ctx_id)?;
+        self.known(id)?;
+        // SAFETY: a live context and resource.
+        self.call(move |_| unsafe {
+            sys::virgl_renderer_ctx_detach_resource(ctx_id as i32, id as i32)
+        })
+    }
+
+    fn transfer_to_host_3d(&mut self, ctx_id: u32, id: u32, t: &Transfer3d) -> RendererResult<()> {
+        self.transfer(ctx_id, id, t, true)
+    }
+
+    fn transfer_from_host_3d(
+        &mut self,
+        ctx_id: u32,
+        id: u32,
+        t: &Transfer3d,
+    ) -> RendererResult<()> {
+        self.transfer(ctx_id, id, t, false)
+    }
+
+    fn submit_3d(&mut self, ctx_id: u32, mut cmds: Vec<u8>) -> RendererResult<()> {
+        self.known_ctx(ctx_id)?;
+        if cmds.len() % 4 != 0 {
+            return Err(RendererError::InvalidParameter(
+                "command stream not whole words",
+            ));
+        }
+        let ndw = i32::try_from(cmds.len() / 4)
+            .map_err(|_| RendererError::InvalidParameter("command stream too long"))?;
+        let ret = self.call(move |_| {
+            // SAFETY: `cmds` holds exactly ndw 32-bit words; virglrenderer parses them with
+            // its own bounds checks.
+            unsafe { sys::virgl_renderer_submit_cmd(cmds.as_mut_ptr().cast(), ctx_id as i32, ndw) }
+        })?;
+        if ret != 0 {
+            return Err(RendererError::InvalidParameter("command stream rejected"));
+        }
+        Ok(())
+    }
+
+    fn create_fence(
+        &mut self,
+        ctx_id: u32,
+        timeline: FenceTimeline,
+        fence_id: u64,
+    ) -> RendererResult<()> {
+        let ret = match timeline {
+            FenceTimeline::Global => {
+                if ctx_id != 0 {
+                    self.known_ctx(ctx_id)?;
+                }
+                // The legacy call takes a 32-bit id; the device matches completions in order.
+                let id = fence_id as u32 as i32;
+                // SAFETY: plain integers; the context (if any) is live.
+                self.call(move |_| unsafe { sys::virgl_renderer_create_fence(id, ctx_id) })?
+            }
+            FenceTimeline::Ring { ctx_id, ring_idx } => {
+                self.known_ctx(ctx_id)?;
+                // SAFETY: a live context; plain integers.
+                self.call(move |_| unsafe {
+                    sys::virgl_renderer_context_create_fence(
+                        ctx_id,
+                        0,
+                        u32::from(ring_idx),
+                        fence_id,
+                    )
+                })?
+            }
+        };
+        check(ret, "fence create")
+    }
+
+    fn fence_fd(&self) -> Option<RawFd> {
+        Some(sink().event.as_raw_fd())
+    }
+
+    fn take_completed_fences(&mut self) -> Vec<FenceDone> {
+        let s = sink();
+        let _ = s.event.read();
+        std::mem::take(&mut *s.done.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn words(w: &[u32]) -> Vec<u8> {
+        w.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    /// virglrenderer on llvmpipe: capsets, a context, a clear, read back, a fence.
+    #[test]
+    fn clear_read_back_and_fence_on_llvmpipe() {
+        let mut r = VirglRenderer::new(&VirglOptions::default()).expect("virgl on llvmpipe");
+        let caps = r.capsets();
+        assert!(
+            caps.iter().any(|c| c.id == CAPSET_VIRGL && c.max_size > 0),
+            "{caps:?}"
+        );
+        assert!(
+            caps.iter().any(|c| c.id == CAPSET_VIRGL2 && c.max_size > 0),
+            "{caps:?}"
+        );
+        let data = r.capset(CAPSET_VIRGL2, 2).unwrap();
+        assert_eq!(
+            data.len() as u32,
+            caps.iter().find(|c| c.id == 2).unwrap().max_size
+        );
+        assert!(r.capset(CAPSET_VIRGL2, 99).is_err());
+        assert!(r.capset(77, 1).is_err());
+
+        r.create_context(1, 0, b"test").unwrap();
+        r.create_2d(5, 1, 16, 8).unwrap(); // B8G8R8A8
+        r.context_attach(1, 5).unwrap();
+        // surface 1 on resource 5, framebuffer, clear to (r=1, g=0.5, b=0, a=1)
+        let cmds = words(&[
+            1 | (8 << 8) | (5 << 16),
+            1,
+            5,
+            1,
+            0,
+            0,
+            5 | (3 << 16),
+            1,
+            0,
+            1,
+            7 | (8 << 16),
+            4,
+            1.0f32.to_bits(),
+            0.5f32.to_bits(),
+            0,
+            1.0f32.to_bits(),
+            0,
+            0,
+            0,
+        ]);
+        r.submit_3d(1, cmds).unwrap();
+        r.create_fence(1, FenceTimeline::Global, 7).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut done = Vec::new();
+        while done.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            done = r.take_completed_fences();
+        }
+        assert_eq!(
+            done,
+            vec![FenceDone {
+                timeline: FenceTimeline::Global,
+                fence_id: 7
+            }]
+        );
+        let mut px = vec![0u8; 16 * 8 * 4];
+        r.read_rect(
+            5,
+            Rect {
+                x: 0,
+                y: 0,
+                width: 16,
+                height: 8,
+            },
+            &mut px,
+        )
+        .unwrap();
+        for p in px.chunks(4) {
+            assert_eq!(p[2], 0xff, "red");
+            assert!(p[1] == 0x7f || p[1] == 0x80, "green {}", p[1]);
+            assert_eq!((p[0], p[3]), (0, 0xff));
+        }
+        assert!(r.submit_3d(2, vec![0; 4]).is_err(), "unknown context");
+        assert!(r.submit_3d(1, vec![0; 3]).is_err(), "partial word");
+        r.destroy_context(1).unwrap();
+        r.unref(5).unwrap();
+    }
+}
