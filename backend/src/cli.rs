@@ -10,7 +10,7 @@ use crate::config::{parse_size, Mode};
 /// Which renderer to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RendererChoice {
-    /// virgl when it initialises, else 2D.
+    /// virgl when virglrenderer initialises, else 2D (the log says which and why).
     Auto,
     /// 2D only (rutabaga_gfx's 2D component).
     #[value(name = "2d")]
@@ -59,11 +59,12 @@ pub struct Cli {
     #[arg(short = 'c', long)]
     pub print_capabilities: bool,
 
-    /// DRM render node for virgl (accepted for compatibility; used once 3D is built in).
+    /// DRM render node for virgl (GBM on the host GPU). Without it virgl uses surfaceless EGL,
+    /// which is llvmpipe on a host without a GPU.
     #[arg(short = 'r', long, value_name = "PATH")]
     pub render_node: Option<PathBuf>,
 
-    /// Require virgl (3D). Fails at start when no virgl renderer is available.
+    /// Require virgl (3D): fail at start when virglrenderer does not initialise.
     #[arg(short = 'v', long)]
     pub virgl: bool,
 

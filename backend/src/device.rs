@@ -9,13 +9,16 @@ use std::sync::Arc;
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use virgl_bridge::{Iovec, Rect, Renderer, RendererError, BYTES_PER_PIXEL};
+use virgl_bridge::{
+    FenceDone, FenceTimeline, Iovec, Rect, Renderer, RendererError, Resource3d, Transfer3d,
+    BYTES_PER_PIXEL,
+};
 
 use crate::config::{DeviceConfig, Mode};
 use crate::display::{Display, CURSOR_BYTES};
 use crate::edid;
 use crate::guest_warn;
-use crate::protocol::{Cursor, DisplayMode, GpuCommand, GpuResponse};
+use crate::protocol::{Cursor, DisplayMode, GpuCommand, GpuResponse, Header, FLAG_INFO_RING_IDX};
 
 /// The 2D formats a guest may create (virtio-gpu format codes).
 pub mod format {
@@ -56,6 +59,8 @@ pub enum GpuError {
     InvalidResource(u32),
     #[error("invalid scanout id {0}")]
     InvalidScanout(u32),
+    #[error("invalid context id {0}")]
+    InvalidContext(u32),
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
     #[error("out of memory: {0}")]
@@ -72,6 +77,9 @@ impl GpuError {
         match self {
             GpuError::InvalidResource(_) => GpuResponse::ErrInvalidResourceId,
             GpuError::InvalidScanout(_) => GpuResponse::ErrInvalidScanoutId,
+            GpuError::InvalidContext(_) | GpuError::Renderer(RendererError::UnknownContext(_)) => {
+                GpuResponse::ErrInvalidContextId
+            }
             GpuError::InvalidParameter(_) => GpuResponse::ErrInvalidParameter,
             GpuError::OutOfMemory(_) => GpuResponse::ErrOutOfMemory,
             GpuError::Unspec(_) => GpuResponse::ErrUnspec,
@@ -102,6 +110,8 @@ struct Resource {
     format: u32,
     width: u32,
     height: u32,
+    /// RESOURCE_CREATE_3D's parameters (None for 2D resources).
+    args3d: Option<Resource3d>,
     size: u64,
     backing: Option<Backing>,
     uuid: Option<[u8; 16]>,
@@ -111,6 +121,38 @@ impl Resource {
     fn stride(&self) -> u64 {
         u64::from(self.width) * u64::from(BYTES_PER_PIXEL)
     }
+}
+
+/// Gallium texture targets that matter for bounds.
+const PIPE_BUFFER: u32 = 0;
+const PIPE_TEXTURE_3D: u32 = 3;
+const PIPE_TEXTURE_CUBE: u32 = 4;
+
+/// Rough host bytes of a 3D resource: 4 bytes a texel (1 for buffers), times layers, samples,
+/// and 2 for a mip chain. An estimate for `--max-host-memory`, never below the real size of
+/// formats of up to 4 bytes a texel.
+fn estimate_3d(a: &Resource3d) -> u64 {
+    let bpp = if a.target == PIPE_BUFFER { 1 } else { 4 };
+    let faces = if a.target == PIPE_TEXTURE_CUBE { 6 } else { 1 };
+    [
+        u64::from(a.width),
+        u64::from(a.height.max(1)),
+        u64::from(a.depth.max(1)),
+        u64::from(a.array_size.max(1)),
+        u64::from(a.nr_samples.max(1)),
+        faces,
+        bpp,
+        if a.last_level > 0 { 2 } else { 1 },
+    ]
+    .iter()
+    .try_fold(1u64, |acc, &v| acc.checked_mul(v))
+    .unwrap_or(u64::MAX)
+}
+
+/// A rendering context and the resources attached to it.
+#[derive(Default)]
+struct Context {
+    resources: std::collections::BTreeSet<u32>,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -142,6 +184,7 @@ pub struct GpuDevice {
     modes: Vec<Mode>,
     renderer: Box<dyn Renderer>,
     resources: BTreeMap<u32, Resource>,
+    contexts: BTreeMap<u32, Context>,
     scanouts: Vec<Scanout>,
     display: Display,
     host_mem: u64,
@@ -160,6 +203,7 @@ impl GpuDevice {
             config,
             renderer,
             resources: BTreeMap::new(),
+            contexts: BTreeMap::new(),
             scanouts: vec![Scanout::default(); n],
             display: Display::default(),
             host_mem: 0,
@@ -183,8 +227,13 @@ impl GpuDevice {
         self.resources.len()
     }
 
-    /// Drops every resource and scanout (device reset); the display channel stays.
+    /// Drops every context, resource and scanout (device reset); the display channel stays.
     pub fn reset(&mut self) {
+        let ctxs: Vec<u32> = self.contexts.keys().copied().collect();
+        for c in ctxs {
+            let _ = self.renderer.destroy_context(c);
+        }
+        self.contexts.clear();
         let ids: Vec<u32> = self.resources.keys().copied().collect();
         for id in ids {
             let _ = self.unref(id);
@@ -196,9 +245,14 @@ impl GpuDevice {
     }
 
     /// Carries out one command and returns its response (errors are logged, rate-limited).
-    pub fn process(&mut self, cmd: GpuCommand, mem: &Arc<GuestMemoryMmap>) -> GpuResponse {
+    pub fn process(
+        &mut self,
+        hdr: &Header,
+        cmd: GpuCommand,
+        mem: &Arc<GuestMemoryMmap>,
+    ) -> GpuResponse {
         let name = cmd.name();
-        match self.dispatch(cmd, mem) {
+        match self.dispatch(hdr, cmd, mem) {
             Ok(r) => r,
             Err(e) => {
                 guest_warn!("{name}: {e}");
@@ -207,7 +261,14 @@ impl GpuDevice {
         }
     }
 
-    fn dispatch(&mut self, cmd: GpuCommand, mem: &Arc<GuestMemoryMmap>) -> GpuResult {
+    fn dispatch(&mut self, hdr: &Header, cmd: GpuCommand, mem: &Arc<GuestMemoryMmap>) -> GpuResult {
+        if cmd.needs_3d() && self.renderer.kind() != virgl_bridge::RendererKind::Virgl {
+            return Err(GpuError::Unspec(format!(
+                "{} needs the virgl renderer; the {} renderer is active",
+                cmd.name(),
+                self.renderer.kind()
+            )));
+        }
         match cmd {
             GpuCommand::GetDisplayInfo => Ok(GpuResponse::OkDisplayInfo(self.display_info())),
             GpuCommand::ResourceCreate2d {
@@ -233,12 +294,23 @@ impl GpuDevice {
                 entries,
             } => self.attach_backing(resource_id, &entries, mem),
             GpuCommand::ResourceDetachBacking { resource_id } => self.detach_backing(resource_id),
-            GpuCommand::GetCapsetInfo { index } => Err(invalid(format!(
-                "capset index {index}: the 2D renderer has no capsets"
-            ))),
-            GpuCommand::GetCapset { id, .. } => Err(invalid(format!(
-                "capset {id}: the 2D renderer has no capsets"
-            ))),
+            GpuCommand::GetCapsetInfo { index } => {
+                let caps = self.renderer.capsets();
+                let c = caps
+                    .get(index as usize)
+                    .ok_or_else(|| invalid(format!("capset index {index} of {}", caps.len())))?;
+                Ok(GpuResponse::OkCapsetInfo {
+                    id: c.id,
+                    max_version: c.max_version,
+                    max_size: c.max_size,
+                })
+            }
+            GpuCommand::GetCapset { id, version } => {
+                if !self.renderer.capsets().iter().any(|c| c.id == id) {
+                    return Err(invalid(format!("capset {id} is not offered")));
+                }
+                Ok(GpuResponse::OkCapset(self.renderer.capset(id, version)?))
+            }
             GpuCommand::GetEdid { scanout_id } => self.get_edid(scanout_id),
             GpuCommand::ResourceAssignUuid { resource_id } => self.assign_uuid(resource_id),
             GpuCommand::UpdateCursor {
@@ -252,11 +324,219 @@ impl GpuDevice {
                 self.display.cursor_pos(pos.scanout_id, pos.x, pos.y);
                 Ok(GpuResponse::OkNoData)
             }
+            GpuCommand::CtxCreate { context_init, name } => {
+                self.ctx_create(hdr.ctx_id, context_init, &name)
+            }
+            GpuCommand::CtxDestroy => {
+                self.context(hdr.ctx_id)?;
+                self.renderer.destroy_context(hdr.ctx_id)?;
+                self.contexts.remove(&hdr.ctx_id);
+                Ok(GpuResponse::OkNoData)
+            }
+            GpuCommand::CtxAttachResource { resource_id } => {
+                self.context(hdr.ctx_id)?;
+                self.resource(resource_id)?;
+                self.renderer.context_attach(hdr.ctx_id, resource_id)?;
+                if let Some(c) = self.contexts.get_mut(&hdr.ctx_id) {
+                    c.resources.insert(resource_id);
+                }
+                Ok(GpuResponse::OkNoData)
+            }
+            GpuCommand::CtxDetachResource { resource_id } => {
+                let attached = self.context(hdr.ctx_id)?.resources.contains(&resource_id);
+                self.resource(resource_id)?;
+                if !attached {
+                    return Err(GpuError::InvalidResource(resource_id));
+                }
+                self.renderer.context_detach(hdr.ctx_id, resource_id)?;
+                if let Some(c) = self.contexts.get_mut(&hdr.ctx_id) {
+                    c.resources.remove(&resource_id);
+                }
+                Ok(GpuResponse::OkNoData)
+            }
+            GpuCommand::ResourceCreate3d { resource_id, args } => self.create_3d(resource_id, args),
+            GpuCommand::TransferToHost3d { resource_id, t } => {
+                self.transfer_3d(hdr.ctx_id, resource_id, &t, true)
+            }
+            GpuCommand::TransferFromHost3d { resource_id, t } => {
+                self.transfer_3d(hdr.ctx_id, resource_id, &t, false)
+            }
+            GpuCommand::Submit3d { cmds } => {
+                self.context(hdr.ctx_id)?;
+                self.renderer.submit_3d(hdr.ctx_id, cmds)?;
+                Ok(GpuResponse::OkNoData)
+            }
             GpuCommand::Unsupported(t) => Err(GpuError::Unspec(format!(
-                "command {t:#x} needs a 3D renderer, and the {} renderer is active",
-                self.renderer.kind()
+                "command {t:#x} (blob resources) is not offered by this device"
             ))),
         }
+    }
+
+    fn context(&self, ctx_id: u32) -> Result<&Context, GpuError> {
+        self.contexts
+            .get(&ctx_id)
+            .ok_or(GpuError::InvalidContext(ctx_id))
+    }
+
+    fn ctx_create(&mut self, ctx_id: u32, context_init: u32, name: &[u8]) -> GpuResult {
+        if ctx_id == 0 || self.contexts.contains_key(&ctx_id) {
+            return Err(GpuError::InvalidContext(ctx_id));
+        }
+        // Low 8 bits: the capset the context speaks; the rest is reserved.
+        if context_init & !0xff != 0 {
+            return Err(invalid(format!("context_init {context_init:#x}")));
+        }
+        self.renderer
+            .create_context(ctx_id, context_init & 0xff, name)?;
+        self.contexts.insert(ctx_id, Context::default());
+        Ok(GpuResponse::OkNoData)
+    }
+
+    fn create_3d(&mut self, id: u32, a: Resource3d) -> GpuResult {
+        if id == 0 || self.resources.contains_key(&id) {
+            return Err(GpuError::InvalidResource(id));
+        }
+        if a.width == 0 {
+            return Err(invalid("zero width"));
+        }
+        let size = estimate_3d(&a);
+        let total = self.host_mem.saturating_add(size);
+        if total > self.config.max_host_memory {
+            return Err(GpuError::OutOfMemory(format!(
+                "3D resource of ~{size} bytes; {} of {} in use",
+                self.host_mem, self.config.max_host_memory
+            )));
+        }
+        self.renderer.create_3d(id, &a)?;
+        self.host_mem = total;
+        self.resources.insert(
+            id,
+            Resource {
+                format: a.format,
+                width: a.width,
+                height: a.height.max(1),
+                args3d: Some(a),
+                size,
+                backing: None,
+                uuid: None,
+            },
+        );
+        Ok(GpuResponse::OkNoData)
+    }
+
+    fn transfer_3d(&mut self, ctx_id: u32, id: u32, t: &Transfer3d, to_host: bool) -> GpuResult {
+        if ctx_id != 0 && !self.context(ctx_id)?.resources.contains(&id) {
+            self.resource(id)?;
+            return Err(invalid(format!(
+                "resource {id} is not attached to context {ctx_id}"
+            )));
+        }
+        let res = self.resource(id)?;
+        let a = res.args3d.unwrap_or(Resource3d {
+            target: 2,
+            width: res.width,
+            height: res.height,
+            depth: 1,
+            array_size: 1,
+            ..Default::default()
+        });
+        if t.level > a.last_level {
+            return Err(invalid(format!("level {} of {}", t.level, a.last_level)));
+        }
+        let at_level = |v: u32| (v >> t.level.min(31)).max(1);
+        let layers = if a.target == PIPE_TEXTURE_3D {
+            at_level(a.depth)
+        } else if a.target == PIPE_TEXTURE_CUBE {
+            6
+        } else {
+            a.array_size.max(1)
+        };
+        let fits = |o: u32, n: u32, lim: u32| matches!(o.checked_add(n), Some(e) if e <= lim);
+        let b = t.bx;
+        if !fits(b.x, b.w, at_level(a.width))
+            || !fits(b.y, b.h, at_level(a.height))
+            || !fits(b.z, b.d, layers)
+        {
+            return Err(invalid(format!(
+                "box {b:?} outside resource {id} at level {}",
+                t.level
+            )));
+        }
+        let backing = res
+            .backing
+            .as_ref()
+            .ok_or_else(|| invalid(format!("resource {id} has no backing")))?;
+        if t.offset > backing.len {
+            return Err(invalid(format!(
+                "offset {} past {} bytes of backing",
+                t.offset, backing.len
+            )));
+        }
+        if to_host {
+            self.renderer.transfer_to_host_3d(ctx_id, id, t)?;
+        } else {
+            self.renderer.transfer_from_host_3d(ctx_id, id, t)?;
+        }
+        Ok(GpuResponse::OkNoData)
+    }
+
+    /// Asks the renderer to signal a fenced command's completion; true when it will (the reply
+    /// must wait), false when the work is already done (reply now).
+    pub fn fence(&mut self, hdr: &Header) -> bool {
+        if self.renderer.fence_fd().is_none() {
+            return false;
+        }
+        let timeline = self.timeline(hdr);
+        if let FenceTimeline::Ring { ctx_id, .. } = timeline {
+            if !self.contexts.contains_key(&ctx_id) {
+                return false;
+            }
+        }
+        let ctx = if self.contexts.contains_key(&hdr.ctx_id) {
+            hdr.ctx_id
+        } else {
+            0
+        };
+        match self.renderer.create_fence(ctx, timeline, hdr.fence_id) {
+            Ok(()) => true,
+            Err(e) => {
+                guest_warn!("fence {} on {timeline:?}: {e}; replying now", hdr.fence_id);
+                false
+            }
+        }
+    }
+
+    /// The timeline a fenced request is on.
+    pub fn timeline(&self, hdr: &Header) -> FenceTimeline {
+        if hdr.flags & FLAG_INFO_RING_IDX != 0 {
+            FenceTimeline::Ring {
+                ctx_id: hdr.ctx_id,
+                ring_idx: hdr.ring_idx,
+            }
+        } else {
+            FenceTimeline::Global
+        }
+    }
+
+    /// An fd readable when the renderer has signalled fences (None: the renderer is synchronous).
+    pub fn fence_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.renderer.fence_fd()
+    }
+
+    /// Creates a device (context 0) fence on the global timeline with `fence_id`, so that
+    /// replies held behind a destroyed context's fences are released when it signals.
+    pub fn flush_global_fences(&mut self, fence_id: u64) {
+        if let Err(e) = self
+            .renderer
+            .create_fence(0, FenceTimeline::Global, fence_id)
+        {
+            guest_warn!("flushing global fences: {e}");
+        }
+    }
+
+    /// Fences the renderer signalled since the last call.
+    pub fn take_completed_fences(&mut self) -> Vec<FenceDone> {
+        self.renderer.take_completed_fences()
     }
 
     fn check_scanout(&self, scanout_id: u32) -> Result<usize, GpuError> {
@@ -347,6 +627,7 @@ impl GpuDevice {
                 format: fmt,
                 width,
                 height,
+                args3d: None,
                 size,
                 backing: None,
                 uuid: None,
@@ -361,6 +642,9 @@ impl GpuDevice {
             .remove(&id)
             .ok_or(GpuError::InvalidResource(id))?;
         self.host_mem = self.host_mem.saturating_sub(res.size);
+        for c in self.contexts.values_mut() {
+            c.resources.remove(&id);
+        }
         for (i, s) in self.scanouts.iter_mut().enumerate() {
             if s.resource_id == id {
                 *s = Scanout::default();
@@ -636,14 +920,27 @@ mod tests {
             width: 64,
             height: 64,
         };
-        assert_eq!(d.process(create(1), &mem), GpuResponse::OkNoData);
-        assert_eq!(d.process(create(2), &mem), GpuResponse::ErrOutOfMemory);
         assert_eq!(
-            d.process(GpuCommand::ResourceUnref { resource_id: 1 }, &mem),
+            d.process(&Header::default(), create(1), &mem),
+            GpuResponse::OkNoData
+        );
+        assert_eq!(
+            d.process(&Header::default(), create(2), &mem),
+            GpuResponse::ErrOutOfMemory
+        );
+        assert_eq!(
+            d.process(
+                &Header::default(),
+                GpuCommand::ResourceUnref { resource_id: 1 },
+                &mem
+            ),
             GpuResponse::OkNoData
         );
         assert_eq!(d.host_memory_used(), 0);
-        assert_eq!(d.process(create(2), &mem), GpuResponse::OkNoData);
+        assert_eq!(
+            d.process(&Header::default(), create(2), &mem),
+            GpuResponse::OkNoData
+        );
     }
 
     #[test]
@@ -655,30 +952,48 @@ mod tests {
             width: 4,
             height: 4,
         };
-        assert_eq!(d.process(c.clone(), &mem), GpuResponse::OkNoData);
-        assert_eq!(d.process(c, &mem), GpuResponse::ErrInvalidResourceId);
+        assert_eq!(
+            d.process(&Header::default(), c.clone(), &mem),
+            GpuResponse::OkNoData
+        );
+        assert_eq!(
+            d.process(&Header::default(), c, &mem),
+            GpuResponse::ErrInvalidResourceId
+        );
         let bad_fmt = GpuCommand::ResourceCreate2d {
             resource_id: 2,
             format: 5,
             width: 4,
             height: 4,
         };
-        assert_eq!(d.process(bad_fmt, &mem), GpuResponse::ErrInvalidParameter);
+        assert_eq!(
+            d.process(&Header::default(), bad_fmt, &mem),
+            GpuResponse::ErrInvalidParameter
+        );
         let outside = GpuCommand::ResourceAttachBacking {
             resource_id: 1,
             entries: vec![(u64::MAX - 4, 64)],
         };
-        assert_eq!(d.process(outside, &mem), GpuResponse::ErrInvalidParameter);
+        assert_eq!(
+            d.process(&Header::default(), outside, &mem),
+            GpuResponse::ErrInvalidParameter
+        );
         let past_end = GpuCommand::ResourceAttachBacking {
             resource_id: 1,
             entries: vec![((1 << 20) - 8, 64)],
         };
-        assert_eq!(d.process(past_end, &mem), GpuResponse::ErrInvalidParameter);
+        assert_eq!(
+            d.process(&Header::default(), past_end, &mem),
+            GpuResponse::ErrInvalidParameter
+        );
         let ok = GpuCommand::ResourceAttachBacking {
             resource_id: 1,
             entries: vec![(0x1000, 64)],
         };
-        assert_eq!(d.process(ok, &mem), GpuResponse::OkNoData);
+        assert_eq!(
+            d.process(&Header::default(), ok, &mem),
+            GpuResponse::OkNoData
+        );
         let r = Rect {
             x: 0,
             y: 0,
@@ -690,13 +1005,19 @@ mod tests {
             offset: 8,
             resource_id: 1,
         };
-        assert_eq!(d.process(overrun, &mem), GpuResponse::ErrInvalidParameter);
+        assert_eq!(
+            d.process(&Header::default(), overrun, &mem),
+            GpuResponse::ErrInvalidParameter
+        );
         let huge = GpuCommand::TransferToHost2d {
             rect: r,
             offset: u64::MAX,
             resource_id: 1,
         };
-        assert_eq!(d.process(huge, &mem), GpuResponse::ErrInvalidParameter);
+        assert_eq!(
+            d.process(&Header::default(), huge, &mem),
+            GpuResponse::ErrInvalidParameter
+        );
         let wide = Rect {
             x: u32::MAX,
             y: 0,
@@ -708,25 +1029,35 @@ mod tests {
             offset: 0,
             resource_id: 1,
         };
-        assert_eq!(d.process(wrap, &mem), GpuResponse::ErrInvalidParameter);
+        assert_eq!(
+            d.process(&Header::default(), wrap, &mem),
+            GpuResponse::ErrInvalidParameter
+        );
         let scan = GpuCommand::SetScanout {
             rect: r,
             scanout_id: 1,
             resource_id: 1,
         };
-        assert_eq!(d.process(scan, &mem), GpuResponse::ErrInvalidScanoutId);
+        assert_eq!(
+            d.process(&Header::default(), scan, &mem),
+            GpuResponse::ErrInvalidScanoutId
+        );
         let good = GpuCommand::TransferToHost2d {
             rect: r,
             offset: 0,
             resource_id: 1,
         };
-        assert_eq!(d.process(good, &mem), GpuResponse::OkNoData);
+        assert_eq!(
+            d.process(&Header::default(), good, &mem),
+            GpuResponse::OkNoData
+        );
     }
 
     #[test]
     fn partial_transfer_uses_linux_offsets() {
         let (mut d, mem) = device(1 << 30);
         d.process(
+            &Header::default(),
             GpuCommand::ResourceCreate2d {
                 resource_id: 1,
                 format: 1,
@@ -738,6 +1069,7 @@ mod tests {
         let pixels: Vec<u8> = (0..64u8).collect();
         mem.write_slice(&pixels, GuestAddress(0x2000)).unwrap();
         d.process(
+            &Header::default(),
             GpuCommand::ResourceAttachBacking {
                 resource_id: 1,
                 entries: vec![(0x2000, 64)],
@@ -756,7 +1088,10 @@ mod tests {
             offset: 2 * 16 + 4,
             resource_id: 1,
         };
-        assert_eq!(d.process(t, &mem), GpuResponse::OkNoData);
+        assert_eq!(
+            d.process(&Header::default(), t, &mem),
+            GpuResponse::OkNoData
+        );
         d.read_back(1, r).unwrap();
         assert_eq!(&d.scratch[36..44], &pixels[36..44]);
         assert_eq!(&d.scratch[52..60], &pixels[52..60]);

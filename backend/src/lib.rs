@@ -8,6 +8,7 @@ pub mod config;
 pub mod device;
 pub mod display;
 pub mod edid;
+pub mod fences;
 pub mod protocol;
 pub mod ratelimit;
 pub mod vhost_user;

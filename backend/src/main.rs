@@ -11,7 +11,7 @@ use vhost::vhost_user::Listener;
 use vhost_gpu::cli::{capabilities_json, Cli, RendererChoice};
 use vhost_gpu::config::DeviceConfig;
 use vhost_gpu::vhost_user::serve;
-use virgl_bridge::{Renderer, Renderer2D};
+use virgl_bridge::{Renderer, Renderer2D, VirglOptions, VirglRenderer};
 
 /// Takes over an inherited listening socket, after checking that it is one.
 fn inherited_listener(fd: i32) -> Result<Listener> {
@@ -40,27 +40,48 @@ fn main() -> Result<()> {
     )
     .init();
 
-    // virgl (3D) is not part of this build yet: say so rather than pretend.
-    let virgl_available = false;
+    let virgl_opts = VirglOptions {
+        render_node: cli.render_node.clone(),
+    };
     if cli.print_capabilities {
-        println!("{}", capabilities_json(virgl_available));
+        // Tell the truth for this host: virgl only when it initialises here.
+        let virgl_ok = VirglRenderer::new(&virgl_opts).is_ok();
+        println!("{}", capabilities_json(virgl_ok));
         return Ok(());
     }
-    if cli.virgl || cli.renderer == RendererChoice::Virgl {
-        bail!(
-            "virgl (3D) was requested, but this build of vhost-gpu has only the 2D renderer; \
-             run without --virgl / with --renderer 2d"
-        );
-    }
-    if cli.renderer == RendererChoice::Auto {
-        info!("renderer auto: 2d (this build has no virgl renderer)");
-    }
-    if let Some(node) = &cli.render_node {
-        warn!(
-            "--render-node {} is not used by the 2D renderer",
-            node.display()
-        );
-    }
+    let choice = if cli.virgl {
+        RendererChoice::Virgl
+    } else {
+        cli.renderer
+    };
+    let use_virgl = match choice {
+        RendererChoice::TwoD => {
+            if let Some(node) = &cli.render_node {
+                warn!(
+                    "--render-node {} is not used by the 2D renderer",
+                    node.display()
+                );
+            }
+            info!("renderer: 2d (asked for)");
+            false
+        }
+        RendererChoice::Virgl => {
+            VirglRenderer::new(&virgl_opts)
+                .context("virgl was required (--virgl / --renderer virgl) but did not start")?;
+            info!("renderer: virgl (asked for)");
+            true
+        }
+        RendererChoice::Auto => match VirglRenderer::new(&virgl_opts) {
+            Ok(_) => {
+                info!("renderer auto: virgl");
+                true
+            }
+            Err(e) => {
+                warn!("renderer auto: 2d, because virgl did not start: {e}");
+                false
+            }
+        },
+    };
 
     let config = DeviceConfig::new(cli.displays.clone(), cli.max_host_memory)?;
     let mut listener = match (&cli.socket_path, cli.fd) {
@@ -80,8 +101,12 @@ fn main() -> Result<()> {
             .collect::<Vec<_>>(),
         config.max_host_memory
     );
-    let make = || -> Result<Box<dyn Renderer>, virgl_bridge::RendererError> {
-        Ok(Box::new(Renderer2D::new()?))
+    let make = move || -> Result<Box<dyn Renderer>, virgl_bridge::RendererError> {
+        if use_virgl {
+            Ok(Box::new(VirglRenderer::new(&virgl_opts)?))
+        } else {
+            Ok(Box::new(Renderer2D::new()?))
+        }
     };
     serve(&mut listener, &config, &make)?;
     Ok(())

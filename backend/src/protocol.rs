@@ -68,6 +68,25 @@ pub const EDID_BLOB_SIZE: usize = 1024;
 /// Upper bound on `nr_entries` of RESOURCE_ATTACH_BACKING: enough for a 1 GiB resource in
 /// 4 KiB pages. Larger lists are refused before anything is allocated.
 pub const MAX_BACKING_ENTRIES: u32 = 262_144;
+/// Upper bound on a SUBMIT_3D command stream (Mesa's virgl driver sends at most 256 KiB).
+pub const MAX_SUBMIT_SIZE: u32 = 16 << 20;
+
+/// A reader that knows how many bytes remain (virtio-queue's `Reader`, or a byte slice).
+pub trait ChainRead: Read {
+    fn remaining(&self) -> usize;
+}
+
+impl<B: vm_memory::bitmap::BitmapSlice> ChainRead for virtio_queue::Reader<'_, B> {
+    fn remaining(&self) -> usize {
+        self.available_bytes()
+    }
+}
+
+impl ChainRead for &[u8] {
+    fn remaining(&self) -> usize {
+        self.len()
+    }
+}
 
 macro_rules! wire {
     ($(#[$m:meta])* $name:ident { $($field:ident : $ty:ty),* $(,)? }) => {
@@ -149,6 +168,43 @@ wire!(UpdateCursor {
     hot_y: Le32,
     padding: Le32
 });
+wire!(CtxCreate {
+    nlen: Le32,
+    context_init: Le32,
+    name_lo: [u8; 32],
+    name_hi: [u8; 32]
+});
+wire!(ResourceCreate3d {
+    resource_id: Le32,
+    target: Le32,
+    format: Le32,
+    bind: Le32,
+    width: Le32,
+    height: Le32,
+    depth: Le32,
+    array_size: Le32,
+    last_level: Le32,
+    nr_samples: Le32,
+    flags: Le32,
+    padding: Le32,
+});
+wire!(Transfer3dWire {
+    x: Le32,
+    y: Le32,
+    z: Le32,
+    w: Le32,
+    h: Le32,
+    d: Le32,
+    offset: Le64,
+    resource_id: Le32,
+    level: Le32,
+    stride: Le32,
+    layer_stride: Le32,
+});
+wire!(Submit3d {
+    size: Le32,
+    num_in_fences: Le32
+});
 wire!(DisplayOne {
     r: WireRect,
     enabled: Le32,
@@ -176,8 +232,8 @@ const _: () = {
     assert!(std::mem::size_of::<RespCapsetInfo>() == 16);
 };
 
-/// A rectangle in host terms.
-pub use virgl_bridge::Rect;
+/// Host-side shapes shared with the renderer.
+pub use virgl_bridge::{Box3d, Rect, Resource3d, Transfer3d};
 
 impl From<WireRect> for Rect {
     fn from(r: WireRect) -> Self {
@@ -284,11 +340,54 @@ pub enum GpuCommand {
     MoveCursor {
         pos: Cursor,
     },
-    /// A command of the 3D/blob family, which needs a renderer this build does not offer yet.
+    /// The context id is the header's; `name` is at most 64 bytes.
+    CtxCreate {
+        context_init: u32,
+        name: Vec<u8>,
+    },
+    CtxDestroy,
+    CtxAttachResource {
+        resource_id: u32,
+    },
+    CtxDetachResource {
+        resource_id: u32,
+    },
+    ResourceCreate3d {
+        resource_id: u32,
+        args: Resource3d,
+    },
+    TransferToHost3d {
+        resource_id: u32,
+        t: Transfer3d,
+    },
+    TransferFromHost3d {
+        resource_id: u32,
+        t: Transfer3d,
+    },
+    /// The command stream, copied out of guest memory.
+    Submit3d {
+        cmds: Vec<u8>,
+    },
+    /// A blob command, which this device does not offer (RESOURCE_BLOB is not advertised).
     Unsupported(u32),
 }
 
 impl GpuCommand {
+    /// True for the commands only a 3D renderer carries out.
+    pub fn needs_3d(&self) -> bool {
+        matches!(
+            self,
+            GpuCommand::CtxCreate { .. }
+                | GpuCommand::CtxDestroy
+                | GpuCommand::CtxAttachResource { .. }
+                | GpuCommand::CtxDetachResource { .. }
+                | GpuCommand::ResourceCreate3d { .. }
+                | GpuCommand::TransferToHost3d { .. }
+                | GpuCommand::TransferFromHost3d { .. }
+                | GpuCommand::Submit3d { .. }
+        )
+    }
+
     /// A short name for logs.
     pub fn name(&self) -> &'static str {
         match self {
@@ -306,6 +405,14 @@ impl GpuCommand {
             GpuCommand::ResourceAssignUuid { .. } => "RESOURCE_ASSIGN_UUID",
             GpuCommand::UpdateCursor { .. } => "UPDATE_CURSOR",
             GpuCommand::MoveCursor { .. } => "MOVE_CURSOR",
+            GpuCommand::CtxCreate { .. } => "CTX_CREATE",
+            GpuCommand::CtxDestroy => "CTX_DESTROY",
+            GpuCommand::CtxAttachResource { .. } => "CTX_ATTACH_RESOURCE",
+            GpuCommand::CtxDetachResource { .. } => "CTX_DETACH_RESOURCE",
+            GpuCommand::ResourceCreate3d { .. } => "RESOURCE_CREATE_3D",
+            GpuCommand::TransferToHost3d { .. } => "TRANSFER_TO_HOST_3D",
+            GpuCommand::TransferFromHost3d { .. } => "TRANSFER_FROM_HOST_3D",
+            GpuCommand::Submit3d { .. } => "SUBMIT_3D",
             GpuCommand::Unsupported(_) => "unsupported",
         }
     }
@@ -322,13 +429,19 @@ pub enum DecodeError {
     UnknownType(u32),
     #[error("attach-backing with {0} entries (limit {MAX_BACKING_ENTRIES})")]
     TooManyEntries(u32),
+    #[error("SUBMIT_3D of {size} bytes with {available} in the chain (limit {MAX_SUBMIT_SIZE})")]
+    BadSubmitSize { size: u32, available: usize },
+    #[error("SUBMIT_3D with {0} in-fences (fence passing is not offered)")]
+    InFences(u32),
 }
 
 impl DecodeError {
     /// The response a guest gets for this decode failure.
     pub fn response(&self) -> GpuResponse {
         match self {
-            DecodeError::TooManyEntries(_) => GpuResponse::ErrInvalidParameter,
+            DecodeError::TooManyEntries(_)
+            | DecodeError::BadSubmitSize { .. }
+            | DecodeError::InFences(_) => GpuResponse::ErrInvalidParameter,
             _ => GpuResponse::ErrUnspec,
         }
     }
@@ -351,7 +464,7 @@ fn cursor(c: CursorPos) -> Cursor {
 
 /// Reads the header, then the command. The header is returned whenever it could be read, so
 /// that even a failed command's reply echoes its fence.
-pub fn decode<R: Read>(r: &mut R) -> (Option<Header>, Result<GpuCommand, DecodeError>) {
+pub fn decode<R: ChainRead>(r: &mut R) -> (Option<Header>, Result<GpuCommand, DecodeError>) {
     let mut raw = CtrlHdr::default();
     if r.read_exact(raw.as_mut_slice()).is_err() {
         return (None, Err(DecodeError::ShortHeader));
@@ -360,7 +473,25 @@ pub fn decode<R: Read>(r: &mut R) -> (Option<Header>, Result<GpuCommand, DecodeE
     (Some(hdr), decode_body(r, hdr.type_))
 }
 
-fn decode_body<R: Read>(r: &mut R, t: u32) -> Result<GpuCommand, DecodeError> {
+fn transfer_3d(c: Transfer3dWire) -> (u32, Transfer3d) {
+    let t = Transfer3d {
+        bx: Box3d {
+            x: c.x.into(),
+            y: c.y.into(),
+            z: c.z.into(),
+            w: c.w.into(),
+            h: c.h.into(),
+            d: c.d.into(),
+        },
+        level: c.level.into(),
+        stride: c.stride.into(),
+        layer_stride: c.layer_stride.into(),
+        offset: c.offset.into(),
+    };
+    (c.resource_id.into(), t)
+}
+
+fn decode_body<R: ChainRead>(r: &mut R, t: u32) -> Result<GpuCommand, DecodeError> {
     use cmd::*;
     Ok(match t {
         GET_DISPLAY_INFO => GpuCommand::GetDisplayInfo,
@@ -448,18 +579,69 @@ fn decode_body<R: Read>(r: &mut R, t: u32) -> Result<GpuCommand, DecodeError> {
         MOVE_CURSOR => GpuCommand::MoveCursor {
             pos: cursor(read::<UpdateCursor, _>(r, t)?.pos),
         },
-        RESOURCE_CREATE_BLOB
-        | SET_SCANOUT_BLOB
-        | CTX_CREATE
-        | CTX_DESTROY
-        | CTX_ATTACH_RESOURCE
-        | CTX_DETACH_RESOURCE
-        | RESOURCE_CREATE_3D
-        | TRANSFER_TO_HOST_3D
-        | TRANSFER_FROM_HOST_3D
-        | SUBMIT_3D
-        | RESOURCE_MAP_BLOB
-        | RESOURCE_UNMAP_BLOB => GpuCommand::Unsupported(t),
+        CTX_CREATE => {
+            let c: CtxCreate = read(r, t)?;
+            let n = (u32::from(c.nlen) as usize).min(64);
+            let mut name = [c.name_lo, c.name_hi].concat();
+            name.truncate(n);
+            GpuCommand::CtxCreate {
+                context_init: c.context_init.into(),
+                name,
+            }
+        }
+        CTX_DESTROY => GpuCommand::CtxDestroy,
+        CTX_ATTACH_RESOURCE => GpuCommand::CtxAttachResource {
+            resource_id: read::<ResourceIdPad, _>(r, t)?.resource_id.into(),
+        },
+        CTX_DETACH_RESOURCE => GpuCommand::CtxDetachResource {
+            resource_id: read::<ResourceIdPad, _>(r, t)?.resource_id.into(),
+        },
+        RESOURCE_CREATE_3D => {
+            let c: ResourceCreate3d = read(r, t)?;
+            GpuCommand::ResourceCreate3d {
+                resource_id: c.resource_id.into(),
+                args: Resource3d {
+                    target: c.target.into(),
+                    format: c.format.into(),
+                    bind: c.bind.into(),
+                    width: c.width.into(),
+                    height: c.height.into(),
+                    depth: c.depth.into(),
+                    array_size: c.array_size.into(),
+                    last_level: c.last_level.into(),
+                    nr_samples: c.nr_samples.into(),
+                    flags: c.flags.into(),
+                },
+            }
+        }
+        TRANSFER_TO_HOST_3D => {
+            let (resource_id, t) = transfer_3d(read(r, t)?);
+            GpuCommand::TransferToHost3d { resource_id, t }
+        }
+        TRANSFER_FROM_HOST_3D => {
+            let (resource_id, t) = transfer_3d(read(r, t)?);
+            GpuCommand::TransferFromHost3d { resource_id, t }
+        }
+        SUBMIT_3D => {
+            let c: Submit3d = read(r, t)?;
+            let size: u32 = c.size.into();
+            let in_fences: u32 = c.num_in_fences.into();
+            if in_fences != 0 {
+                return Err(DecodeError::InFences(in_fences));
+            }
+            let available = r.remaining();
+            if size > MAX_SUBMIT_SIZE || size as usize > available {
+                return Err(DecodeError::BadSubmitSize { size, available });
+            }
+            // Bounded by the chain and the limit above before allocating.
+            let mut cmds = vec![0u8; size as usize];
+            r.read_exact(&mut cmds)
+                .map_err(|_| DecodeError::ShortBody(t))?;
+            GpuCommand::Submit3d { cmds }
+        }
+        RESOURCE_CREATE_BLOB | SET_SCANOUT_BLOB | RESOURCE_MAP_BLOB | RESOURCE_UNMAP_BLOB => {
+            GpuCommand::Unsupported(t)
+        }
         other => return Err(DecodeError::UnknownType(other)),
     })
 }
@@ -690,6 +872,24 @@ mod tests {
         assert_eq!(
             decode(&mut &request(0x9999, &[])[..]).1,
             Err(DecodeError::UnknownType(0x9999))
+        );
+        let head = Submit3d {
+            size: 64.into(),
+            num_in_fences: 0.into(),
+        };
+        let mut bytes = request(cmd::SUBMIT_3D, head.as_slice());
+        bytes.extend_from_slice(&[0u8; 32]);
+        assert_eq!(
+            decode(&mut &bytes[..]).1,
+            Err(DecodeError::BadSubmitSize {
+                size: 64,
+                available: 32
+            })
+        );
+        bytes.extend_from_slice(&[0u8; 32]);
+        assert_eq!(
+            decode(&mut &bytes[..]).1,
+            Ok(GpuCommand::Submit3d { cmds: vec![0; 64] })
         );
     }
 

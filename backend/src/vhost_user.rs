@@ -10,9 +10,11 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost::vhost_user::{GpuBackend, Listener};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
 use virtio_bindings::virtio_config::{VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1};
-use virtio_bindings::virtio_gpu::{VIRTIO_GPU_F_EDID, VIRTIO_GPU_F_RESOURCE_UUID};
+use virtio_bindings::virtio_gpu::{
+    VIRTIO_GPU_F_CONTEXT_INIT, VIRTIO_GPU_F_EDID, VIRTIO_GPU_F_RESOURCE_UUID, VIRTIO_GPU_F_VIRGL,
+};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{QueueOwnedT, Reader, Writer};
+use virtio_queue::{DescriptorChain, QueueOwnedT, Reader, Writer};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -21,6 +23,7 @@ use vmm_sys_util::event::{
 
 use crate::config::DeviceConfig;
 use crate::device::GpuDevice;
+use crate::fences::PendingFences;
 use crate::guest_warn;
 use crate::protocol;
 
@@ -30,6 +33,26 @@ pub const CONTROL_QUEUE: u16 = 0;
 pub const CURSOR_QUEUE: u16 = 1;
 const NUM_QUEUES: usize = 2;
 const QUEUE_SIZE: usize = 1024;
+/// Epoll data of the renderer's fence eventfd (0..=NUM_QUEUES are the queues and exit).
+const FENCE_EVENT: u16 = NUM_QUEUES as u16 + 1;
+
+/// A fenced reply held until the renderer signals: the chain to write it into, and its bytes.
+struct HeldReply {
+    head: u16,
+    chain: DescriptorChain<Arc<GuestMemoryMmap>>,
+    reply: Vec<u8>,
+}
+
+/// Writes a reply into a chain's writable part; returns the bytes written.
+fn write_reply<W: std::io::Write>(mut w: W, reply: &[u8]) -> u32 {
+    match w.write_all(reply) {
+        Ok(()) => reply.len() as u32,
+        Err(e) => {
+            guest_warn!("writing a reply: {e}");
+            0
+        }
+    }
+}
 
 /// Config space event: the guest should re-read display info.
 pub const EVENT_DISPLAY: u32 = 1;
@@ -59,6 +82,10 @@ pub struct VhostUserGpu {
     /// Set when the frontend stops or resets the device; the queue thread drops the state.
     reset_requested: AtomicBool,
     mem: Mutex<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
+    /// Fenced replies waiting for the renderer (used by the queue thread only).
+    held: Mutex<PendingFences<HeldReply>>,
+    /// The virgl renderer is active: offer VIRGL and CONTEXT_INIT.
+    virgl: bool,
     event_idx: AtomicBool,
     events_read: AtomicU32,
     num_scanouts: u32,
@@ -77,6 +104,7 @@ impl VhostUserGpu {
         config: DeviceConfig,
         device: GpuDevice,
         num_capsets: u32,
+        virgl: bool,
     ) -> Result<Self, ServeError> {
         Ok(VhostUserGpu {
             num_scanouts: config.num_scanouts(),
@@ -85,6 +113,8 @@ impl VhostUserGpu {
             pending_display: Mutex::new(None),
             reset_requested: AtomicBool::new(false),
             mem: Mutex::new(None),
+            held: Mutex::new(PendingFences::default()),
+            virgl,
             event_idx: AtomicBool::new(false),
             events_read: AtomicU32::new(0),
             exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)
@@ -109,6 +139,8 @@ impl VhostUserGpu {
         let mut device = lock(&self.device);
         if self.reset_requested.swap(false, Ordering::AcqRel) {
             device.reset();
+            // Held chains belong to the rings that were stopped.
+            lock(&self.held).clear();
         }
         if let Some(display) = lock(&self.pending_display).take() {
             device.display_mut().set_pending(display);
@@ -126,8 +158,9 @@ impl VhostUserGpu {
                 .collect();
             for chain in chains {
                 let head = chain.head_index();
-                let len = self.process_chain(&mut device, &mem, chain);
-                vring.add_used(head, len).map_err(io::Error::other)?;
+                if let Some(len) = self.process_chain(&mut device, &mem, chain) {
+                    vring.add_used(head, len).map_err(io::Error::other)?;
+                }
             }
             if vring.needs_notification().map_err(io::Error::other)? {
                 vring.signal_used_queue()?;
@@ -139,40 +172,109 @@ impl VhostUserGpu {
         Ok(())
     }
 
-    /// Decodes, runs and answers one chain; returns the bytes written.
+    /// Decodes, runs and answers one chain. Returns the bytes written, or None when the reply
+    /// is held until the renderer signals its fence.
     fn process_chain(
         &self,
         device: &mut GpuDevice,
         mem: &Arc<GuestMemoryMmap>,
-        chain: virtio_queue::DescriptorChain<Arc<GuestMemoryMmap>>,
-    ) -> u32 {
+        chain: DescriptorChain<Arc<GuestMemoryMmap>>,
+    ) -> Option<u32> {
         let reader = Reader::new(&**mem, chain.clone());
-        let writer = Writer::new(&**mem, chain);
-        let (mut reader, mut writer) = match (reader, writer) {
+        let writer = Writer::new(&**mem, chain.clone());
+        let (mut reader, writer) = match (reader, writer) {
             (Ok(r), Ok(w)) => (r, w),
             (Err(e), _) | (_, Err(e)) => {
                 guest_warn!("descriptor chain outside guest memory: {e}");
-                return 0;
+                return Some(0);
             }
         };
         let (hdr, cmd) = protocol::decode(&mut reader);
-        let response = match cmd {
-            Ok(cmd) => device.process(cmd, mem),
-            Err(e) => {
+        let destroyed_ctx = match (&hdr, &cmd) {
+            (Some(h), Ok(protocol::GpuCommand::CtxDestroy)) => Some(h.ctx_id),
+            _ => None,
+        };
+        let response = match (&hdr, cmd) {
+            (Some(h), Ok(cmd)) => device.process(h, cmd, mem),
+            (_, Err(e)) => {
                 guest_warn!("bad command: {e}");
                 e.response()
             }
+            (None, Ok(_)) => protocol::GpuResponse::ErrUnspec,
         };
-        match response.encode(hdr.as_ref(), writer.available_bytes(), &mut writer) {
-            Ok(n) => n as u32,
-            Err(e) => {
-                guest_warn!(
-                    "reply to {:#x} not written: {e}",
-                    hdr.map_or(0, |h| h.type_)
+        let mut reply = Vec::new();
+        if let Err(e) = response.encode(hdr.as_ref(), writer.available_bytes(), &mut reply) {
+            guest_warn!(
+                "reply to {:#x} not written: {e}",
+                hdr.map_or(0, |h| h.type_)
+            );
+        }
+        if let Some(ctx_id) = destroyed_ctx {
+            self.release_context(device, ctx_id);
+        }
+        if let Some(h) = hdr.filter(|h| h.fenced()) {
+            if device.fence(&h) {
+                let head = chain.head_index();
+                lock(&self.held).push(
+                    device.timeline(&h),
+                    h.fence_id,
+                    HeldReply { head, chain, reply },
                 );
-                0
+                return None;
             }
         }
+        Some(write_reply(writer, &reply))
+    }
+
+    /// A context is gone: its rings will never signal, so their held replies go out now, and
+    /// a device fence flushes the global timeline behind anything it had submitted.
+    fn release_context(&self, device: &mut GpuDevice, ctx_id: u32) {
+        let mut held = lock(&self.held);
+        let released = held.take_context(ctx_id);
+        let last_global = held.last_global();
+        drop(held);
+        if !released.is_empty() {
+            self.write_held(released);
+        }
+        if let Some(id) = last_global {
+            device.flush_global_fences(id);
+        }
+    }
+
+    /// Writes held replies into their chains; they are added to the used ring by the caller.
+    fn write_held(&self, replies: Vec<HeldReply>) -> Vec<(u16, u32)> {
+        replies
+            .into_iter()
+            .map(|h| {
+                let len = match Writer::new(h.chain.memory(), h.chain.clone()) {
+                    Ok(w) => write_reply(w, &h.reply),
+                    Err(e) => {
+                        guest_warn!("fenced reply chain unusable: {e}");
+                        0
+                    }
+                };
+                (h.head, len)
+            })
+            .collect()
+    }
+
+    /// Writes the replies whose fences the renderer has signalled, in order per timeline.
+    fn complete_fences(&self, vring: &VringRwLock) -> io::Result<()> {
+        let done = lock(&self.device).take_completed_fences();
+        let mut ready = Vec::new();
+        {
+            let mut held = lock(&self.held);
+            for d in done {
+                ready.extend(held.complete(d));
+            }
+        }
+        if ready.is_empty() {
+            return Ok(());
+        }
+        for (head, len) in self.write_held(ready) {
+            vring.add_used(head, len).map_err(io::Error::other)?;
+        }
+        vring.signal_used_queue()
     }
 }
 
@@ -195,7 +297,12 @@ impl VhostUserBackend for VhostUserGpu {
             // QEMU passes the guest's RING_RESET ack through; no driver of a GPU uses it.
             | (1 << VIRTIO_F_RING_RESET)
             | (1 << VIRTIO_GPU_F_EDID)
-            | (1 << VIRTIO_GPU_F_RESOURCE_UUID)
+                        | (1 << VIRTIO_GPU_F_RESOURCE_UUID)
+            | if self.virgl {
+                (1 << VIRTIO_GPU_F_VIRGL) | (1 << VIRTIO_GPU_F_CONTEXT_INIT)
+            } else {
+                0
+            }
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
@@ -281,6 +388,12 @@ impl VhostUserBackend for VhostUserGpu {
             return Err(io::Error::other("unexpected event set"));
         }
         match device_event {
+            FENCE_EVENT => {
+                let vring = vrings
+                    .get(usize::from(CONTROL_QUEUE))
+                    .ok_or_else(|| io::Error::other("no control queue"))?;
+                self.complete_fences(vring)
+            }
             CONTROL_QUEUE | CURSOR_QUEUE => {
                 let vring = vrings
                     .get(usize::from(device_event))
@@ -305,14 +418,27 @@ pub fn serve(
     loop {
         let renderer = make_renderer()?;
         let num_capsets = renderer.num_capsets();
+        let virgl = renderer.kind() == virgl_bridge::RendererKind::Virgl;
         let device = GpuDevice::new(config.clone(), renderer);
-        let backend = Arc::new(VhostUserGpu::new(config.clone(), device, num_capsets)?);
+        let fence_fd = device.fence_fd();
+        let backend = Arc::new(VhostUserGpu::new(
+            config.clone(),
+            device,
+            num_capsets,
+            virgl,
+        )?);
         let mut daemon = VhostUserDaemon::new(
             "vhost-gpu".to_string(),
             Arc::clone(&backend),
             GuestMemoryAtomic::new(GuestMemoryMmap::new()),
         )
         .map_err(|e| ServeError::Daemon(format!("{e:?}")))?;
+        if let Some(fd) = fence_fd {
+            for h in daemon.get_epoll_handlers() {
+                h.register_listener(fd, EventSet::IN, u64::from(FENCE_EVENT))
+                    .map_err(ServeError::Event)?;
+            }
+        }
         daemon
             .start(listener)
             .map_err(|e| ServeError::Daemon(format!("{e:?}")))?;

@@ -8,11 +8,16 @@ use guest_tests::{Backend, BackendOptions, DisplayEvent, Gpu};
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// Starts the backend with `args` and connects a guest with a display channel.
+/// Backend options for the 2D renderer plus `args`.
+pub fn opts_2d(args: &[&str]) -> BackendOptions {
+    let mut v = vec!["--renderer".to_string(), "2d".to_string()];
+    v.extend(args.iter().map(|s| s.to_string()));
+    BackendOptions { args: v }
+}
+
+/// Starts the backend (2D renderer) with `args` and connects a guest with a display channel.
 pub fn start(args: &[&str]) -> (Backend, Gpu) {
-    let b = Backend::start(&BackendOptions {
-        args: args.iter().map(|s| s.to_string()).collect(),
-    });
+    let b = Backend::start(&opts_2d(args));
     let g = Gpu::connect(&b, &ConnectOptions::default());
     (b, g)
 }

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use guest_tests::frontend::ConnectOptions;
 use guest_tests::wire::*;
-use guest_tests::{Backend, BackendOptions, DisplayEvent, Gpu};
+use guest_tests::{Backend, DisplayEvent, Gpu};
 
 #[test]
 fn probe_offers_2d_features_and_config() {
@@ -62,7 +62,7 @@ fn display_info_and_edid_follow_display_flags() {
 
 #[test]
 fn frontend_display_info_and_edid_are_used_without_display_flag() {
-    let b = Backend::start(&BackendOptions::default());
+    let b = Backend::start(&opts_2d(&[]));
     let mut opts = ConnectOptions::default();
     let dc = opts.display.as_mut().unwrap();
     dc.modes = vec![(1920, 1080, true)];
@@ -85,7 +85,7 @@ fn frontend_display_info_and_edid_are_used_without_display_flag() {
 
 #[test]
 fn headless_device_works_without_display_channel() {
-    let b = Backend::start(&BackendOptions::default());
+    let b = Backend::start(&opts_2d(&[]));
     let mut g = Gpu::connect(
         &b,
         &ConnectOptions {
@@ -348,7 +348,7 @@ fn two_scanouts_from_one_framebuffer() {
 
 #[test]
 fn reconnect_gives_a_clean_working_device() {
-    let b = Backend::start(&BackendOptions::default());
+    let b = Backend::start(&opts_2d(&[]));
     {
         let mut g = Gpu::connect(&b, &ConnectOptions::default());
         assert_eq!(g.create_2d(1, B8G8R8X8, 64, 64), OK_NODATA);
