@@ -794,7 +794,9 @@ impl GpuDevice {
             )));
         }
         let (fmt, stride) = (res.format, res.stride() as usize);
-        let full_width = res.width;
+        let (full_width, full_height) = (res.width, res.height);
+        // A resource whose row 0 is the picture's bottom (GL's origin) is shown flipped.
+        let flip = self.renderer.bottom_up(id);
         for i in 0..self.scanouts.len() {
             let s = self.scanouts[i];
             if s.resource_id != id {
@@ -804,16 +806,24 @@ impl GpuDevice {
             if r.is_empty() || !self.display.present() {
                 continue;
             }
-            self.read_back(id, r)?;
+            // Rows of the resource that hold the displayed rect.
+            let src_y = if flip {
+                full_height - r.y - r.height
+            } else {
+                r.y
+            };
+            self.read_back(id, Rect { y: src_y, ..r })?;
             let row = r.width as usize * 4;
-            let start = r.y as usize * stride + r.x as usize * 4;
+            let start = src_y as usize * stride + r.x as usize * 4;
             let bytes = r.height as usize * row;
-            // A full-width rect is already packed in the scratch buffer; otherwise pack it.
-            let data: &mut [u8] = if r.x == 0 && r.width == full_width {
+            // A full-width rect is already packed in the scratch buffer; otherwise pack it
+            // (bottom row first when flipped).
+            let data: &mut [u8] = if r.x == 0 && r.width == full_width && !flip {
                 &mut self.scratch[start..start + bytes]
             } else {
                 self.packed.clear();
                 for y in 0..r.height as usize {
+                    let y = if flip { r.height as usize - 1 - y } else { y };
                     let from = start + y * stride;
                     self.packed
                         .extend_from_slice(&self.scratch[from..from + row]);

@@ -197,6 +197,132 @@ impl Gpu {
         self.request(CURSORQ, &m.0, 24).code()
     }
 
+    /// Puts a request on a queue without waiting; returns (head, reply address).
+    pub fn send(&mut self, queue: usize, req: &[u8], reply_len: u32) -> (u16, u64) {
+        let a = self.conn.mem.alloc(req.len() as u64, 16);
+        self.conn.mem.write(a, req);
+        let r = self.conn.mem.alloc(u64::from(reply_len), 16);
+        let bufs = [
+            Buf {
+                addr: a,
+                len: req.len() as u32,
+                writable: false,
+            },
+            Buf {
+                addr: r,
+                len: reply_len,
+                writable: true,
+            },
+        ];
+        let vq = &mut self.conn.queues[queue];
+        let head = vq.add(&self.conn.mem, &bufs);
+        vq.notify();
+        (head, r)
+    }
+
+    /// Waits for `n` completions on a queue, in the order the device used them.
+    pub fn collect(&mut self, queue: usize, n: usize) -> Vec<crate::virtqueue::Used> {
+        let used = self.conn.queues[queue].wait_used(&self.conn.mem, n, REPLY_TIMEOUT);
+        assert!(
+            used.len() >= n,
+            "{} of {n} replies within {REPLY_TIMEOUT:?}",
+            used.len()
+        );
+        self.conn.mem.reset_alloc_if_idle(&self.conn.queues);
+        used
+    }
+
+    /// Reads guest memory (a reply sent with `send`).
+    pub fn read(&self, gpa: u64, len: usize) -> Vec<u8> {
+        self.conn.mem.read(gpa, len)
+    }
+
+    pub fn capset_info(&mut self, index: u32) -> Reply {
+        self.ctrl(Msg::cmd(GET_CAPSET_INFO).u32(index).u32(0), 24 + 16)
+    }
+
+    pub fn capset(&mut self, id: u32, version: u32, size: u32) -> Reply {
+        self.ctrl(Msg::cmd(GET_CAPSET).u32(id).u32(version), 24 + size)
+    }
+
+    /// CTX_CREATE for `ctx` with `context_init` (low 8 bits: capset id).
+    pub fn ctx_create(&mut self, ctx: u32, context_init: u32, name: &str) -> u32 {
+        let mut n = name.as_bytes().to_vec();
+        n.resize(64, 0);
+        self.ctrl_code(
+            Msg::hdr(CTX_CREATE, 0, 0, ctx, 0)
+                .u32(name.len() as u32)
+                .u32(context_init)
+                .bytes(&n),
+        )
+    }
+
+    pub fn ctx_destroy(&mut self, ctx: u32) -> u32 {
+        self.ctrl_code(Msg::hdr(CTX_DESTROY, 0, 0, ctx, 0))
+    }
+
+    pub fn ctx_attach(&mut self, ctx: u32, id: u32) -> u32 {
+        self.ctrl_code(Msg::hdr(CTX_ATTACH_RESOURCE, 0, 0, ctx, 0).u32(id).u32(0))
+    }
+
+    pub fn ctx_detach(&mut self, ctx: u32, id: u32) -> u32 {
+        self.ctrl_code(Msg::hdr(CTX_DETACH_RESOURCE, 0, 0, ctx, 0).u32(id).u32(0))
+    }
+
+    /// RESOURCE_CREATE_3D: a 2D texture (target 2) render target unless `target` says else.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_3d(
+        &mut self,
+        id: u32,
+        target: u32,
+        format: u32,
+        bind: u32,
+        w: u32,
+        h: u32,
+        depth: u32,
+        last_level: u32,
+    ) -> u32 {
+        let m = Msg::cmd(RESOURCE_CREATE_3D)
+            .u32(id)
+            .u32(target)
+            .u32(format)
+            .u32(bind)
+            .u32(w)
+            .u32(h)
+            .u32(depth)
+            .u32(1)
+            .u32(last_level)
+            .u32(0)
+            .u32(0)
+            .u32(0);
+        self.ctrl_code(m)
+    }
+
+    /// TRANSFER_{TO,FROM}_HOST_3D message: box, offset, resource, level, stride, layer stride.
+    pub fn transfer_3d_msg(
+        hdr: Msg,
+        id: u32,
+        bx: [u32; 6],
+        offset: u64,
+        level: u32,
+        stride: u32,
+    ) -> Msg {
+        let mut m = hdr;
+        for v in bx {
+            m = m.u32(v);
+        }
+        m.u64(offset).u32(id).u32(level).u32(stride).u32(0)
+    }
+
+    /// SUBMIT_3D message with a command stream (whole words).
+    pub fn submit_msg(hdr: Msg, words: &[u32]) -> Msg {
+        let mut m = hdr.u32((words.len() * 4) as u32).u32(0);
+        for w in words {
+            m = m.u32(*w);
+        }
+        m
+    }
+
     /// Allocates a framebuffer's backing as a scatter list of 4 KiB pages in *reverse*
     /// order (so no two neighbours are contiguous, like shmem pages), fills it from `pixels`
     /// and returns the entries.

@@ -13,18 +13,27 @@ pub const GET_CAPSET: u32 = 0x0109;
 pub const GET_EDID: u32 = 0x010a;
 pub const RESOURCE_ASSIGN_UUID: u32 = 0x010b;
 pub const CTX_CREATE: u32 = 0x0200;
+pub const CTX_DESTROY: u32 = 0x0201;
+pub const CTX_ATTACH_RESOURCE: u32 = 0x0202;
+pub const CTX_DETACH_RESOURCE: u32 = 0x0203;
+pub const RESOURCE_CREATE_3D: u32 = 0x0204;
+pub const TRANSFER_TO_HOST_3D: u32 = 0x0205;
+pub const TRANSFER_FROM_HOST_3D: u32 = 0x0206;
 pub const SUBMIT_3D: u32 = 0x0207;
 pub const UPDATE_CURSOR: u32 = 0x0300;
 pub const MOVE_CURSOR: u32 = 0x0301;
 
 pub const OK_NODATA: u32 = 0x1100;
 pub const OK_DISPLAY_INFO: u32 = 0x1101;
+pub const OK_CAPSET_INFO: u32 = 0x1102;
+pub const OK_CAPSET: u32 = 0x1103;
 pub const OK_EDID: u32 = 0x1104;
 pub const OK_RESOURCE_UUID: u32 = 0x1105;
 pub const ERR_UNSPEC: u32 = 0x1200;
 pub const ERR_OUT_OF_MEMORY: u32 = 0x1201;
 pub const ERR_INVALID_SCANOUT_ID: u32 = 0x1202;
 pub const ERR_INVALID_RESOURCE_ID: u32 = 0x1203;
+pub const ERR_INVALID_CONTEXT_ID: u32 = 0x1204;
 pub const ERR_INVALID_PARAMETER: u32 = 0x1205;
 
 pub const FLAG_FENCE: u32 = 1;
@@ -46,6 +55,8 @@ pub const FORMATS: [u32; 8] = [
 pub const F_EDID: u64 = 1 << 1;
 pub const F_RESOURCE_UUID: u64 = 1 << 2;
 pub const F_VIRGL: u64 = 1 << 0;
+pub const F_RESOURCE_BLOB: u64 = 1 << 3;
+pub const F_CONTEXT_INIT: u64 = 1 << 4;
 pub const F_VERSION_1: u64 = 1 << 32;
 pub const F_PROTOCOL_FEATURES: u64 = 1 << 30;
 pub const F_INDIRECT_DESC: u64 = 1 << 28;
@@ -107,4 +118,81 @@ pub fn resp_hdr(b: &[u8]) -> (u32, u32, u64, u32, u8) {
         le32(b, 16),
         b.get(20).copied().unwrap_or(0),
     )
+}
+
+/// virgl command stream: a command header.
+pub fn virgl_cmd(cmd: u32, obj: u32, len: u32) -> u32 {
+    cmd | (obj << 8) | (len << 16)
+}
+
+/// virgl command stream pieces used by the tests (virgl_protocol.h numbers).
+pub mod virgl {
+    pub const CCMD_CREATE_OBJECT: u32 = 1;
+    pub const CCMD_SET_FRAMEBUFFER_STATE: u32 = 5;
+    pub const CCMD_CLEAR: u32 = 7;
+    pub const CCMD_BLIT: u32 = 16;
+    pub const OBJECT_SURFACE: u32 = 8;
+    pub const PIPE_CLEAR_COLOR0: u32 = 4;
+    pub const PIPE_TEXTURE_2D: u32 = 2;
+    pub const BIND_RENDER_TARGET: u32 = 2;
+    pub const BIND_SAMPLER_VIEW: u32 = 8;
+    pub const FORMAT_B8G8R8A8_UNORM: u32 = 1;
+
+    /// Surface `surf` on resource `res`, made the only colour buffer, cleared to `rgba`.
+    pub fn clear(surf: u32, res: u32, rgba: [f32; 4]) -> Vec<u32> {
+        vec![
+            super::virgl_cmd(CCMD_CREATE_OBJECT, OBJECT_SURFACE, 5),
+            surf,
+            res,
+            FORMAT_B8G8R8A8_UNORM,
+            0,
+            0,
+            super::virgl_cmd(CCMD_SET_FRAMEBUFFER_STATE, 0, 3),
+            1,
+            0,
+            surf,
+            super::virgl_cmd(CCMD_CLEAR, 0, 8),
+            PIPE_CLEAR_COLOR0,
+            rgba[0].to_bits(),
+            rgba[1].to_bits(),
+            rgba[2].to_bits(),
+            rgba[3].to_bits(),
+            0,
+            0,
+            0,
+        ]
+    }
+
+    /// Blit of box (x, y, w, h) of `src` to (dx, dy, w, h) of `dst`, all colour channels.
+    pub fn blit(
+        dst: u32,
+        src: u32,
+        (x, y, w, h): (u32, u32, u32, u32),
+        (dx, dy): (u32, u32),
+    ) -> Vec<u32> {
+        vec![
+            super::virgl_cmd(CCMD_BLIT, 0, 21),
+            0xf,
+            0,
+            0,
+            dst,
+            0,
+            FORMAT_B8G8R8A8_UNORM,
+            dx,
+            dy,
+            0,
+            w,
+            h,
+            1,
+            src,
+            0,
+            FORMAT_B8G8R8A8_UNORM,
+            x,
+            y,
+            0,
+            w,
+            h,
+            1,
+        ]
+    }
 }
