@@ -541,3 +541,40 @@ fn bad_3d_input_gets_the_right_codes() {
     let px = read_back(&mut g, 1, 10, &entries, 77);
     assert!(px.chunks(4).all(is_rgba));
 }
+
+#[test]
+fn two_d_resources_through_virgl_show_exact_pixels() {
+    // What the Linux driver's fbcon does on a virgl device: 2D resources and 2D transfers.
+    let (_b, mut g) = start_virgl(&[]);
+    let (w, h) = (256u32, 128u32);
+    let mut px = pattern(w, h, 0);
+    let entries = resource_with(&mut g, 1, B8G8R8X8, w, h, &px);
+    assert_eq!(g.set_scanout(0, 1, (0, 0, w, h)), OK_NODATA);
+    assert_eq!(g.transfer(1, (0, 0, w, h), w * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, w, h)), OK_NODATA);
+    let (_, x, y, uw, uh, data) = next_update(&g);
+    assert_eq!((x, y, uw, uh), (0, 0, w, h));
+    let bad = data
+        .chunks(4)
+        .zip(px.chunks(4))
+        .position(|(a, b)| a[..3] != b[..3]);
+    assert_eq!(bad, None, "first differing pixel (index) of the full frame");
+    // fbcon-like damage in the middle, with the Linux offset.
+    let r = (100, 50, 30, 20);
+    for row in r.1..r.1 + r.3 {
+        for col in r.0..r.0 + r.2 {
+            let i = ((row * w + col) * 4) as usize;
+            px[i..i + 4].copy_from_slice(&[0x10, 0x20, 0x30, 0xff]);
+        }
+    }
+    g.write_backing(&entries, &px);
+    assert_eq!(g.transfer(1, r, w * 4), OK_NODATA);
+    assert_eq!(g.flush(1, r), OK_NODATA);
+    let (_, x, y, uw, uh, data) = next_update(&g);
+    assert_eq!((x, y, uw, uh), (r.0, r.1, r.2, r.3));
+    assert!(
+        data.chunks(4).all(|p| p[..3] == [0x10, 0x20, 0x30]),
+        "damage pixels {:?}",
+        &data[..8]
+    );
+}

@@ -481,6 +481,8 @@ impl Renderer for VirglRenderer {
             height,
             depth: 1,
             array_size: 1,
+            // 2D resources are top-down images (as QEMU creates them).
+            flags: RESOURCE_Y_0_TOP,
             ..Default::default()
         };
         self.create(id, a)
