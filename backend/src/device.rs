@@ -859,23 +859,26 @@ impl GpuDevice {
             return Ok(GpuResponse::OkNoData);
         }
         let res = self.resource(id)?;
-        let (w, h, fmt, stride) = (
-            res.width.min(64),
-            res.height.min(64),
-            res.format,
-            res.stride(),
-        );
-        let rect = Rect {
-            x: 0,
-            y: 0,
-            width: w,
-            height: h,
-        };
-        self.read_back(id, rect)?;
+        let (res_h, fmt, stride) = (res.height, res.format, res.stride() as usize);
+        let (w, h) = (res.width.min(64), res_h.min(64));
+        // The image's top rows: the resource's last rows, bottom first, when its origin is the
+        // bottom (GL).
+        let flip = self.renderer.bottom_up(id);
+        let src_y = if flip { res_h - h } else { 0 };
+        self.read_back(
+            id,
+            Rect {
+                x: 0,
+                y: src_y,
+                width: w,
+                height: h,
+            },
+        )?;
         let mut image = Box::new([0u8; CURSOR_BYTES]);
+        let row = w as usize * 4;
         for y in 0..h as usize {
-            let from = y * stride as usize;
-            let row = w as usize * 4;
+            let sy = src_y as usize + if flip { h as usize - 1 - y } else { y };
+            let from = sy * stride;
             image[y * 256..y * 256 + row].copy_from_slice(&self.scratch[from..from + row]);
         }
         to_bgrx(fmt, &mut image[..]);

@@ -578,3 +578,39 @@ fn two_d_resources_through_virgl_show_exact_pixels() {
         &data[..8]
     );
 }
+
+#[test]
+fn a_new_frontend_gets_a_clean_virgl_device() {
+    let b = Backend::start(&BackendOptions {
+        args: vec!["--virgl".into()],
+    });
+    {
+        let mut g = Gpu::connect(&b, &ConnectOptions::default());
+        assert_eq!(g.ctx_create(1, 0, "first"), OK_NODATA);
+        target(&mut g, 1, 10);
+        let r = g.ctrl(
+            Gpu::submit_msg(Msg::hdr(SUBMIT_3D, 0, 0, 1, 0), &clear(1, 10, RGBA)),
+            24,
+        );
+        assert_eq!(r.code(), OK_NODATA);
+    } // QEMU goes away with a context and a resource live in virglrenderer
+    let mut g = Gpu::connect(&b, &ConnectOptions::default());
+    // The same ids are free again, and rendering works.
+    assert_eq!(g.ctx_create(1, 0, "second"), OK_NODATA);
+    let e = target(&mut g, 1, 10);
+    let px = read_back(&mut g, 1, 10, &e, 5);
+    assert!(
+        px.iter().all(|&b| b == 0),
+        "a fresh resource, not the old one's pixels"
+    );
+    let r = g.ctrl(
+        Gpu::submit_msg(Msg::hdr(SUBMIT_3D, 0, 0, 1, 0), &clear(1, 10, RGBA)),
+        24,
+    );
+    assert_eq!(r.code(), OK_NODATA);
+    assert!(read_back(&mut g, 1, 10, &e, 6).chunks(4).all(is_rgba));
+    // A guest reset (rings stopped and restarted) drops contexts too.
+    g.conn.stop_queues().unwrap();
+    g.conn.start_queues(256).unwrap();
+    assert_eq!(g.ctx_create(1, 0, "after reset"), OK_NODATA);
+}
