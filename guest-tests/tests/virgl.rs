@@ -251,6 +251,25 @@ fn a_3d_scanout_reaches_the_display_channel() {
     let (_, x, y, w, h, data) = next_update(&g);
     assert_eq!((x, y, w, h), (8, 8, 16, 16));
     assert!(data.chunks(4).all(is_rgba));
+    // The same resource as the cursor image: flipped the same way.
+    assert_eq!(g.update_cursor(0, 3, 4, 11, (1, 2)), OK_NODATA);
+    let image = g
+        .display()
+        .wait_for(WAIT, |e| match e {
+            DisplayEvent::CursorUpdate { image, .. } => Some(image.clone()),
+            _ => None,
+        })
+        .expect("cursor update");
+    for yy in 0..64u32 {
+        for xx in 0..64u32 {
+            let p = &image[((yy * 64 + xx) * 4) as usize..][..4];
+            let inside = (8..24).contains(&xx) && (8..24).contains(&yy);
+            assert!(
+                if inside { is_rgba(p) } else { is_blue(p) },
+                "cursor pixel ({xx},{yy}) = {p:?}"
+            );
+        }
+    }
     let again = g
         .display()
         .wait_for(std::time::Duration::from_millis(300), |e| match e {
