@@ -102,9 +102,89 @@ fn invalid(msg: impl Into<String>) -> GpuError {
 /// Guest backing of a resource: the mapping that the renderer's iovecs point into is kept alive
 /// here for as long as the backing is attached.
 struct Backing {
-    _mem: Arc<GuestMemoryMmap>,
+    mem: Arc<GuestMemoryMmap>,
     len: u64,
+    /// The guest (address, length) entries, kept for blobs the device reads itself.
+    entries: Vec<(u64, u32)>,
 }
+
+impl Backing {
+    /// Maps guest entries: every byte must be guest memory (a range spanning regions becomes
+    /// several iovecs), and the total length must not overflow.
+    fn map(
+        entries: &[(u64, u32)],
+        mem: &Arc<GuestMemoryMmap>,
+    ) -> Result<(Self, Vec<Iovec>), GpuError> {
+        let mut iovecs = Vec::with_capacity(entries.len());
+        let mut len = 0u64;
+        for &(addr, length) in entries {
+            len = len
+                .checked_add(u64::from(length))
+                .ok_or_else(|| invalid("backing length overflows"))?;
+            for slice in mem.get_slices(GuestAddress(addr), length as usize) {
+                let slice = slice.map_err(|e| {
+                    invalid(format!(
+                        "backing entry {addr:#x}+{length:#x} is not guest memory: {e}"
+                    ))
+                })?;
+                iovecs.push(Iovec {
+                    base: slice.ptr_guard_mut().as_ptr(),
+                    len: slice.len(),
+                });
+            }
+        }
+        let b = Backing {
+            mem: Arc::clone(mem),
+            len,
+            entries: entries.to_vec(),
+        };
+        Ok((b, iovecs))
+    }
+
+    /// Copies `dst.len()` bytes starting at byte `offset` of the backing (which the caller has
+    /// checked lies inside it).
+    fn read_at(&self, mut offset: u64, mut dst: &mut [u8]) -> Result<(), GpuError> {
+        use vm_memory::Bytes;
+        for &(addr, length) in &self.entries {
+            if dst.is_empty() {
+                break;
+            }
+            let length = u64::from(length);
+            if offset >= length {
+                offset -= length;
+                continue;
+            }
+            let n = ((length - offset) as usize).min(dst.len());
+            let (now, rest) = dst.split_at_mut(n);
+            self.mem
+                .read_slice(now, GuestAddress(addr + offset))
+                .map_err(|e| invalid(format!("reading blob memory: {e}")))?;
+            dst = rest;
+            offset = 0;
+        }
+        if dst.is_empty() {
+            Ok(())
+        } else {
+            Err(invalid("read past the end of the backing"))
+        }
+    }
+}
+
+/// How a blob is laid out as a scanout image (SET_SCANOUT_BLOB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BlobLayout {
+    format: u32,
+    width: u32,
+    height: u32,
+    stride: u32,
+    offset: u32,
+}
+
+/// Blob memory kinds.
+const BLOB_MEM_GUEST: u32 = 1;
+const BLOB_MEM_HOST3D: u32 = 2;
+const BLOB_MEM_HOST3D_GUEST: u32 = 3;
+const BLOB_FLAGS_ALL: u32 = 1 | 2 | 4; // MAPPABLE | SHAREABLE | CROSS_DEVICE
 
 struct Resource {
     format: u32,
@@ -112,6 +192,8 @@ struct Resource {
     height: u32,
     /// RESOURCE_CREATE_3D's parameters (None for 2D resources).
     args3d: Option<Resource3d>,
+    /// A blob's memory kind (None for other resources).
+    blob_mem: Option<u32>,
     size: u64,
     backing: Option<Backing>,
     uuid: Option<[u8; 16]>,
@@ -159,6 +241,8 @@ struct Context {
 struct Scanout {
     resource_id: u32,
     rect: Rect,
+    /// Set by SET_SCANOUT_BLOB: the image lives in the blob's guest memory.
+    blob: Option<BlobLayout>,
 }
 
 /// Intersection of two rectangles (empty when they do not overlap).
@@ -366,10 +450,204 @@ impl GpuDevice {
                 self.renderer.submit_3d(hdr.ctx_id, cmds)?;
                 Ok(GpuResponse::OkNoData)
             }
+            GpuCommand::ResourceCreateBlob {
+                resource_id,
+                blob_mem,
+                blob_flags,
+                blob_id,
+                size,
+                entries,
+            } => self.create_blob(
+                hdr.ctx_id,
+                resource_id,
+                (blob_mem, blob_flags, blob_id, size),
+                &entries,
+                mem,
+            ),
+            GpuCommand::SetScanoutBlob {
+                rect,
+                scanout_id,
+                resource_id,
+                width,
+                height,
+                format,
+                strides,
+                offsets,
+            } => {
+                let layout = BlobLayout {
+                    format,
+                    width,
+                    height,
+                    stride: strides[0],
+                    offset: offsets[0],
+                };
+                self.set_scanout_blob(scanout_id, resource_id, rect, layout)
+            }
             GpuCommand::Unsupported(t) => Err(GpuError::Unspec(format!(
-                "command {t:#x} (blob resources) is not offered by this device"
+                "command {t:#x}: there is no host-visible memory to map blobs into"
             ))),
         }
+    }
+
+    fn create_blob(
+        &mut self,
+        ctx_id: u32,
+        id: u32,
+        (blob_mem, blob_flags, blob_id, size): (u32, u32, u64, u64),
+        entries: &[(u64, u32)],
+        mem: &Arc<GuestMemoryMmap>,
+    ) -> GpuResult {
+        if id == 0 || self.resources.contains_key(&id) {
+            return Err(GpuError::InvalidResource(id));
+        }
+        if blob_flags & !BLOB_FLAGS_ALL != 0 {
+            return Err(invalid(format!("blob flags {blob_flags:#x}")));
+        }
+        if size == 0 {
+            return Err(invalid("blob of size 0"));
+        }
+        let (backing, iovecs, host_bytes) = match blob_mem {
+            BLOB_MEM_GUEST | BLOB_MEM_HOST3D_GUEST => {
+                if entries.is_empty() {
+                    return Err(invalid("guest blob without memory entries"));
+                }
+                let (b, iov) = Backing::map(entries, mem)?;
+                if b.len < size {
+                    return Err(invalid(format!(
+                        "blob of {size} bytes over {} bytes of entries",
+                        b.len
+                    )));
+                }
+                // Guest memory: nothing for the host to allocate, but for HOST3D_GUEST's copy.
+                let host = if blob_mem == BLOB_MEM_GUEST { 0 } else { size };
+                (Some(b), iov, host)
+            }
+            BLOB_MEM_HOST3D => {
+                if !entries.is_empty() {
+                    return Err(invalid("host blob with guest memory entries"));
+                }
+                self.context(ctx_id)?;
+                (None, Vec::new(), size)
+            }
+            other => return Err(invalid(format!("blob_mem {other}"))),
+        };
+        let total = self.host_mem.saturating_add(host_bytes);
+        if total > self.config.max_host_memory {
+            return Err(GpuError::OutOfMemory(format!(
+                "blob of {size} bytes; {} of {} in use",
+                self.host_mem, self.config.max_host_memory
+            )));
+        }
+        let ctx = if self.contexts.contains_key(&ctx_id) {
+            ctx_id
+        } else {
+            0
+        };
+        self.renderer
+            .create_blob(ctx, id, blob_mem, blob_flags, blob_id, size, iovecs)?;
+        self.host_mem = total;
+        if let Some(c) = self.contexts.get_mut(&ctx) {
+            // virglrenderer attaches a blob to the context that made it.
+            c.resources.insert(id);
+        }
+        self.resources.insert(
+            id,
+            Resource {
+                format: 0,
+                width: 0,
+                height: 0,
+                args3d: None,
+                blob_mem: Some(blob_mem),
+                size: host_bytes,
+                backing,
+                uuid: None,
+            },
+        );
+        Ok(GpuResponse::OkNoData)
+    }
+
+    fn set_scanout_blob(
+        &mut self,
+        scanout_id: u32,
+        id: u32,
+        rect: Rect,
+        l: BlobLayout,
+    ) -> GpuResult {
+        let i = self.check_scanout(scanout_id)?;
+        if id == 0 {
+            self.scanouts[i] = Scanout::default();
+            self.display.scanout(scanout_id, 0, 0);
+            return Ok(GpuResponse::OkNoData);
+        }
+        let res = self.resource(id)?;
+        let backing = match (res.blob_mem, &res.backing) {
+            (Some(BLOB_MEM_GUEST | BLOB_MEM_HOST3D_GUEST), Some(b)) => b,
+            _ => {
+                return Err(invalid(format!(
+                    "resource {id} is not a blob in guest memory"
+                )))
+            }
+        };
+        if !format::ALL.contains(&l.format) || l.width == 0 || l.height == 0 {
+            return Err(invalid(format!("blob scanout layout {l:?}")));
+        }
+        // The image: `height` rows of `width * 4` bytes, `stride` apart, from `offset`.
+        let row = u64::from(l.width) * u64::from(BYTES_PER_PIXEL);
+        let end = u64::from(l.height - 1)
+            .checked_mul(u64::from(l.stride))
+            .and_then(|v| v.checked_add(row))
+            .and_then(|v| v.checked_add(u64::from(l.offset)));
+        if u64::from(l.stride) < row || !matches!(end, Some(e) if e <= backing.len) {
+            return Err(invalid(format!(
+                "blob scanout {l:?} does not fit {} bytes",
+                backing.len
+            )));
+        }
+        if rect.is_empty() || !rect.fits_in(l.width, l.height) {
+            return Err(invalid(format!(
+                "scanout rect {rect:?} in a {}x{} image",
+                l.width, l.height
+            )));
+        }
+        let old = self.scanouts[i];
+        self.scanouts[i] = Scanout {
+            resource_id: id,
+            rect,
+            blob: Some(l),
+        };
+        if old.rect.width != rect.width || old.rect.height != rect.height || old.resource_id != id {
+            self.display.scanout(scanout_id, rect.width, rect.height);
+        }
+        Ok(GpuResponse::OkNoData)
+    }
+
+    /// Sends the part `r` of a blob scanout, read straight from the blob's guest memory.
+    fn flush_blob(&mut self, i: usize, s: Scanout, l: BlobLayout, r: Rect) -> Result<(), GpuError> {
+        let res = self
+            .resources
+            .get(&s.resource_id)
+            .ok_or(GpuError::InvalidResource(s.resource_id))?;
+        let backing = res
+            .backing
+            .as_ref()
+            .ok_or_else(|| invalid("blob without memory"))?;
+        let row = r.width as usize * 4;
+        let packed = &mut self.packed;
+        packed.clear();
+        packed.resize(row * r.height as usize, 0);
+        for (y, dst) in packed.chunks_exact_mut(row).enumerate() {
+            // In bounds: the layout was checked against the blob at SET_SCANOUT_BLOB, and r
+            // lies inside the layout's image.
+            let off = u64::from(l.offset)
+                + (u64::from(r.y) + y as u64) * u64::from(l.stride)
+                + u64::from(r.x) * 4;
+            backing.read_at(off, dst)?;
+        }
+        to_bgrx(l.format, &mut self.packed);
+        let (x, y) = (r.x - s.rect.x, r.y - s.rect.y);
+        self.display
+            .update(i as u32, x, y, r.width, r.height, &self.packed);
+        Ok(())
     }
 
     fn context(&self, ctx_id: u32) -> Result<&Context, GpuError> {
@@ -416,6 +694,7 @@ impl GpuDevice {
                 width: a.width,
                 height: a.height.max(1),
                 args3d: Some(a),
+                blob_mem: None,
                 size,
                 backing: None,
                 uuid: None,
@@ -628,6 +907,7 @@ impl GpuDevice {
                 width,
                 height,
                 args3d: None,
+                blob_mem: None,
                 size,
                 backing: None,
                 uuid: None,
@@ -676,6 +956,7 @@ impl GpuDevice {
         self.scanouts[i] = Scanout {
             resource_id: id,
             rect,
+            blob: None,
         };
         if old.rect.width != rect.width || old.rect.height != rect.height || old.resource_id != id {
             self.display.scanout(scanout_id, rect.width, rect.height);
@@ -723,6 +1004,11 @@ impl GpuDevice {
         mem: &Arc<GuestMemoryMmap>,
     ) -> GpuResult {
         let res = self.resource(id)?;
+        if res.blob_mem.is_some() {
+            return Err(invalid(format!(
+                "resource {id} is a blob: its memory came with it"
+            )));
+        }
         if res.backing.is_some() {
             return Err(GpuError::Unspec(format!(
                 "resource {id} already has backing"
@@ -731,32 +1017,10 @@ impl GpuDevice {
         if entries.is_empty() {
             return Err(invalid("attach-backing with no entries"));
         }
-        let mut iovecs = Vec::with_capacity(entries.len());
-        let mut len = 0u64;
-        for &(addr, length) in entries {
-            len = len
-                .checked_add(u64::from(length))
-                .ok_or_else(|| invalid("backing length overflows"))?;
-            // Every byte of the entry must be guest memory; a range spanning regions becomes
-            // several iovecs.
-            for slice in mem.get_slices(GuestAddress(addr), length as usize) {
-                let slice = slice.map_err(|e| {
-                    invalid(format!(
-                        "backing entry {addr:#x}+{length:#x} is not guest memory: {e}"
-                    ))
-                })?;
-                iovecs.push(Iovec {
-                    base: slice.ptr_guard_mut().as_ptr(),
-                    len: slice.len(),
-                });
-            }
-        }
+        let (backing, iovecs) = Backing::map(entries, mem)?;
         self.renderer.attach_backing(id, iovecs)?;
         if let Some(res) = self.resources.get_mut(&id) {
-            res.backing = Some(Backing {
-                _mem: Arc::clone(mem),
-                len,
-            });
+            res.backing = Some(backing);
         }
         Ok(GpuResponse::OkNoData)
     }
@@ -765,6 +1029,11 @@ impl GpuDevice {
         let res = self.resource(id)?;
         if res.backing.is_none() {
             return Err(GpuError::Unspec(format!("resource {id} has no backing")));
+        }
+        if res.blob_mem.is_some() {
+            return Err(invalid(format!(
+                "resource {id} is a blob: its memory stays with it"
+            )));
         }
         self.renderer.detach_backing(id)?;
         if let Some(res) = self.resources.get_mut(&id) {
@@ -787,6 +1056,20 @@ impl GpuDevice {
 
     fn flush(&mut self, id: u32, rect: Rect) -> GpuResult {
         let res = self.resource(id)?;
+        if res.blob_mem.is_some() {
+            // A blob is shown where SET_SCANOUT_BLOB put it; the flush rect is clipped to that.
+            for i in 0..self.scanouts.len() {
+                let s = self.scanouts[i];
+                let Some(l) = s.blob.filter(|_| s.resource_id == id) else {
+                    continue;
+                };
+                let r = intersect(rect, s.rect);
+                if !r.is_empty() && self.display.present() {
+                    self.flush_blob(i, s, l, r)?;
+                }
+            }
+            return Ok(GpuResponse::OkNoData);
+        }
         if !rect.fits_in(res.width, res.height) {
             return Err(invalid(format!(
                 "rect {rect:?} in a {}x{} resource",

@@ -205,6 +205,25 @@ wire!(Submit3d {
     size: Le32,
     num_in_fences: Le32
 });
+wire!(CreateBlob {
+    resource_id: Le32,
+    blob_mem: Le32,
+    blob_flags: Le32,
+    nr_entries: Le32,
+    blob_id: Le64,
+    size: Le64,
+});
+wire!(SetScanoutBlob {
+    r: WireRect,
+    scanout_id: Le32,
+    resource_id: Le32,
+    width: Le32,
+    height: Le32,
+    format: Le32,
+    padding: Le32,
+    strides: [Le32; 4],
+    offsets: [Le32; 4],
+});
 wire!(DisplayOne {
     r: WireRect,
     enabled: Le32,
@@ -368,7 +387,25 @@ pub enum GpuCommand {
     Submit3d {
         cmds: Vec<u8>,
     },
-    /// A blob command, which this device does not offer (RESOURCE_BLOB is not advertised).
+    ResourceCreateBlob {
+        resource_id: u32,
+        blob_mem: u32,
+        blob_flags: u32,
+        blob_id: u64,
+        size: u64,
+        entries: Vec<(u64, u32)>,
+    },
+    SetScanoutBlob {
+        rect: Rect,
+        scanout_id: u32,
+        resource_id: u32,
+        width: u32,
+        height: u32,
+        format: u32,
+        strides: [u32; 4],
+        offsets: [u32; 4],
+    },
+    /// RESOURCE_MAP_BLOB / RESOURCE_UNMAP_BLOB: there is no host-visible memory to map into.
     Unsupported(u32),
 }
 
@@ -385,6 +422,7 @@ impl GpuCommand {
                 | GpuCommand::TransferToHost3d { .. }
                 | GpuCommand::TransferFromHost3d { .. }
                 | GpuCommand::Submit3d { .. }
+                | GpuCommand::ResourceCreateBlob { .. }
         )
     }
 
@@ -413,6 +451,8 @@ impl GpuCommand {
             GpuCommand::TransferToHost3d { .. } => "TRANSFER_TO_HOST_3D",
             GpuCommand::TransferFromHost3d { .. } => "TRANSFER_FROM_HOST_3D",
             GpuCommand::Submit3d { .. } => "SUBMIT_3D",
+            GpuCommand::ResourceCreateBlob { .. } => "RESOURCE_CREATE_BLOB",
+            GpuCommand::SetScanoutBlob { .. } => "SET_SCANOUT_BLOB",
             GpuCommand::Unsupported(_) => "unsupported",
         }
     }
@@ -471,6 +511,20 @@ pub fn decode<R: ChainRead>(r: &mut R) -> (Option<Header>, Result<GpuCommand, De
     }
     let hdr = Header::from(raw);
     (Some(hdr), decode_body(r, hdr.type_))
+}
+
+/// Reads `n` (addr, length) entries; `n` is bounded first.
+fn read_entries<R: ChainRead>(r: &mut R, t: u32, n: u32) -> Result<Vec<(u64, u32)>, DecodeError> {
+    if n > MAX_BACKING_ENTRIES {
+        return Err(DecodeError::TooManyEntries(n));
+    }
+    // Bounded above, so at most 4 MiB; entries missing from the chain fail the read.
+    let mut entries = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let e: MemEntry = read(r, t)?;
+        entries.push((e.addr.into(), e.length.into()));
+    }
+    Ok(entries)
 }
 
 fn transfer_3d(c: Transfer3dWire) -> (u32, Transfer3d) {
@@ -532,17 +586,7 @@ fn decode_body<R: ChainRead>(r: &mut R, t: u32) -> Result<GpuCommand, DecodeErro
         }
         RESOURCE_ATTACH_BACKING => {
             let c: AttachBacking = read(r, t)?;
-            let n: u32 = c.nr_entries.into();
-            if n > MAX_BACKING_ENTRIES {
-                return Err(DecodeError::TooManyEntries(n));
-            }
-            // Bounded above, so this allocation is at most 4 MiB; entries that are not in the
-            // chain fail the read below.
-            let mut entries = Vec::with_capacity(n as usize);
-            for _ in 0..n {
-                let e: MemEntry = read(r, t)?;
-                entries.push((e.addr.into(), e.length.into()));
-            }
+            let entries = read_entries(r, t, c.nr_entries.into())?;
             GpuCommand::ResourceAttachBacking {
                 resource_id: c.resource_id.into(),
                 entries,
@@ -639,9 +683,31 @@ fn decode_body<R: ChainRead>(r: &mut R, t: u32) -> Result<GpuCommand, DecodeErro
                 .map_err(|_| DecodeError::ShortBody(t))?;
             GpuCommand::Submit3d { cmds }
         }
-        RESOURCE_CREATE_BLOB | SET_SCANOUT_BLOB | RESOURCE_MAP_BLOB | RESOURCE_UNMAP_BLOB => {
-            GpuCommand::Unsupported(t)
+        RESOURCE_CREATE_BLOB => {
+            let c: CreateBlob = read(r, t)?;
+            GpuCommand::ResourceCreateBlob {
+                resource_id: c.resource_id.into(),
+                blob_mem: c.blob_mem.into(),
+                blob_flags: c.blob_flags.into(),
+                blob_id: c.blob_id.into(),
+                size: c.size.into(),
+                entries: read_entries(r, t, c.nr_entries.into())?,
+            }
         }
+        SET_SCANOUT_BLOB => {
+            let c: SetScanoutBlob = read(r, t)?;
+            GpuCommand::SetScanoutBlob {
+                rect: c.r.into(),
+                scanout_id: c.scanout_id.into(),
+                resource_id: c.resource_id.into(),
+                width: c.width.into(),
+                height: c.height.into(),
+                format: c.format.into(),
+                strides: c.strides.map(u32::from),
+                offsets: c.offsets.map(u32::from),
+            }
+        }
+        RESOURCE_MAP_BLOB | RESOURCE_UNMAP_BLOB => GpuCommand::Unsupported(t),
         other => return Err(DecodeError::UnknownType(other)),
     })
 }

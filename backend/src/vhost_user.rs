@@ -11,7 +11,8 @@ use vhost::vhost_user::{GpuBackend, Listener};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
 use virtio_bindings::virtio_config::{VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_gpu::{
-    VIRTIO_GPU_F_CONTEXT_INIT, VIRTIO_GPU_F_EDID, VIRTIO_GPU_F_RESOURCE_UUID, VIRTIO_GPU_F_VIRGL,
+    VIRTIO_GPU_F_CONTEXT_INIT, VIRTIO_GPU_F_EDID, VIRTIO_GPU_F_RESOURCE_BLOB,
+    VIRTIO_GPU_F_RESOURCE_UUID, VIRTIO_GPU_F_VIRGL,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{DescriptorChain, QueueOwnedT, Reader, Writer};
@@ -299,7 +300,9 @@ impl VhostUserBackend for VhostUserGpu {
             | (1 << VIRTIO_GPU_F_EDID)
                         | (1 << VIRTIO_GPU_F_RESOURCE_UUID)
             | if self.virgl {
-                (1 << VIRTIO_GPU_F_VIRGL) | (1 << VIRTIO_GPU_F_CONTEXT_INIT)
+                (1 << VIRTIO_GPU_F_VIRGL)
+                    | (1 << VIRTIO_GPU_F_CONTEXT_INIT)
+                    | (1 << VIRTIO_GPU_F_RESOURCE_BLOB)
             } else {
                 0
             }

@@ -323,6 +323,63 @@ impl Gpu {
         m
     }
 
+    /// RESOURCE_CREATE_BLOB in context `ctx` (guest entries for BLOB_MEM_GUEST).
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_blob(
+        &mut self,
+        ctx: u32,
+        id: u32,
+        blob_mem: u32,
+        flags: u32,
+        blob_id: u64,
+        size: u64,
+        entries: &[(u64, u32)],
+    ) -> u32 {
+        let mut m = Msg::hdr(RESOURCE_CREATE_BLOB, 0, 0, ctx, 0)
+            .u32(id)
+            .u32(blob_mem)
+            .u32(flags)
+            .u32(entries.len() as u32)
+            .u64(blob_id)
+            .u64(size);
+        for &(a, l) in entries {
+            m = m.u64(a).u32(l).u32(0);
+        }
+        self.ctrl_code(m)
+    }
+
+    /// SET_SCANOUT_BLOB with one plane.
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_scanout_blob(
+        &mut self,
+        scanout: u32,
+        id: u32,
+        r: (u32, u32, u32, u32),
+        w: u32,
+        h: u32,
+        format: u32,
+        stride: u32,
+        offset: u32,
+    ) -> u32 {
+        let m = Msg::cmd(SET_SCANOUT_BLOB)
+            .rect(r.0, r.1, r.2, r.3)
+            .u32(scanout)
+            .u32(id)
+            .u32(w)
+            .u32(h)
+            .u32(format)
+            .u32(0)
+            .u32(stride)
+            .u32(0)
+            .u32(0)
+            .u32(0)
+            .u32(offset)
+            .u32(0)
+            .u32(0)
+            .u32(0);
+        self.ctrl_code(m)
+    }
+
     /// Allocates a framebuffer's backing as a scatter list of 4 KiB pages in *reverse*
     /// order (so no two neighbours are contiguous, like shmem pages), fills it from `pixels`
     /// and returns the entries.

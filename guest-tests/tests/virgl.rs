@@ -73,7 +73,7 @@ fn features_config_and_capsets_match_virglrenderer() {
     let f = g.conn.device_features;
     assert_ne!(f & F_VIRGL, 0, "{f:#x}");
     assert_ne!(f & F_CONTEXT_INIT, 0, "{f:#x}");
-    assert_eq!(f & F_RESOURCE_BLOB, 0, "no blobs offered");
+    assert_ne!(f & F_RESOURCE_BLOB, 0, "blobs offered with virgl");
     // What virglrenderer reports in this process, for comparison.
     let mut local = virgl_bridge::VirglRenderer::new(&Default::default()).expect("virgl here");
     let caps = virgl_bridge::Renderer::capsets(&local);
@@ -632,4 +632,221 @@ fn a_new_frontend_gets_a_clean_virgl_device() {
     g.conn.stop_queues().unwrap();
     g.conn.start_queues(256).unwrap();
     assert_eq!(g.ctx_create(1, 0, "after reset"), OK_NODATA);
+}
+
+#[test]
+fn guest_blob_scanout_shows_guest_memory_without_transfers() {
+    let (_b, mut g) = start_virgl(&[]);
+    // A 128x64 image with a 600-byte stride, 64 bytes into a blob of scattered pages.
+    let (w, h, stride, offset) = (128u32, 64u32, 600u32, 64u32);
+    let size = offset + stride * h;
+    let img = pattern(w, h, 5);
+    let mut bytes = vec![0u8; size as usize];
+    for y in 0..h as usize {
+        let s = offset as usize + y * stride as usize;
+        bytes[s..s + (w * 4) as usize]
+            .copy_from_slice(&img[y * (w * 4) as usize..][..(w * 4) as usize]);
+    }
+    let entries = g.scattered_backing(&bytes);
+    assert_eq!(
+        g.create_blob(0, 30, BLOB_MEM_GUEST, 2, 0, u64::from(size), &entries),
+        OK_NODATA
+    );
+    assert_eq!(
+        g.set_scanout_blob(0, 30, (0, 0, w, h), w, h, B8G8R8X8, stride, offset),
+        OK_NODATA
+    );
+    let sc = g.display().wait_for(WAIT, |e| match e {
+        DisplayEvent::Scanout { id, width, height } => Some((*id, *width, *height)),
+        _ => None,
+    });
+    assert_eq!(sc, Some((0, w, h)));
+    assert_eq!(g.flush(30, (0, 0, w, h)), OK_NODATA);
+    let (_, x, y, uw, uh, data) = next_update(&g);
+    assert_eq!((x, y, uw, uh), (0, 0, w, h));
+    assert!(data == img, "blob image differs");
+    // The guest writes its memory; a flush alone shows it (no transfer: the blob is the image).
+    let r = (10, 20, 5, 3);
+    for yy in r.1..r.1 + r.3 {
+        for xx in r.0..r.0 + r.2 {
+            let i = (offset + yy * stride + xx * 4) as usize;
+            bytes[i..i + 4].copy_from_slice(&[1, 2, 3, 4]);
+        }
+    }
+    g.write_backing(&entries, &bytes);
+    assert_eq!(g.flush(30, (r.0, r.1, r.2, r.3)), OK_NODATA);
+    let (_, x, y, uw, uh, data) = next_update(&g);
+    assert_eq!((x, y, uw, uh), (r.0, r.1, r.2, r.3));
+    assert!(data.chunks(4).all(|p| p == [1, 2, 3, 4]));
+}
+
+#[test]
+fn bad_blob_input_gets_the_right_codes() {
+    let (mut b, mut g) = start_virgl(&["--max-host-memory", "64M"]);
+    fn check(g: &mut Gpu, b: &mut Backend, what: &str, want: u32, got: u32) {
+        assert_eq!(
+            got,
+            want,
+            "{what}: got {got:#x}, want {want:#x}\n{}",
+            b.log_text()
+        );
+        still_serves(g, b);
+    }
+    let page = g.scattered_backing(&[0u8; 4096]);
+    let got = g.create_blob(0, 31, BLOB_MEM_GUEST, 0, 0, 4096, &[(200 << 20, 4096)]);
+    check(
+        &mut g,
+        &mut b,
+        "guest blob outside memory",
+        ERR_INVALID_PARAMETER,
+        got,
+    );
+    let got = g.create_blob(0, 31, BLOB_MEM_GUEST, 0, 0, 8192, &page);
+    check(
+        &mut g,
+        &mut b,
+        "blob larger than its entries",
+        ERR_INVALID_PARAMETER,
+        got,
+    );
+    let got = g.create_blob(0, 31, BLOB_MEM_GUEST, 0, 0, 4096, &[]);
+    check(
+        &mut g,
+        &mut b,
+        "guest blob without entries",
+        ERR_INVALID_PARAMETER,
+        got,
+    );
+    let got = g.create_blob(0, 31, 9, 0, 0, 4096, &page);
+    check(&mut g, &mut b, "blob_mem 9", ERR_INVALID_PARAMETER, got);
+    let got = g.create_blob(0, 31, BLOB_MEM_GUEST, 0x80, 0, 4096, &page);
+    check(
+        &mut g,
+        &mut b,
+        "unknown blob flags",
+        ERR_INVALID_PARAMETER,
+        got,
+    );
+    let got = g.create_blob(0, 31, BLOB_MEM_GUEST, 0, 0, 0, &page);
+    check(&mut g, &mut b, "blob of size 0", ERR_INVALID_PARAMETER, got);
+    let got = g.create_blob(7, 31, BLOB_MEM_HOST3D, 0, 1, 4096, &[]);
+    check(
+        &mut g,
+        &mut b,
+        "host blob in an unknown context",
+        ERR_INVALID_CONTEXT_ID,
+        got,
+    );
+    assert_eq!(g.ctx_create(1, 2, "blobs"), OK_NODATA);
+    let got = g.create_blob(1, 31, BLOB_MEM_HOST3D, 0, 1, 1 << 40, &[]);
+    check(
+        &mut g,
+        &mut b,
+        "host blob over the memory limit",
+        ERR_OUT_OF_MEMORY,
+        got,
+    );
+    let got = g.create_blob(1, 31, BLOB_MEM_HOST3D, 0, 12345, 4096, &[]);
+    check(
+        &mut g,
+        &mut b,
+        "host blob of an object the context never made",
+        ERR_INVALID_PARAMETER,
+        got,
+    );
+    let got = g.ctrl_code(Msg::cmd(RESOURCE_MAP_BLOB).u32(31).u32(0).u64(0));
+    check(
+        &mut g,
+        &mut b,
+        "map blob without host-visible memory",
+        ERR_UNSPEC,
+        got,
+    );
+
+    assert_eq!(
+        g.create_blob(0, 32, BLOB_MEM_GUEST, 0, 0, 4096, &page),
+        OK_NODATA
+    );
+    let got = g.set_scanout_blob(0, 32, (0, 0, 32, 32), 32, 32, B8G8R8X8, 128, 4);
+    check(
+        &mut g,
+        &mut b,
+        "blob scanout 4 bytes past the blob",
+        ERR_INVALID_PARAMETER,
+        got,
+    );
+    let got = g.set_scanout_blob(0, 32, (0, 0, 32, 33), 32, 33, B8G8R8X8, 128, 0);
+    check(
+        &mut g,
+        &mut b,
+        "blob scanout a row past the blob",
+        ERR_INVALID_PARAMETER,
+        got,
+    );
+    let got = g.set_scanout_blob(0, 32, (0, 0, 16, 16), 16, 16, B8G8R8X8, 32, 0);
+    check(
+        &mut g,
+        &mut b,
+        "stride below width * 4",
+        ERR_INVALID_PARAMETER,
+        got,
+    );
+    let got = g.set_scanout_blob(0, 32, (0, 0, 16, 16), 16, 16, B8G8R8X8, u32::MAX, u32::MAX);
+    check(
+        &mut g,
+        &mut b,
+        "stride and offset that overflow",
+        ERR_INVALID_PARAMETER,
+        got,
+    );
+    let got = g.set_scanout_blob(0, 32, (0, 0, 16, 16), 16, 16, 999, 64, 0);
+    check(&mut g, &mut b, "unknown format", ERR_INVALID_PARAMETER, got);
+    let got = g.set_scanout_blob(0, 32, (8, 8, 16, 16), 16, 16, B8G8R8X8, 64, 0);
+    check(
+        &mut g,
+        &mut b,
+        "rect outside the image",
+        ERR_INVALID_PARAMETER,
+        got,
+    );
+    let got = g.set_scanout_blob(3, 32, (0, 0, 16, 16), 16, 16, B8G8R8X8, 64, 0);
+    check(
+        &mut g,
+        &mut b,
+        "scanout 3 of 1",
+        ERR_INVALID_SCANOUT_ID,
+        got,
+    );
+    assert_eq!(g.create_2d(33, B8G8R8X8, 16, 16), OK_NODATA);
+    let got = g.set_scanout_blob(0, 33, (0, 0, 16, 16), 16, 16, B8G8R8X8, 64, 0);
+    check(
+        &mut g,
+        &mut b,
+        "blob scanout of a non-blob",
+        ERR_INVALID_PARAMETER,
+        got,
+    );
+    let got = g.attach_backing(32, &page);
+    check(
+        &mut g,
+        &mut b,
+        "attach backing to a blob",
+        ERR_INVALID_PARAMETER,
+        got,
+    );
+    let got = g.transfer(32, (0, 0, 1, 1), 64);
+    check(
+        &mut g,
+        &mut b,
+        "2D transfer to a blob",
+        ERR_INVALID_PARAMETER,
+        got,
+    );
+    assert_eq!(
+        g.set_scanout_blob(0, 32, (0, 0, 16, 16), 16, 16, B8G8R8X8, 64, 0),
+        OK_NODATA
+    );
+    assert_eq!(g.flush(32, (0, 0, 16, 16)), OK_NODATA);
+    assert_eq!(next_update(&g).5.len(), 16 * 16 * 4);
+    assert_eq!(g.unref(32), OK_NODATA);
 }

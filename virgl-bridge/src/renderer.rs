@@ -257,6 +257,22 @@ pub trait Renderer: Send {
         Err(RendererError::Unsupported("3D transfers"))
     }
 
+    /// Creates a blob resource: guest memory (`iovecs`) for BLOB_MEM_GUEST, or an object the
+    /// context made (`blob_id`) for BLOB_MEM_HOST3D.
+    #[allow(clippy::too_many_arguments)]
+    fn create_blob(
+        &mut self,
+        _ctx_id: u32,
+        _resource_id: u32,
+        _blob_mem: u32,
+        _blob_flags: u32,
+        _blob_id: u64,
+        _size: u64,
+        _iovecs: Vec<Iovec>,
+    ) -> RendererResult<()> {
+        Err(RendererError::Unsupported("blob resources"))
+    }
+
     /// Runs a command stream (whole 32-bit words) in a context.
     fn submit_3d(&mut self, _ctx_id: u32, _cmds: Vec<u8>) -> RendererResult<()> {
         Err(RendererError::Unsupported("command submission"))

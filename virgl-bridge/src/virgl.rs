@@ -492,6 +492,65 @@ impl Renderer for VirglRenderer {
         self.create(id, *args)
     }
 
+    fn create_blob(
+        &mut self,
+        ctx_id: u32,
+        id: u32,
+        blob_mem: u32,
+        blob_flags: u32,
+        blob_id: u64,
+        size: u64,
+        iovecs: Vec<Iovec>,
+    ) -> RendererResult<()> {
+        if id == 0 || self.resources.contains_key(&id) {
+            return Err(RendererError::ResourceExists(id));
+        }
+        if ctx_id != 0 {
+            self.known_ctx(ctx_id)?;
+        }
+        let n = u32::try_from(iovecs.len())
+            .map_err(|_| RendererError::InvalidParameter("too many iovecs"))?;
+        let ret = self.call(move |st| {
+            let v: Vec<libc::iovec> = iovecs
+                .iter()
+                .map(|i| libc::iovec {
+                    iov_base: i.base.cast(),
+                    iov_len: i.len,
+                })
+                .collect();
+            let args = sys::virgl_renderer_resource_create_blob_args {
+                res_handle: id,
+                ctx_id,
+                blob_mem,
+                blob_flags,
+                blob_id,
+                size,
+                iovecs: if v.is_empty() {
+                    std::ptr::null()
+                } else {
+                    v.as_ptr().cast()
+                },
+                num_iovs: n,
+            };
+            // SAFETY: `args` is fully initialised; its iovec array is moved into `st.backings`
+            // below (a Vec's heap buffer does not move), so it outlives the resource, and the
+            // memory it names is kept mapped by the backend. virglrenderer checks blob_mem,
+            // blob_id and size against the context.
+            let ret = unsafe { sys::virgl_renderer_resource_create_blob(&args) };
+            if ret == 0 {
+                st.backings.insert(id, v);
+            }
+            ret
+        })?;
+        if ret != 0 {
+            return Err(RendererError::InvalidParameter(
+                "blob refused by virglrenderer",
+            ));
+        }
+        self.resources.insert(id, (0, 0));
+        Ok(())
+    }
+
     fn unref(&mut self, id: u32) -> RendererResult<()> {
         self.known(id)?;
         self.resources.remove(&id);
