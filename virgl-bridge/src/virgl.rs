@@ -121,17 +121,16 @@ extern "C" fn get_drm_fd(_cookie: *mut c_void) -> i32 {
 
 fn init_on_thread(options: &VirglOptions) -> Result<Vec<CapsetInfo>, String> {
     let _ = RENDER_NODE.set(options.render_node.clone());
-    let cbs = Box::leak(Box::new(sys::virgl_renderer_callbacks {
-        version: 3,
-        write_fence: Some(write_fence),
-        create_gl_context: None,
-        destroy_gl_context: None,
-        make_current: None,
-        get_drm_fd: Some(get_drm_fd),
-        write_context_fence: Some(write_context_fence),
-        get_server_fd: None,
-        get_egl_display: None,
-    }));
+    // SAFETY: the callbacks struct is plain C data; all-zero means every callback is absent
+    // (None), which virglrenderer accepts. Fields a newer header adds stay absent.
+    let mut cbs: sys::virgl_renderer_callbacks = unsafe { std::mem::zeroed() };
+    // Version 3 is the first with write_context_fence (per-ring fences); it is what the fields
+    // set here need, whatever newer versions the installed header knows.
+    cbs.version = 3;
+    cbs.write_fence = Some(write_fence);
+    cbs.get_drm_fd = Some(get_drm_fd);
+    cbs.write_context_fence = Some(write_context_fence);
+    let cbs = Box::leak(Box::new(cbs));
     let mut flags = sys::VIRGL_RENDERER_USE_EGL | sys::VIRGL_RENDERER_THREAD_SYNC;
     if options.render_node.is_none() {
         flags |= sys::VIRGL_RENDERER_USE_SURFACELESS;
@@ -264,7 +263,8 @@ impl VirglRenderer {
     pub fn new(options: &VirglOptions) -> RendererResult<Self> {
         let worker = worker(options)?;
         info!(
-            "virgl renderer up ({}), capsets {:?}",
+            "virgl renderer up (virglrenderer {}, {}), capsets {:?}",
+            env!("VIRGLRENDERER_VERSION"),
             options
                 .render_node
                 .as_ref()
