@@ -81,6 +81,11 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
     pub max_host_memory: u64,
 
+    /// Microseconds the queue thread keeps watching the ring after replying before it sleeps
+    /// (saves a wake-up per command for a driver that sends its next command at once); 0 off.
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub poll_us: u64,
+
     /// Log level (RUST_LOG, when set, wins).
     #[arg(long, value_enum, default_value = "info")]
     pub log_level: LogLevel,

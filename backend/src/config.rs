@@ -67,6 +67,8 @@ pub struct DeviceConfig {
     pub modes_from_user: bool,
     /// Host memory one guest may make us allocate for resources, in bytes.
     pub max_host_memory: u64,
+    /// Microseconds the queue thread watches the ring after a batch before sleeping.
+    pub poll_us: u64,
 }
 
 impl Default for DeviceConfig {
@@ -78,6 +80,7 @@ impl Default for DeviceConfig {
             }],
             modes_from_user: false,
             max_host_memory: 1 << 30,
+            poll_us: 50,
         }
     }
 }

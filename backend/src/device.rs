@@ -932,8 +932,17 @@ impl GpuDevice {
             }
         }
         // The renderer drops its iovecs before `res` (and with it the memory mapping) goes.
+        let res_size = res.size;
         let r = self.renderer.unref(id);
         drop(res);
+        if res_size >= 1 << 20 {
+            // Hand freed pages back to the host now: the iovec and entry lists of a big
+            // resource are small allocations that would otherwise linger in malloc's arenas.
+            // SAFETY: malloc_trim only releases free memory of the allocator; no pointers held.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
         r?;
         Ok(GpuResponse::OkNoData)
     }

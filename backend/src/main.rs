@@ -34,6 +34,13 @@ fn inherited_listener(fd: i32) -> Result<Listener> {
 }
 
 fn main() -> Result<()> {
+    // Large buffers (resources, readback) always get their own mappings, so freeing them gives
+    // the memory back to the host. Setting the threshold also stops glibc from raising it after
+    // big frees, which would keep freed resources in the heap for good.
+    // SAFETY: mallopt only sets allocator parameters; called first, before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
     let cli = Cli::parse();
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or(cli.log_level.filter()),
@@ -83,7 +90,8 @@ fn main() -> Result<()> {
         },
     };
 
-    let config = DeviceConfig::new(cli.displays.clone(), cli.max_host_memory)?;
+    let mut config = DeviceConfig::new(cli.displays.clone(), cli.max_host_memory)?;
+    config.poll_us = cli.poll_us;
     let mut listener = match (&cli.socket_path, cli.fd) {
         (Some(path), None) => {
             Listener::new(path, true).with_context(|| format!("listening on {}", path.display()))?

@@ -91,6 +91,8 @@ pub struct VhostUserGpu {
     events_read: AtomicU32,
     num_scanouts: u32,
     num_capsets: u32,
+    /// Microseconds to watch the ring after a batch before sleeping (0: never).
+    poll_us: u64,
     exit: (EventConsumer, EventNotifier),
 }
 
@@ -109,6 +111,7 @@ impl VhostUserGpu {
     ) -> Result<Self, ServeError> {
         Ok(VhostUserGpu {
             num_scanouts: config.num_scanouts(),
+            poll_us: config.poll_us,
             num_capsets,
             device: Mutex::new(device),
             pending_display: Mutex::new(None),
@@ -147,6 +150,7 @@ impl VhostUserGpu {
             device.display_mut().set_pending(display);
         }
         let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let poll = std::time::Duration::from_micros(self.poll_us);
         loop {
             if event_idx {
                 vring.disable_notification().map_err(io::Error::other)?;
@@ -166,11 +170,36 @@ impl VhostUserGpu {
             if vring.needs_notification().map_err(io::Error::other)? {
                 vring.signal_used_queue()?;
             }
-            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+            if event_idx && vring.enable_notification().map_err(io::Error::other)? {
+                continue;
+            }
+            // Before sleeping, watch the ring a little: a driver that sends its next command
+            // right after our reply is served without a kick and a wake-up.
+            if poll.is_zero() || !Self::poll_ring(vring, &mem, poll) {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// Spins up to `poll` for new available buffers; true when some arrived.
+    fn poll_ring(vring: &VringRwLock, mem: &GuestMemoryMmap, poll: std::time::Duration) -> bool {
+        use virtio_queue::QueueT;
+        let deadline = std::time::Instant::now() + poll;
+        loop {
+            let guard = vring.get_ref();
+            let q = guard.get_queue();
+            match q.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
+                Ok(avail) if avail.0 != q.next_avail() => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+            drop(guard);
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
     }
 
     /// Decodes, runs and answers one chain. Returns the bytes written, or None when the reply

@@ -1,0 +1,596 @@
+//! vhost-gpu benchmarks, side by side with QEMU's C backend (`/usr/lib/qemu/vhost-user-gpu`),
+//! through the same harness (vhost-user frontend, split virtqueues, display channel). Every
+//! figure is a median and p99 over many iterations after a warm-up, with a ratio against a
+//! baseline measured in the same run. Prints a table and writes JSON.
+//!
+//!     bench [--iterations N] [--json PATH] [--quick] [--theirs PATH|none] [--only WORD]
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use guest_tests::driver::{Gpu, CONTROLQ};
+use guest_tests::frontend::{binary_path, ConnectOptions};
+use guest_tests::wire::*;
+use guest_tests::{Backend, BackendOptions, DisplayEvent};
+
+struct Opts {
+    iterations: usize,
+    /// Run only workloads whose name contains this.
+    only: Option<String>,
+    json: Option<PathBuf>,
+    theirs: Option<PathBuf>,
+}
+
+fn parse() -> Opts {
+    let mut o = Opts {
+        iterations: 1000,
+        only: None,
+        json: Some(PathBuf::from("bench.json")),
+        theirs: Some(PathBuf::from("/usr/lib/qemu/vhost-user-gpu")).filter(|p| p.exists()),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--iterations" => {
+                o.iterations = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--iterations N")
+            }
+            "--quick" => o.iterations = 20,
+            "--only" => o.only = args.next(),
+            "--json" => o.json = args.next().map(PathBuf::from),
+            "--theirs" => {
+                o.theirs = args.next().filter(|v| v != "none").map(PathBuf::from);
+            }
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    o
+}
+
+/// Median and p99 of samples, in the samples' unit.
+#[derive(Clone, Copy, Debug)]
+struct Stat {
+    median: f64,
+    p99: f64,
+}
+
+fn stat(mut v: Vec<f64>) -> Stat {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    Stat {
+        median: at(0.5),
+        p99: at(0.99),
+    }
+}
+
+/// Runs `f` `warm` times, then `n` times, returning each run's seconds.
+fn time(n: usize, warm: usize, mut f: impl FnMut()) -> Vec<f64> {
+    for _ in 0..warm {
+        f();
+    }
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+struct Row {
+    name: String,
+    unit: &'static str,
+    ours: Stat,
+    theirs: Option<Stat>,
+    baseline: Option<(&'static str, Stat)>,
+    /// True when bigger is better (throughput), false for latencies and sizes.
+    higher_better: bool,
+}
+
+/// Which backend a run talks to.
+#[derive(Clone)]
+struct Target {
+    name: &'static str,
+    bin: PathBuf,
+    args: Vec<String>,
+}
+
+fn start(t: &Target) -> (Backend, Gpu) {
+    std::env::set_var("VHOST_GPU_BIN", &t.bin);
+    let b = Backend::start(&BackendOptions {
+        args: t.args.clone(),
+    });
+    let g = Gpu::connect(
+        &b,
+        &ConnectOptions {
+            mem_size: 256 << 20,
+            ..Default::default()
+        },
+    );
+    (b, g)
+}
+
+/// A `/proc/PID/status` field in KiB (VmRSS, RssAnon, RssShmem...).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resident memory the process allocated itself: RSS less the guest memory it has touched
+/// (the memfd shared with the frontend shows up as RssShmem).
+fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon:") + status_kib(pid, "RssFile:")
+}
+
+/// Round trip of a trivial command: flush of a 1x1 resource on no scanout.
+fn round_trip(t: &Target, n: usize) -> Stat {
+    let (_b, mut g) = start(t);
+    assert_eq!(g.create_2d(1, B8G8R8X8, 1, 1), OK_NODATA);
+    stat(
+        time(n, n / 10 + 5, || {
+            assert_eq!(g.flush(1, (0, 0, 1, 1)), OK_NODATA)
+        })
+        .into_iter()
+        .map(|s| s * 1e6)
+        .collect(),
+    )
+}
+
+/// Commands per second with 100 flushes queued per notify.
+fn throughput(t: &Target, n: usize) -> Stat {
+    let (_b, mut g) = start(t);
+    assert_eq!(g.create_2d(1, B8G8R8X8, 1, 1), OK_NODATA);
+    let req = Msg::cmd(RESOURCE_FLUSH).rect(0, 0, 1, 1).u32(1).u32(0).0;
+    let batch = 100;
+    let secs = time(n.div_ceil(10).max(3), 3, || {
+        for _ in 0..batch {
+            g.send(CONTROLQ, &req, 24);
+        }
+        g.collect(CONTROLQ, batch);
+    });
+    stat(secs.into_iter().map(|s| batch as f64 / s).collect())
+}
+
+const FW: u32 = 1920;
+const FH: u32 = 1080;
+
+/// TRANSFER_TO_HOST_2D of a 1080p frame backed by 4 KiB pages: GB/s.
+fn upload(t: &Target, n: usize) -> Stat {
+    let (_b, mut g) = start(t);
+    let px = vec![0x5au8; (FW * FH * 4) as usize];
+    assert_eq!(g.create_2d(1, B8G8R8A8, FW, FH), OK_NODATA);
+    let e = g.scattered_backing(&px);
+    assert_eq!(g.attach_backing(1, &e), OK_NODATA);
+    let bytes = f64::from(FW * FH * 4);
+    let secs = time(n.div_ceil(4).max(5), 5, || {
+        assert_eq!(g.transfer(1, (0, 0, FW, FH), FW * 4), OK_NODATA)
+    });
+    stat(secs.into_iter().map(|s| bytes / s / 1e9).collect())
+}
+
+/// The same bytes gathered in this process from guest memory: a 1080p frame copied out of
+/// 4 KiB memfd pages in reverse order (as `scattered_backing` lays them out) into a heap
+/// buffer. The floor any backend's copy stands on: memfd pages, no huge pages, a page a copy.
+fn scattered_baseline(n: usize) -> Stat {
+    let mem = guest_tests::GuestMemory::new(64 << 20).expect("memfd");
+    let bytes = (FW * FH * 4) as usize;
+    let pages = bytes.div_ceil(4096);
+    let base = mem.alloc_pinned(pages as u64 * 4096, 4096);
+    let src: Vec<u64> = (0..pages)
+        .map(|i| base + (pages - 1 - i) as u64 * 4096)
+        .collect();
+    for &a in &src {
+        mem.write(a, &[0x5a; 4096]);
+    }
+    let mut dst = vec![0u8; bytes];
+    let secs = time(n.div_ceil(4).max(5), 5, || {
+        for (i, &a) in src.iter().enumerate() {
+            let len = 4096.min(bytes - i * 4096);
+            let p = mem.host_addr(a) as *const u8;
+            // SAFETY: `a` is a page this function allocated in the live mapping `mem`.
+            let page = unsafe { std::slice::from_raw_parts(p, len) };
+            dst[i * 4096..i * 4096 + len].copy_from_slice(page);
+        }
+        std::hint::black_box(&mut dst);
+    });
+    stat(secs.into_iter().map(|s| bytes as f64 / s / 1e9).collect())
+}
+
+/// memcpy of the same bytes in this process: GB/s.
+fn memcpy_baseline(n: usize) -> Stat {
+    let src = vec![0x5au8; (FW * FH * 4) as usize];
+    let mut dst = vec![0u8; src.len()];
+    let bytes = src.len() as f64;
+    let secs = time(n.div_ceil(4).max(5), 5, || {
+        dst.copy_from_slice(std::hint::black_box(&src));
+        std::hint::black_box(&mut dst);
+    });
+    stat(secs.into_iter().map(|s| bytes / s / 1e9).collect())
+}
+
+/// Transfer + flush of a 1080p frame until its UPDATE reaches the frontend: frames/s.
+fn display_path(t: &Target, n: usize) -> Stat {
+    let (_b, mut g) = start(t);
+    let px = vec![0x33u8; (FW * FH * 4) as usize];
+    assert_eq!(g.display_info().code(), OK_DISPLAY_INFO);
+    assert_eq!(g.create_2d(1, B8G8R8X8, FW, FH), OK_NODATA);
+    let e = g.scattered_backing(&px);
+    assert_eq!(g.attach_backing(1, &e), OK_NODATA);
+    assert_eq!(g.set_scanout(0, 1, (0, 0, FW, FH)), OK_NODATA);
+    let secs = time(n.div_ceil(10).max(5), 3, || {
+        assert_eq!(g.transfer(1, (0, 0, FW, FH), FW * 4), OK_NODATA);
+        assert_eq!(g.flush(1, (0, 0, FW, FH)), OK_NODATA);
+        g.display()
+            .wait_for(Duration::from_secs(10), |e| {
+                matches!(e, DisplayEvent::Update { .. }).then_some(())
+            })
+            .expect("UPDATE");
+    });
+    stat(secs.into_iter().map(|s| 1.0 / s).collect())
+}
+
+/// Idle RSS after start, and RSS after creating and freeing 1 GiB of resources (KiB).
+fn memory(t: &Target) -> (Stat, Stat) {
+    let (b, mut g) = start(t);
+    assert_eq!(g.display_info().code(), OK_DISPLAY_INFO);
+    std::thread::sleep(Duration::from_millis(200));
+    let idle = rss_kib(b.pid()) as f64;
+    // 128 resources of 2048x1024x4 = 8 MiB, each with backing and a full transfer (so the host
+    // copy is really touched), then all freed.
+    let px = vec![1u8; 2048 * 1024 * 4];
+    let e = g.scattered_backing(&px);
+    for id in 1..=128 {
+        assert_eq!(g.create_2d(id, B8G8R8X8, 2048, 1024), OK_NODATA);
+        assert_eq!(g.attach_backing(id, &e), OK_NODATA);
+        assert_eq!(g.transfer(id, (0, 0, 2048, 1024), 2048 * 4), OK_NODATA);
+    }
+    let peak = rss_kib(b.pid()) as f64;
+    for id in 1..=128 {
+        assert_eq!(g.unref(id), OK_NODATA);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = rss_kib(b.pid()) as f64;
+    eprintln!(
+        "  {}: RSS idle {idle} KiB, with 1 GiB of resources {peak} KiB, after freeing {after} KiB",
+        t.name
+    );
+    (
+        Stat {
+            median: idle,
+            p99: idle,
+        },
+        Stat {
+            median: after,
+            p99: after,
+        },
+    )
+}
+
+/// From exec to the socket being there: milliseconds.
+fn startup(t: &Target, n: usize) -> Stat {
+    let dir = std::env::temp_dir().join(format!("vhost-gpu-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("s.sock");
+    let ms = (0..n)
+        .map(|_| {
+            let _ = std::fs::remove_file(&sock);
+            let t0 = Instant::now();
+            let mut c = std::process::Command::new(&t.bin)
+                .args(&t.args)
+                .arg("--socket-path")
+                .arg(&sock)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            while !sock.exists() {
+                std::thread::sleep(Duration::from_micros(100));
+                assert!(t0.elapsed() < Duration::from_secs(10));
+            }
+            let el = t0.elapsed().as_secs_f64() * 1e3;
+            let _ = c.kill();
+            let _ = c.wait();
+            el
+        })
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    stat(ms)
+}
+
+/// virgl on llvmpipe: fence round trip of an empty SUBMIT_3D (µs), clear + readback of a 1080p
+/// render target (ms).
+fn virgl(n: usize) -> Option<(Stat, Stat)> {
+    let t = Target {
+        name: "vhost-gpu virgl",
+        bin: binary_path_ours(),
+        args: vec!["--virgl".into()],
+    };
+    std::env::set_var("VHOST_GPU_BIN", &t.bin);
+    let b = Backend::start(&BackendOptions {
+        args: t.args.clone(),
+    });
+    let mut g = Gpu::connect(
+        &b,
+        &ConnectOptions {
+            mem_size: 256 << 20,
+            ..Default::default()
+        },
+    );
+    if g.ctx_create(1, 0, "bench") != OK_NODATA {
+        return None;
+    }
+    let mut fence = 0u64;
+    let rtt = time(n, n / 10 + 5, || {
+        fence += 1;
+        let r = g.ctrl(
+            Gpu::submit_msg(Msg::hdr(SUBMIT_3D, FLAG_FENCE, fence, 1, 0), &[]),
+            24,
+        );
+        assert_eq!(r.code(), OK_NODATA);
+    });
+    use guest_tests::wire::virgl::*;
+    assert_eq!(
+        g.create_3d(
+            10,
+            PIPE_TEXTURE_2D,
+            FORMAT_B8G8R8A8_UNORM,
+            BIND_RENDER_TARGET,
+            FW,
+            FH,
+            1,
+            0
+        ),
+        OK_NODATA
+    );
+    let e = g.scattered_backing(&vec![0u8; (FW * FH * 4) as usize]);
+    assert_eq!(g.attach_backing(10, &e), OK_NODATA);
+    assert_eq!(g.ctx_attach(1, 10), OK_NODATA);
+    let clear_rb = time(n.div_ceil(10).max(5), 3, || {
+        fence += 1;
+        let r = g.ctrl(
+            Gpu::submit_msg(
+                Msg::hdr(SUBMIT_3D, 0, 0, 1, 0),
+                &clear(1, 10, [0.2, 0.4, 0.6, 1.0]),
+            ),
+            24,
+        );
+        assert_eq!(r.code(), OK_NODATA);
+        let m = Gpu::transfer_3d_msg(
+            Msg::hdr(TRANSFER_FROM_HOST_3D, FLAG_FENCE, fence, 1, 0),
+            10,
+            [0, 0, 0, FW, FH, 1],
+            0,
+            0,
+            FW * 4,
+        );
+        assert_eq!(g.ctrl(m, 24).code(), OK_NODATA);
+    });
+    Some((
+        stat(rtt.into_iter().map(|s| s * 1e6).collect()),
+        stat(clear_rb.into_iter().map(|s| s * 1e3).collect()),
+    ))
+}
+
+/// Our binary, resolved once before any workload points VHOST_GPU_BIN elsewhere.
+fn binary_path_ours() -> PathBuf {
+    static OURS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    OURS.get_or_init(|| {
+        std::env::var_os("VHOST_GPU_OURS")
+            .map(PathBuf::from)
+            .unwrap_or_else(binary_path)
+    })
+    .clone()
+}
+
+fn main() {
+    let o = parse();
+    binary_path_ours();
+    let n = o.iterations;
+    let ours = Target {
+        name: "vhost-gpu",
+        bin: binary_path_ours(),
+        args: vec!["--renderer".into(), "2d".into()],
+    };
+    let theirs = o.theirs.as_ref().map(|p| Target {
+        name: "qemu vhost-user-gpu",
+        bin: p.clone(),
+        args: vec![],
+    });
+    let both = |f: &dyn Fn(&Target) -> Stat| (f(&ours), theirs.as_ref().map(f));
+    let mut rows = Vec::new();
+    let run = |name: &str| o.only.as_ref().is_none_or(|w| name.contains(w.as_str()));
+
+    if run("round trip") {
+        eprintln!("round trip...");
+        let (a, b) = both(&|t| round_trip(t, n));
+        rows.push(Row {
+            name: "control round trip (1x1 flush)".into(),
+            unit: "µs",
+            ours: a,
+            theirs: b,
+            baseline: None,
+            higher_better: false,
+        });
+        let no_poll = Target {
+            args: vec![
+                "--renderer".into(),
+                "2d".into(),
+                "--poll-us".into(),
+                "0".into(),
+            ],
+            ..ours.clone()
+        };
+        let (a, b) = (
+            round_trip(&no_poll, n),
+            theirs.as_ref().map(|t| round_trip(t, n)),
+        );
+        rows.push(Row {
+            name: "  same, ring polling off (--poll-us 0)".into(),
+            unit: "µs",
+            ours: a,
+            theirs: b,
+            baseline: None,
+            higher_better: false,
+        });
+    }
+    if run("throughput") {
+        eprintln!("throughput...");
+        let (a, b) = both(&|t| throughput(t, n));
+        rows.push(Row {
+            name: "batched commands (100 per kick)".into(),
+            unit: "cmd/s",
+            ours: a,
+            theirs: b,
+            baseline: None,
+            higher_better: true,
+        });
+    }
+    if run("upload") {
+        eprintln!("upload...");
+        let base = memcpy_baseline(n);
+        let (a, b) = both(&|t| upload(t, n));
+        rows.push(Row {
+            name: "2D upload 1080p, 4 KiB pages".into(),
+            unit: "GB/s",
+            ours: a,
+            theirs: b,
+            baseline: Some(("memcpy", base)),
+            higher_better: true,
+        });
+        let pages = scattered_baseline(n);
+        rows.push(Row {
+            name: "  same, vs gathering the pages in-process".into(),
+            unit: "GB/s",
+            ours: a,
+            theirs: b,
+            baseline: Some(("page gather", pages)),
+            higher_better: true,
+        });
+    }
+    if run("display path") {
+        eprintln!("display path...");
+        let (a, b) = both(&|t| display_path(t, n));
+        rows.push(Row {
+            name: "transfer+flush 1080p to UPDATE".into(),
+            unit: "fps",
+            ours: a,
+            theirs: b,
+            baseline: None,
+            higher_better: true,
+        });
+    }
+    if run("memory") {
+        eprintln!("memory...");
+        let (oi, oa) = memory(&ours);
+        let t = theirs.as_ref().map(memory);
+        rows.push(Row {
+            name: "RSS idle (less guest memory)".into(),
+            unit: "KiB",
+            ours: oi,
+            theirs: t.map(|x| x.0),
+            baseline: None,
+            higher_better: false,
+        });
+        rows.push(Row {
+            name: "RSS after 1 GiB created+freed".into(),
+            unit: "KiB",
+            ours: oa,
+            theirs: t.map(|x| x.1),
+            baseline: Some(("own idle", oi)),
+            higher_better: false,
+        });
+    }
+    if run("startup") {
+        eprintln!("startup...");
+        let (a, b) = both(&|t| startup(t, n.div_ceil(50).max(5)));
+        rows.push(Row {
+            name: "startup to listening".into(),
+            unit: "ms",
+            ours: a,
+            theirs: b,
+            baseline: None,
+            higher_better: false,
+        });
+    }
+    if run("virgl") {
+        eprintln!("virgl...");
+        if let Some((rtt, crb)) = virgl(n) {
+            rows.push(Row {
+                name: "virgl fence round trip (empty SUBMIT_3D)".into(),
+                unit: "µs",
+                ours: rtt,
+                theirs: None,
+                baseline: None,
+                higher_better: false,
+            });
+            rows.push(Row {
+                name: "virgl clear + readback 1080p".into(),
+                unit: "ms",
+                ours: crb,
+                theirs: None,
+                baseline: None,
+                higher_better: false,
+            });
+        }
+    }
+
+    // Table.
+    let mut out = String::new();
+    let _ = writeln!(out, "| workload | unit | vhost-gpu median | p99 | QEMU median | p99 | ours/QEMU | baseline | ours/baseline |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    let mut json = String::from("[\n");
+    for (i, r) in rows.iter().enumerate() {
+        let ratio = r.theirs.map(|t| r.ours.median / t.median);
+        let (bname, bratio) = r.baseline.map_or(("".to_string(), None), |(n, b)| {
+            (
+                format!("{n} {:.3}", b.median),
+                Some(r.ours.median / b.median),
+            )
+        });
+        let f = |v: f64| {
+            if v >= 100.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.3}")
+            }
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.name,
+            r.unit,
+            f(r.ours.median),
+            f(r.ours.p99),
+            r.theirs.map_or("-".into(), |t| f(t.median)),
+            r.theirs.map_or("-".into(), |t| f(t.p99)),
+            ratio.map_or("-".into(), |x| format!("{x:.2}")),
+            bname,
+            bratio.map_or("-".into(), |x| format!("{x:.2}")),
+        );
+        let _ = write!(
+            json,
+            "  {{\"workload\": \"{}\", \"unit\": \"{}\", \"higher_is_better\": {}, \"ours\": {{\"median\": {}, \"p99\": {}}}, \"theirs\": {}, \"ours_over_theirs\": {}, \"ours_over_baseline\": {}}}{}\n",
+            r.name, r.unit, r.higher_better, r.ours.median, r.ours.p99,
+            r.theirs.map_or("null".into(), |t| format!("{{\"median\": {}, \"p99\": {}}}", t.median, t.p99)),
+            ratio.map_or("null".into(), |x| format!("{x}")),
+            bratio.map_or("null".into(), |x| format!("{x}")),
+            if i + 1 < rows.len() { "," } else { "" }
+        );
+    }
+    json.push_str("]\n");
+    println!("{out}");
+    println!(
+        "iterations: {n}; machine: {} cores",
+        std::thread::available_parallelism().map_or(0, |v| v.get())
+    );
+    if let Some(p) = o.json {
+        std::fs::write(&p, json).expect("write JSON");
+        println!("JSON: {}", p.display());
+    }
+}
