@@ -573,9 +573,9 @@ fn main() {
             bname,
             bratio.map_or("-".into(), |x| format!("{x:.2}")),
         );
-        let _ = write!(
+        let _ = writeln!(
             json,
-            "  {{\"workload\": \"{}\", \"unit\": \"{}\", \"higher_is_better\": {}, \"ours\": {{\"median\": {}, \"p99\": {}}}, \"theirs\": {}, \"ours_over_theirs\": {}, \"ours_over_baseline\": {}}}{}\n",
+            "  {{\"workload\": \"{}\", \"unit\": \"{}\", \"higher_is_better\": {}, \"ours\": {{\"median\": {}, \"p99\": {}}}, \"theirs\": {}, \"ours_over_theirs\": {}, \"ours_over_baseline\": {}}}{}",
             r.name, r.unit, r.higher_better, r.ours.median, r.ours.p99,
             r.theirs.map_or("null".into(), |t| format!("{{\"median\": {}, \"p99\": {}}}", t.median, t.p99)),
             ratio.map_or("null".into(), |x| format!("{x}")),
