@@ -45,7 +45,7 @@ impl LogLevel {
 /// A virtio-gpu device for QEMU's vhost-user-gpu-pci / vhost-user-vga, served over a
 /// vhost-user socket.
 #[derive(Debug, Parser)]
-#[command(name = "vhost-gpu", version, about)]
+#[command(name = "vhost-gpu", version, about, args_override_self = true)]
 pub struct Cli {
     /// Listen on this vhost-user socket path.
     #[arg(short = 's', long, value_name = "PATH", conflicts_with = "fd")]
@@ -83,7 +83,7 @@ pub struct Cli {
 
     /// Microseconds the queue thread keeps watching the ring after replying before it sleeps
     /// (saves a wake-up per command for a driver that sends its next command at once); 0 off.
-    #[arg(long, value_name = "MICROSECONDS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub poll_us: u64,
 
     /// Log level (RUST_LOG, when set, wins).

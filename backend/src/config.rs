@@ -80,7 +80,7 @@ impl Default for DeviceConfig {
             }],
             modes_from_user: false,
             max_host_memory: 1 << 30,
-            poll_us: 50,
+            poll_us: 10,
         }
     }
 }

@@ -98,11 +98,31 @@ struct Target {
     args: Vec<String>,
 }
 
+/// Pins a process (its threads made from now on) to one CPU; the bench runs on CPU 0 and the
+/// backend under test on CPU 1, so both backends see the same cross-CPU wake-ups.
+fn pin(pid: u32, cpu: usize) {
+    if std::thread::available_parallelism().map_or(1, |v| v.get()) < 2 {
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity get a live set of the
+    // size passed.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(
+            pid as libc::pid_t,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &set,
+        );
+    }
+}
+
 fn start(t: &Target) -> (Backend, Gpu) {
     std::env::set_var("VHOST_GPU_BIN", &t.bin);
     let b = Backend::start(&BackendOptions {
         args: t.args.clone(),
     });
+    pin(b.pid(), 1);
     let g = Gpu::connect(
         &b,
         &ConnectOptions {
@@ -130,21 +150,20 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Round trip of a trivial command: flush of a 1x1 resource on no scanout.
-fn round_trip(t: &Target, n: usize) -> Stat {
+fn round_trip(t: &Target, n: usize) -> Vec<f64> {
     let (_b, mut g) = start(t);
     assert_eq!(g.create_2d(1, B8G8R8X8, 1, 1), OK_NODATA);
-    stat(
-        time(n, n / 10 + 5, || {
-            assert_eq!(g.flush(1, (0, 0, 1, 1)), OK_NODATA)
-        })
-        .into_iter()
-        .map(|s| s * 1e6)
-        .collect(),
-    )
+
+    time(n, n / 10 + 5, || {
+        assert_eq!(g.flush(1, (0, 0, 1, 1)), OK_NODATA)
+    })
+    .into_iter()
+    .map(|s| s * 1e6)
+    .collect()
 }
 
 /// Commands per second with 100 flushes queued per notify.
-fn throughput(t: &Target, n: usize) -> Stat {
+fn throughput(t: &Target, n: usize) -> Vec<f64> {
     let (_b, mut g) = start(t);
     assert_eq!(g.create_2d(1, B8G8R8X8, 1, 1), OK_NODATA);
     let req = Msg::cmd(RESOURCE_FLUSH).rect(0, 0, 1, 1).u32(1).u32(0).0;
@@ -155,14 +174,14 @@ fn throughput(t: &Target, n: usize) -> Stat {
         }
         g.collect(CONTROLQ, batch);
     });
-    stat(secs.into_iter().map(|s| batch as f64 / s).collect())
+    secs.into_iter().map(|s| batch as f64 / s).collect()
 }
 
 const FW: u32 = 1920;
 const FH: u32 = 1080;
 
 /// TRANSFER_TO_HOST_2D of a 1080p frame backed by 4 KiB pages: GB/s.
-fn upload(t: &Target, n: usize) -> Stat {
+fn upload(t: &Target, n: usize) -> Vec<f64> {
     let (_b, mut g) = start(t);
     let px = vec![0x5au8; (FW * FH * 4) as usize];
     assert_eq!(g.create_2d(1, B8G8R8A8, FW, FH), OK_NODATA);
@@ -172,7 +191,7 @@ fn upload(t: &Target, n: usize) -> Stat {
     let secs = time(n.div_ceil(4).max(5), 5, || {
         assert_eq!(g.transfer(1, (0, 0, FW, FH), FW * 4), OK_NODATA)
     });
-    stat(secs.into_iter().map(|s| bytes / s / 1e9).collect())
+    secs.into_iter().map(|s| bytes / s / 1e9).collect()
 }
 
 /// The same bytes gathered in this process from guest memory: a 1080p frame copied out of
@@ -216,7 +235,7 @@ fn memcpy_baseline(n: usize) -> Stat {
 }
 
 /// Transfer + flush of a 1080p frame until its UPDATE reaches the frontend: frames/s.
-fn display_path(t: &Target, n: usize) -> Stat {
+fn display_path(t: &Target, n: usize) -> Vec<f64> {
     let (_b, mut g) = start(t);
     let px = vec![0x33u8; (FW * FH * 4) as usize];
     assert_eq!(g.display_info().code(), OK_DISPLAY_INFO);
@@ -233,7 +252,7 @@ fn display_path(t: &Target, n: usize) -> Stat {
             })
             .expect("UPDATE");
     });
-    stat(secs.into_iter().map(|s| 1.0 / s).collect())
+    secs.into_iter().map(|s| 1.0 / s).collect()
 }
 
 /// Idle RSS after start, and RSS after creating and freeing 1 GiB of resources (KiB).
@@ -274,7 +293,7 @@ fn memory(t: &Target) -> (Stat, Stat) {
 }
 
 /// From exec to the socket being there: milliseconds.
-fn startup(t: &Target, n: usize) -> Stat {
+fn startup(t: &Target, n: usize) -> Vec<f64> {
     let dir = std::env::temp_dir().join(format!("vhost-gpu-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("s.sock");
@@ -300,7 +319,7 @@ fn startup(t: &Target, n: usize) -> Stat {
         })
         .collect();
     let _ = std::fs::remove_dir_all(&dir);
-    stat(ms)
+    ms
 }
 
 /// virgl on llvmpipe: fence round trip of an empty SUBMIT_3D (µs), clear + readback of a 1080p
@@ -389,6 +408,7 @@ fn binary_path_ours() -> PathBuf {
 }
 
 fn main() {
+    pin(0, 0);
     let o = parse();
     binary_path_ours();
     let n = o.iterations;
@@ -402,13 +422,26 @@ fn main() {
         bin: p.clone(),
         args: vec![],
     });
-    let both = |f: &dyn Fn(&Target) -> Stat| (f(&ours), theirs.as_ref().map(f));
+    // Ours and theirs alternate over a few rounds, each with a fresh process, and the samples
+    // are pooled: which CPU a process lands on moves a small VM's numbers more than anything.
+    const ROUNDS: usize = 3;
+    let nr = (n / ROUNDS).max(5);
+    let both = |f: &dyn Fn(&Target) -> Vec<f64>| {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            a.extend(f(&ours));
+            if let Some(t) = &theirs {
+                b.extend(f(t));
+            }
+        }
+        (stat(a), theirs.as_ref().map(|_| stat(b)))
+    };
     let mut rows = Vec::new();
     let run = |name: &str| o.only.as_ref().is_none_or(|w| name.contains(w.as_str()));
 
     if run("round trip") {
         eprintln!("round trip...");
-        let (a, b) = both(&|t| round_trip(t, n));
+        let (a, b) = both(&|t| round_trip(t, nr));
         rows.push(Row {
             name: "control round trip (1x1 flush)".into(),
             unit: "µs",
@@ -427,8 +460,8 @@ fn main() {
             ..ours.clone()
         };
         let (a, b) = (
-            round_trip(&no_poll, n),
-            theirs.as_ref().map(|t| round_trip(t, n)),
+            stat(round_trip(&no_poll, n)),
+            theirs.as_ref().map(|t| stat(round_trip(t, n))),
         );
         rows.push(Row {
             name: "  same, ring polling off (--poll-us 0)".into(),
@@ -441,7 +474,7 @@ fn main() {
     }
     if run("throughput") {
         eprintln!("throughput...");
-        let (a, b) = both(&|t| throughput(t, n));
+        let (a, b) = both(&|t| throughput(t, nr));
         rows.push(Row {
             name: "batched commands (100 per kick)".into(),
             unit: "cmd/s",
@@ -454,7 +487,7 @@ fn main() {
     if run("upload") {
         eprintln!("upload...");
         let base = memcpy_baseline(n);
-        let (a, b) = both(&|t| upload(t, n));
+        let (a, b) = both(&|t| upload(t, nr));
         rows.push(Row {
             name: "2D upload 1080p, 4 KiB pages".into(),
             unit: "GB/s",
@@ -475,7 +508,7 @@ fn main() {
     }
     if run("display path") {
         eprintln!("display path...");
-        let (a, b) = both(&|t| display_path(t, n));
+        let (a, b) = both(&|t| display_path(t, nr));
         rows.push(Row {
             name: "transfer+flush 1080p to UPDATE".into(),
             unit: "fps",
@@ -508,7 +541,7 @@ fn main() {
     }
     if run("startup") {
         eprintln!("startup...");
-        let (a, b) = both(&|t| startup(t, n.div_ceil(50).max(5)));
+        let (a, b) = both(&|t| startup(t, nr.div_ceil(50).max(5)));
         rows.push(Row {
             name: "startup to listening".into(),
             unit: "ms",
