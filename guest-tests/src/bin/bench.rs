@@ -408,6 +408,7 @@ fn binary_path_ours() -> PathBuf {
 }
 
 fn main() {
+    let cores = std::thread::available_parallelism().map_or(0, |v| v.get());
     pin(0, 0);
     let o = parse();
     binary_path_ours();
@@ -618,10 +619,7 @@ fn main() {
     }
     json.push_str("]\n");
     println!("{out}");
-    println!(
-        "iterations: {n}; machine: {} cores",
-        std::thread::available_parallelism().map_or(0, |v| v.get())
-    );
+    println!("iterations: {n}; machine: {} cores", cores);
     if let Some(p) = o.json {
         std::fs::write(&p, json).expect("write JSON");
         println!("JSON: {}", p.display());
