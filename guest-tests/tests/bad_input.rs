@@ -8,26 +8,15 @@ use guest_tests::driver::{CONTROLQ, CURSORQ};
 use guest_tests::virtqueue::Buf;
 use guest_tests::wire::*;
 
-/// Runs `case`, expects `code`, then proves the device still serves.
-fn expect(g: &mut guest_tests::Gpu, b: &mut guest_tests::Backend, what: &str, code: u32, got: u32) {
-    assert_eq!(
-        got,
-        code,
-        "{what}: got {got:#x}, want {code:#x}\nbackend log:\n{}",
-        b.log_text()
-    );
-    still_serves(g, b);
-}
-
 #[test]
 fn malformed_chains() {
     let (mut b, mut g) = start(&[]);
     let got = g.ctrl_code(Msg::cmd(0x9999));
-    expect(&mut g, &mut b, "unknown command type", ERR_UNSPEC, got);
+    expect_code(&mut g, &mut b, "unknown command type", ERR_UNSPEC, got);
     let got = g
         .request(CONTROLQ, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 24)
         .code();
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "chain shorter than a header",
@@ -35,7 +24,7 @@ fn malformed_chains() {
         got,
     );
     let got = g.ctrl_code(Msg::cmd(SET_SCANOUT).u32(0).u32(0));
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "SET_SCANOUT body cut short",
@@ -43,7 +32,7 @@ fn malformed_chains() {
         got,
     );
     let got = g.ctrl_code(Msg::cmd(RESOURCE_CREATE_2D).u32(1));
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "RESOURCE_CREATE_2D body cut short",
@@ -124,9 +113,9 @@ fn malformed_chains() {
 
     // 3D commands on the 2D renderer.
     let got = g.ctrl_code(Msg::cmd(CTX_CREATE).u32(4).u32(0).bytes(&[b'x'; 64]));
-    expect(&mut g, &mut b, "CTX_CREATE on 2D", ERR_UNSPEC, got);
+    expect_code(&mut g, &mut b, "CTX_CREATE on 2D", ERR_UNSPEC, got);
     let got = g.ctrl_code(Msg::cmd(GET_CAPSET_INFO).u32(0).u32(0));
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "GET_CAPSET_INFO with no capsets",
@@ -134,7 +123,7 @@ fn malformed_chains() {
         got,
     );
     let got = g.ctrl_code(Msg::cmd(GET_CAPSET).u32(1).u32(1));
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "GET_CAPSET with no capsets",
@@ -147,7 +136,7 @@ fn malformed_chains() {
 fn resource_ids_formats_sizes_and_memory_limit() {
     let (mut b, mut g) = start(&["--max-host-memory", "8M"]);
     let got = g.create_2d(0, B8G8R8X8, 4, 4);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "resource id 0",
@@ -156,7 +145,7 @@ fn resource_ids_formats_sizes_and_memory_limit() {
     );
     assert_eq!(g.create_2d(1, B8G8R8X8, 4, 4), OK_NODATA);
     let got = g.create_2d(1, B8G8R8X8, 4, 4);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "duplicate resource id",
@@ -164,11 +153,11 @@ fn resource_ids_formats_sizes_and_memory_limit() {
         got,
     );
     let got = g.create_2d(2, 999, 4, 4);
-    expect(&mut g, &mut b, "unknown format", ERR_INVALID_PARAMETER, got);
+    expect_code(&mut g, &mut b, "unknown format", ERR_INVALID_PARAMETER, got);
     let got = g.create_2d(2, B8G8R8X8, 0, 4);
-    expect(&mut g, &mut b, "zero width", ERR_INVALID_PARAMETER, got);
+    expect_code(&mut g, &mut b, "zero width", ERR_INVALID_PARAMETER, got);
     let got = g.create_2d(2, B8G8R8X8, 2048, 2048);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "16 MiB over an 8 MiB limit",
@@ -176,7 +165,7 @@ fn resource_ids_formats_sizes_and_memory_limit() {
         got,
     );
     let got = g.create_2d(2, B8G8R8X8, u32::MAX, u32::MAX);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "size that overflows 32 bits",
@@ -190,7 +179,7 @@ fn resource_ids_formats_sizes_and_memory_limit() {
     assert_eq!(got, ERR_OUT_OF_MEMORY, "over the limit by 4 bytes");
     assert_eq!(g.unref(3), OK_NODATA);
     let got = g.unref(3);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "unref of a freed resource",
@@ -208,7 +197,7 @@ fn rectangles_offsets_and_scanouts() {
     assert_eq!(g.create_2d(2, B8G8R8X8, 64, 64), OK_NODATA); // no backing
 
     let got = g.set_scanout(1, 1, (0, 0, 64, 64));
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "scanout 1 of 1",
@@ -216,7 +205,7 @@ fn rectangles_offsets_and_scanouts() {
         got,
     );
     let got = g.set_scanout(u32::MAX, 1, (0, 0, 64, 64));
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "scanout u32::MAX",
@@ -224,7 +213,7 @@ fn rectangles_offsets_and_scanouts() {
         got,
     );
     let got = g.set_scanout(0, 9, (0, 0, 64, 64));
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "scanout of an unknown resource",
@@ -232,7 +221,7 @@ fn rectangles_offsets_and_scanouts() {
         got,
     );
     let got = g.set_scanout(0, 1, (0, 0, 65, 64));
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "scanout rect wider than the resource",
@@ -240,7 +229,7 @@ fn rectangles_offsets_and_scanouts() {
         got,
     );
     let got = g.set_scanout(0, 1, (0xffff_fff0, 0, 0x20, 64));
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "scanout rect whose x + width wraps",
@@ -249,7 +238,7 @@ fn rectangles_offsets_and_scanouts() {
     );
 
     let got = g.transfer(1, (60, 0, 8, 8), 256);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "transfer rect outside",
@@ -257,7 +246,7 @@ fn rectangles_offsets_and_scanouts() {
         got,
     );
     let got = g.transfer(1, (0, 0xffff_fffe, 8, 4), 256);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "transfer rect whose y + height wraps",
@@ -265,7 +254,7 @@ fn rectangles_offsets_and_scanouts() {
         got,
     );
     let got = g.transfer_at(1, (0, 0, 8, 8), u64::MAX);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "transfer offset u64::MAX",
@@ -273,7 +262,7 @@ fn rectangles_offsets_and_scanouts() {
         got,
     );
     let got = g.transfer_at(1, (0, 0, 64, 64), 4096);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "transfer past the end of the backing",
@@ -281,7 +270,7 @@ fn rectangles_offsets_and_scanouts() {
         got,
     );
     let got = g.transfer(2, (0, 0, 8, 8), 256);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "transfer without backing",
@@ -289,7 +278,7 @@ fn rectangles_offsets_and_scanouts() {
         got,
     );
     let got = g.transfer(9, (0, 0, 8, 8), 256);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "transfer to an unknown resource",
@@ -298,7 +287,7 @@ fn rectangles_offsets_and_scanouts() {
     );
 
     let got = g.flush(1, (0, 0, 64, 65));
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "flush rect outside",
@@ -306,7 +295,7 @@ fn rectangles_offsets_and_scanouts() {
         got,
     );
     let got = g.flush(9, (0, 0, 1, 1));
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "flush of an unknown resource",
@@ -315,7 +304,7 @@ fn rectangles_offsets_and_scanouts() {
     );
 
     let got = g.edid(1).code();
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "EDID of scanout 1 of 1",
@@ -323,7 +312,7 @@ fn rectangles_offsets_and_scanouts() {
         got,
     );
     let got = g.update_cursor(3, 0, 0, 1, (0, 0));
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "cursor on scanout 3",
@@ -331,7 +320,7 @@ fn rectangles_offsets_and_scanouts() {
         got,
     );
     let got = g.update_cursor(0, 0, 0, 9, (0, 0));
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "cursor from an unknown resource",
@@ -339,7 +328,7 @@ fn rectangles_offsets_and_scanouts() {
         got,
     );
     let got = g.move_cursor(5, 0, 0);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "cursor move on scanout 5",
@@ -350,7 +339,7 @@ fn rectangles_offsets_and_scanouts() {
     let got = g
         .request(CURSORQ, &Msg::cmd(UPDATE_CURSOR).u32(0).0, 24)
         .code();
-    expect(&mut g, &mut b, "UPDATE_CURSOR cut short", ERR_UNSPEC, got);
+    expect_code(&mut g, &mut b, "UPDATE_CURSOR cut short", ERR_UNSPEC, got);
 }
 
 #[test]
@@ -358,7 +347,7 @@ fn backing_lists() {
     let (mut b, mut g) = start(&[]);
     assert_eq!(g.create_2d(1, B8G8R8X8, 64, 64), OK_NODATA);
     let got = g.attach_backing(1, &[(200 << 20, 4096)]);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "backing outside guest memory",
@@ -366,7 +355,7 @@ fn backing_lists() {
         got,
     );
     let got = g.attach_backing(1, &[((128 << 20) - 100, 4096)]);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "backing running off the end of memory",
@@ -374,7 +363,7 @@ fn backing_lists() {
         got,
     );
     let got = g.attach_backing(1, &[(u64::MAX - 10, 4096)]);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "backing whose address wraps",
@@ -382,7 +371,7 @@ fn backing_lists() {
         got,
     );
     let got = g.attach_backing(9, &[(2 << 20, 4096)]);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "backing for an unknown resource",
@@ -390,7 +379,7 @@ fn backing_lists() {
         got,
     );
     let got = g.attach_backing(1, &[]);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "backing with no entries",
@@ -405,7 +394,7 @@ fn backing_lists() {
         .u32(4096)
         .u32(0);
     let got = g.ctrl_code(m);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "nr_entries 0x7fffffff",
@@ -419,7 +408,7 @@ fn backing_lists() {
         .u32(4096)
         .u32(0);
     let got = g.ctrl_code(m);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "nr_entries 1000 with one entry in the chain",
@@ -427,16 +416,16 @@ fn backing_lists() {
         got,
     );
     let got = g.detach_backing(1);
-    expect(&mut g, &mut b, "detach without backing", ERR_UNSPEC, got);
+    expect_code(&mut g, &mut b, "detach without backing", ERR_UNSPEC, got);
 
     let px = pattern(64, 64, 4);
     let entries = g.scattered_backing(&px);
     assert_eq!(g.attach_backing(1, &entries), OK_NODATA);
     let got = g.attach_backing(1, &entries);
-    expect(&mut g, &mut b, "second attach", ERR_UNSPEC, got);
+    expect_code(&mut g, &mut b, "second attach", ERR_UNSPEC, got);
     assert_eq!(g.detach_backing(1), OK_NODATA);
     let got = g.transfer(1, (0, 0, 64, 64), 256);
-    expect(
+    expect_code(
         &mut g,
         &mut b,
         "transfer after detach",

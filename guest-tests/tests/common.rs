@@ -91,3 +91,15 @@ pub fn still_serves(g: &mut Gpu, b: &mut Backend) {
     );
     assert_eq!(g.unref(4242), guest_tests::wire::OK_NODATA);
 }
+
+/// Asserts a reply code (printing the backend's log when it is wrong), then proves the device
+/// still serves.
+pub fn expect_code(g: &mut Gpu, b: &mut Backend, what: &str, want: u32, got: u32) {
+    assert_eq!(
+        got,
+        want,
+        "{what}: got {got:#x}, want {want:#x}\nbackend log:\n{}",
+        b.log_text()
+    );
+    still_serves(g, b);
+}

@@ -284,19 +284,10 @@ fn bad_3d_input_gets_the_right_codes() {
     let (mut b, mut g) = start_virgl(&["--max-host-memory", "64M"]);
     assert_eq!(g.ctx_create(1, 0, "ok"), OK_NODATA);
     let entries = target(&mut g, 1, 10);
-    fn check(g: &mut Gpu, b: &mut Backend, what: &str, want: u32, got: u32) {
-        assert_eq!(
-            got,
-            want,
-            "{what}: got {got:#x}, want {want:#x}\n{}",
-            b.log_text()
-        );
-        still_serves(g, b);
-    }
     let got = g.ctx_create(0, 0, "zero");
-    check(&mut g, &mut b, "context id 0", ERR_INVALID_CONTEXT_ID, got);
+    expect_code(&mut g, &mut b, "context id 0", ERR_INVALID_CONTEXT_ID, got);
     let got = g.ctx_create(1, 0, "dup");
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "duplicate context",
@@ -304,7 +295,7 @@ fn bad_3d_input_gets_the_right_codes() {
         got,
     );
     let got = g.ctx_create(2, 9, "capset 9");
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "context on a capset not offered",
@@ -312,7 +303,7 @@ fn bad_3d_input_gets_the_right_codes() {
         got,
     );
     let got = g.ctx_create(2, 0x102, "reserved bits");
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "context_init reserved bits",
@@ -320,7 +311,7 @@ fn bad_3d_input_gets_the_right_codes() {
         got,
     );
     let got = g.ctrl_code(Gpu::submit_msg(Msg::hdr(SUBMIT_3D, 0, 0, 9, 0), &[0]));
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "submit on unknown context",
@@ -328,7 +319,7 @@ fn bad_3d_input_gets_the_right_codes() {
         got,
     );
     let got = g.ctx_attach(9, 10);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "attach to unknown context",
@@ -336,7 +327,7 @@ fn bad_3d_input_gets_the_right_codes() {
         got,
     );
     let got = g.ctx_attach(1, 99);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "attach unknown resource",
@@ -344,7 +335,7 @@ fn bad_3d_input_gets_the_right_codes() {
         got,
     );
     let got = g.ctx_detach(1, 4242);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "detach unknown resource",
@@ -352,7 +343,7 @@ fn bad_3d_input_gets_the_right_codes() {
         got,
     );
     let got = g.ctx_destroy(9);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "destroy unknown context",
@@ -363,7 +354,7 @@ fn bad_3d_input_gets_the_right_codes() {
     // SUBMIT_3D's size larger than the chain, and not whole words.
     let m = Msg::hdr(SUBMIT_3D, 0, 0, 1, 0).u32(4096).u32(0).u32(0);
     let got = g.ctrl_code(m);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "submit size beyond the chain",
@@ -372,7 +363,7 @@ fn bad_3d_input_gets_the_right_codes() {
     );
     let m = Msg::hdr(SUBMIT_3D, 0, 0, 1, 0).u32(u32::MAX).u32(0);
     let got = g.ctrl_code(m);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "submit size u32::MAX",
@@ -384,7 +375,7 @@ fn bad_3d_input_gets_the_right_codes() {
         .u32(0)
         .bytes(&[1, 2, 3]);
     let got = g.ctrl_code(m);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "submit of 3 bytes",
@@ -393,7 +384,7 @@ fn bad_3d_input_gets_the_right_codes() {
     );
     let m = Msg::hdr(SUBMIT_3D, 0, 0, 1, 0).u32(0).u32(2).u64(1).u64(2);
     let got = g.ctrl_code(m);
-    check(&mut g, &mut b, "in-fences", ERR_INVALID_PARAMETER, got);
+    expect_code(&mut g, &mut b, "in-fences", ERR_INVALID_PARAMETER, got);
     // A garbage stream: refused or ignored by virglrenderer, never a crash.
     let garbage: Vec<u32> = (0..64u32).map(|i| i.wrapping_mul(0x9e37_79b9)).collect();
     let got = g.ctrl_code(Gpu::submit_msg(Msg::hdr(SUBMIT_3D, 0, 0, 1, 0), &garbage));
@@ -412,7 +403,7 @@ fn bad_3d_input_gets_the_right_codes() {
         )
     };
     let got = g.ctrl_code(t(1, 10, [0, 0, 0, W + 1, H, 1], 0));
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "box wider than the texture",
@@ -420,7 +411,7 @@ fn bad_3d_input_gets_the_right_codes() {
         got,
     );
     let got = g.ctrl_code(t(1, 10, [u32::MAX, 0, 0, 2, 1, 1], 0));
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "box whose x + w wraps",
@@ -428,7 +419,7 @@ fn bad_3d_input_gets_the_right_codes() {
         got,
     );
     let got = g.ctrl_code(t(1, 10, [0, 0, 1, 1, 1, 1], 0));
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "box past the only layer",
@@ -436,7 +427,7 @@ fn bad_3d_input_gets_the_right_codes() {
         got,
     );
     let got = g.ctrl_code(t(1, 10, [0, 0, 0, 1, 1, 1], 3));
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "level above last_level",
@@ -444,7 +435,7 @@ fn bad_3d_input_gets_the_right_codes() {
         got,
     );
     let got = g.ctrl_code(t(9, 10, [0, 0, 0, 1, 1, 1], 0));
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "transfer in an unknown context",
@@ -465,7 +456,7 @@ fn bad_3d_input_gets_the_right_codes() {
         OK_NODATA
     );
     let got = g.ctrl_code(t(1, 12, [0, 0, 0, 1, 1, 1], 0));
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "resource not attached to the context",
@@ -474,7 +465,7 @@ fn bad_3d_input_gets_the_right_codes() {
     );
     assert_eq!(g.ctx_attach(1, 12), OK_NODATA);
     let got = g.ctrl_code(t(1, 12, [0, 0, 0, 1, 1, 1], 0));
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "transfer without backing",
@@ -490,7 +481,7 @@ fn bad_3d_input_gets_the_right_codes() {
         W * 4,
     );
     let got = g.ctrl_code(m);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "offset u64::MAX",
@@ -509,7 +500,7 @@ fn bad_3d_input_gets_the_right_codes() {
         1,
         0,
     );
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "256 MiB texture over a 64 MiB limit",
@@ -526,7 +517,7 @@ fn bad_3d_input_gets_the_right_codes() {
         u32::MAX,
         0,
     );
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "overflowing 3D texture",
@@ -543,7 +534,7 @@ fn bad_3d_input_gets_the_right_codes() {
         1,
         0,
     );
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "duplicate resource id",
@@ -683,18 +674,9 @@ fn guest_blob_scanout_shows_guest_memory_without_transfers() {
 #[test]
 fn bad_blob_input_gets_the_right_codes() {
     let (mut b, mut g) = start_virgl(&["--max-host-memory", "64M"]);
-    fn check(g: &mut Gpu, b: &mut Backend, what: &str, want: u32, got: u32) {
-        assert_eq!(
-            got,
-            want,
-            "{what}: got {got:#x}, want {want:#x}\n{}",
-            b.log_text()
-        );
-        still_serves(g, b);
-    }
     let page = g.scattered_backing(&[0u8; 4096]);
     let got = g.create_blob(0, 31, BLOB_MEM_GUEST, 0, 0, 4096, &[(200 << 20, 4096)]);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "guest blob outside memory",
@@ -702,7 +684,7 @@ fn bad_blob_input_gets_the_right_codes() {
         got,
     );
     let got = g.create_blob(0, 31, BLOB_MEM_GUEST, 0, 0, 8192, &page);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "blob larger than its entries",
@@ -710,7 +692,7 @@ fn bad_blob_input_gets_the_right_codes() {
         got,
     );
     let got = g.create_blob(0, 31, BLOB_MEM_GUEST, 0, 0, 4096, &[]);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "guest blob without entries",
@@ -718,9 +700,9 @@ fn bad_blob_input_gets_the_right_codes() {
         got,
     );
     let got = g.create_blob(0, 31, 9, 0, 0, 4096, &page);
-    check(&mut g, &mut b, "blob_mem 9", ERR_INVALID_PARAMETER, got);
+    expect_code(&mut g, &mut b, "blob_mem 9", ERR_INVALID_PARAMETER, got);
     let got = g.create_blob(0, 31, BLOB_MEM_GUEST, 0x80, 0, 4096, &page);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "unknown blob flags",
@@ -728,9 +710,9 @@ fn bad_blob_input_gets_the_right_codes() {
         got,
     );
     let got = g.create_blob(0, 31, BLOB_MEM_GUEST, 0, 0, 0, &page);
-    check(&mut g, &mut b, "blob of size 0", ERR_INVALID_PARAMETER, got);
+    expect_code(&mut g, &mut b, "blob of size 0", ERR_INVALID_PARAMETER, got);
     let got = g.create_blob(7, 31, BLOB_MEM_HOST3D, 0, 1, 4096, &[]);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "host blob in an unknown context",
@@ -739,7 +721,7 @@ fn bad_blob_input_gets_the_right_codes() {
     );
     assert_eq!(g.ctx_create(1, 2, "blobs"), OK_NODATA);
     let got = g.create_blob(1, 31, BLOB_MEM_HOST3D, 0, 1, 1 << 40, &[]);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "host blob over the memory limit",
@@ -747,7 +729,7 @@ fn bad_blob_input_gets_the_right_codes() {
         got,
     );
     let got = g.create_blob(1, 31, BLOB_MEM_HOST3D, 0, 12345, 4096, &[]);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "host blob of an object the context never made",
@@ -755,7 +737,7 @@ fn bad_blob_input_gets_the_right_codes() {
         got,
     );
     let got = g.ctrl_code(Msg::cmd(RESOURCE_MAP_BLOB).u32(31).u32(0).u64(0));
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "map blob without host-visible memory",
@@ -768,7 +750,7 @@ fn bad_blob_input_gets_the_right_codes() {
         OK_NODATA
     );
     let got = g.set_scanout_blob(0, 32, (0, 0, 32, 32), 32, 32, B8G8R8X8, 128, 4);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "blob scanout 4 bytes past the blob",
@@ -776,7 +758,7 @@ fn bad_blob_input_gets_the_right_codes() {
         got,
     );
     let got = g.set_scanout_blob(0, 32, (0, 0, 32, 33), 32, 33, B8G8R8X8, 128, 0);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "blob scanout a row past the blob",
@@ -784,7 +766,7 @@ fn bad_blob_input_gets_the_right_codes() {
         got,
     );
     let got = g.set_scanout_blob(0, 32, (0, 0, 16, 16), 16, 16, B8G8R8X8, 32, 0);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "stride below width * 4",
@@ -792,7 +774,7 @@ fn bad_blob_input_gets_the_right_codes() {
         got,
     );
     let got = g.set_scanout_blob(0, 32, (0, 0, 16, 16), 16, 16, B8G8R8X8, u32::MAX, u32::MAX);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "stride and offset that overflow",
@@ -800,9 +782,9 @@ fn bad_blob_input_gets_the_right_codes() {
         got,
     );
     let got = g.set_scanout_blob(0, 32, (0, 0, 16, 16), 16, 16, 999, 64, 0);
-    check(&mut g, &mut b, "unknown format", ERR_INVALID_PARAMETER, got);
+    expect_code(&mut g, &mut b, "unknown format", ERR_INVALID_PARAMETER, got);
     let got = g.set_scanout_blob(0, 32, (8, 8, 16, 16), 16, 16, B8G8R8X8, 64, 0);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "rect outside the image",
@@ -810,7 +792,7 @@ fn bad_blob_input_gets_the_right_codes() {
         got,
     );
     let got = g.set_scanout_blob(3, 32, (0, 0, 16, 16), 16, 16, B8G8R8X8, 64, 0);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "scanout 3 of 1",
@@ -819,7 +801,7 @@ fn bad_blob_input_gets_the_right_codes() {
     );
     assert_eq!(g.create_2d(33, B8G8R8X8, 16, 16), OK_NODATA);
     let got = g.set_scanout_blob(0, 33, (0, 0, 16, 16), 16, 16, B8G8R8X8, 64, 0);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "blob scanout of a non-blob",
@@ -827,7 +809,7 @@ fn bad_blob_input_gets_the_right_codes() {
         got,
     );
     let got = g.attach_backing(32, &page);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "attach backing to a blob",
@@ -835,7 +817,7 @@ fn bad_blob_input_gets_the_right_codes() {
         got,
     );
     let got = g.transfer(32, (0, 0, 1, 1), 64);
-    check(
+    expect_code(
         &mut g,
         &mut b,
         "2D transfer to a blob",
