@@ -106,18 +106,22 @@ struct Backing {
     len: u64,
     /// The guest (address, length) entries, kept for blobs the device reads itself.
     entries: Vec<(u64, u32)>,
+    /// Byte offset in the backing where each entry starts (for seeking in `read_at`).
+    starts: Vec<u64>,
 }
 
 impl Backing {
     /// Maps guest entries: every byte must be guest memory (a range spanning regions becomes
     /// several iovecs), and the total length must not overflow.
     fn map(
-        entries: &[(u64, u32)],
+        entries: Vec<(u64, u32)>,
         mem: &Arc<GuestMemoryMmap>,
     ) -> Result<(Self, Vec<Iovec>), GpuError> {
         let mut iovecs = Vec::with_capacity(entries.len());
+        let mut starts = Vec::with_capacity(entries.len());
         let mut len = 0u64;
-        for &(addr, length) in entries {
+        for &(addr, length) in &entries {
+            starts.push(len);
             len = len
                 .checked_add(u64::from(length))
                 .ok_or_else(|| invalid("backing length overflows"))?;
@@ -136,7 +140,8 @@ impl Backing {
         let b = Backing {
             mem: Arc::clone(mem),
             len,
-            entries: entries.to_vec(),
+            entries,
+            starts,
         };
         Ok((b, iovecs))
     }
@@ -145,7 +150,13 @@ impl Backing {
     /// checked lies inside it).
     fn read_at(&self, mut offset: u64, mut dst: &mut [u8]) -> Result<(), GpuError> {
         use vm_memory::Bytes;
-        for &(addr, length) in &self.entries {
+        // The first entry that ends past `offset`; everything before it is skipped at once.
+        let first = self
+            .starts
+            .partition_point(|&s| s <= offset)
+            .saturating_sub(1);
+        offset -= self.starts.get(first).copied().unwrap_or(0);
+        for &(addr, length) in self.entries.iter().skip(first) {
             if dst.is_empty() {
                 break;
             }
@@ -376,7 +387,7 @@ impl GpuDevice {
             GpuCommand::ResourceAttachBacking {
                 resource_id,
                 entries,
-            } => self.attach_backing(resource_id, &entries, mem),
+            } => self.attach_backing(resource_id, entries, mem),
             GpuCommand::ResourceDetachBacking { resource_id } => self.detach_backing(resource_id),
             GpuCommand::GetCapsetInfo { index } => {
                 let caps = self.renderer.capsets();
@@ -461,7 +472,7 @@ impl GpuDevice {
                 hdr.ctx_id,
                 resource_id,
                 (blob_mem, blob_flags, blob_id, size),
-                &entries,
+                entries,
                 mem,
             ),
             GpuCommand::SetScanoutBlob {
@@ -494,7 +505,7 @@ impl GpuDevice {
         ctx_id: u32,
         id: u32,
         (blob_mem, blob_flags, blob_id, size): (u32, u32, u64, u64),
-        entries: &[(u64, u32)],
+        entries: Vec<(u64, u32)>,
         mem: &Arc<GuestMemoryMmap>,
     ) -> GpuResult {
         if id == 0 || self.resources.contains_key(&id) {
@@ -1009,7 +1020,7 @@ impl GpuDevice {
     fn attach_backing(
         &mut self,
         id: u32,
-        entries: &[(u64, u32)],
+        entries: Vec<(u64, u32)>,
         mem: &Arc<GuestMemoryMmap>,
     ) -> GpuResult {
         let res = self.resource(id)?;
@@ -1401,6 +1412,36 @@ mod tests {
         assert_eq!(&d.scratch[36..44], &pixels[36..44]);
         assert_eq!(&d.scratch[52..60], &pixels[52..60]);
         assert_eq!(&d.scratch[0..36], &[0u8; 36][..]);
+    }
+
+    #[test]
+    fn backing_reads_seek_across_uneven_entries() {
+        let (_, mem) = device(1 << 20);
+        // Entries of 100, 1, 4096 and 250 bytes, out of address order.
+        let entries = vec![(0x9000, 100), (0x2000, 1), (0x4000, 4096), (0x100, 250)];
+        let mut flat = Vec::new();
+        for (i, &(a, l)) in entries.iter().enumerate() {
+            let bytes: Vec<u8> = (0..l)
+                .map(|j| (j as u8).wrapping_mul(7).wrapping_add(i as u8))
+                .collect();
+            mem.write_slice(&bytes, GuestAddress(a)).unwrap();
+            flat.extend_from_slice(&bytes);
+        }
+        let (b, _) = Backing::map(entries, &mem).unwrap();
+        for (off, n) in [
+            (0, 4447),
+            (99, 3),
+            (100, 1),
+            (101, 4096),
+            (4196, 251),
+            (4446, 1),
+            (50, 0),
+        ] {
+            let mut out = vec![0u8; n];
+            b.read_at(off as u64, &mut out).unwrap();
+            assert_eq!(out, flat[off..off + n], "offset {off} len {n}");
+        }
+        assert!(b.read_at(4440, &mut [0u8; 8]).is_err(), "past the end");
     }
 
     #[test]
