@@ -44,6 +44,16 @@ struct HeldReply {
     reply: Vec<u8>,
 }
 
+/// An error from `handle_event` ends vhost-user-backend's queue thread for good (the device
+/// would hang), so queue trouble — rings stopped under us, a bad used ring — is logged and the
+/// thread goes on serving.
+fn keep_serving(r: io::Result<()>, what: &str) -> io::Result<()> {
+    if let Err(e) = r {
+        guest_warn!("{what}: {e}");
+    }
+    Ok(())
+}
+
 /// Writes a reply into a chain's writable part; returns the bytes written.
 fn write_reply<W: std::io::Write>(mut w: W, reply: &[u8]) -> u32 {
     match w.write_all(reply) {
@@ -141,17 +151,19 @@ impl VhostUserGpu {
         };
         let mem = atomic.memory().into_inner();
         let mut device = lock(&self.device);
-        if self.reset_requested.swap(false, Ordering::AcqRel) {
-            device.reset();
-            // Held chains belong to the rings that were stopped.
-            lock(&self.held).clear();
-        }
-        if let Some(display) = lock(&self.pending_display).take() {
-            device.display_mut().set_pending(display);
-        }
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let poll = std::time::Duration::from_micros(self.poll_us);
         loop {
+            // Checked before every batch: the frontend may stop and restart the rings while
+            // this thread polls, and the restarted driver's commands must meet a reset device.
+            if self.reset_requested.swap(false, Ordering::AcqRel) {
+                device.reset();
+                // Held chains belong to the rings that were stopped.
+                lock(&self.held).clear();
+            }
+            if let Some(display) = lock(&self.pending_display).take() {
+                device.display_mut().set_pending(display);
+            }
             if event_idx {
                 vring.disable_notification().map_err(io::Error::other)?;
             }
@@ -189,6 +201,9 @@ impl VhostUserGpu {
         loop {
             let guard = vring.get_ref();
             let q = guard.get_queue();
+            if !q.ready() {
+                return false;
+            }
             match q.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
                 Ok(avail) if avail.0 != q.next_avail() => return true,
                 Ok(_) => {}
@@ -424,13 +439,13 @@ impl VhostUserBackend for VhostUserGpu {
                 let vring = vrings
                     .get(usize::from(CONTROL_QUEUE))
                     .ok_or_else(|| io::Error::other("no control queue"))?;
-                self.complete_fences(vring)
+                keep_serving(self.complete_fences(vring), "completing fences")
             }
             CONTROL_QUEUE | CURSOR_QUEUE => {
                 let vring = vrings
                     .get(usize::from(device_event))
                     .ok_or_else(|| io::Error::other("no such vring"))?;
-                self.process_queue(vring)
+                keep_serving(self.process_queue(vring), "processing a queue")
             }
             other => {
                 debug!("event {other} for no queue");
