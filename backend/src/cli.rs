@@ -81,6 +81,14 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
     pub max_host_memory: u64,
 
+    /// Most resources one guest may have at once (over it: ERR_OUT_OF_MEMORY).
+    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_resources: u32,
+
+    /// Most rendering contexts one guest may have at once (over it: ERR_OUT_OF_MEMORY).
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_contexts: u32,
+
     /// Microseconds the queue thread keeps watching the ring after replying before it sleeps
     /// (saves a wake-up per command for a driver that sends its next command at once); 0 off.
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=10_000))]

@@ -69,6 +69,10 @@ pub struct DeviceConfig {
     pub max_host_memory: u64,
     /// Microseconds the queue thread watches the ring after a batch before sleeping.
     pub poll_us: u64,
+    /// Most resources one guest may have at once.
+    pub max_resources: u32,
+    /// Most rendering contexts one guest may have at once.
+    pub max_contexts: u32,
 }
 
 impl Default for DeviceConfig {
@@ -81,6 +85,8 @@ impl Default for DeviceConfig {
             modes_from_user: false,
             max_host_memory: 1 << 30,
             poll_us: 10,
+            max_resources: 65_536,
+            max_contexts: 256,
         }
     }
 }

@@ -508,9 +508,7 @@ impl GpuDevice {
         entries: Vec<(u64, u32)>,
         mem: &Arc<GuestMemoryMmap>,
     ) -> GpuResult {
-        if id == 0 || self.resources.contains_key(&id) {
-            return Err(GpuError::InvalidResource(id));
-        }
+        self.check_new_resource(id)?;
         if blob_flags & !BLOB_FLAGS_ALL != 0 {
             return Err(invalid(format!("blob flags {blob_flags:#x}")));
         }
@@ -661,6 +659,21 @@ impl GpuDevice {
         Ok(())
     }
 
+    /// A new resource id must be non-zero and unused, and the guest under its resource cap
+    /// (each resource costs host bookkeeping that `--max-host-memory` does not see).
+    fn check_new_resource(&self, id: u32) -> Result<(), GpuError> {
+        if id == 0 || self.resources.contains_key(&id) {
+            return Err(GpuError::InvalidResource(id));
+        }
+        if self.resources.len() >= self.config.max_resources as usize {
+            return Err(GpuError::OutOfMemory(format!(
+                "{} resources, the limit (--max-resources)",
+                self.resources.len()
+            )));
+        }
+        Ok(())
+    }
+
     fn context(&self, ctx_id: u32) -> Result<&Context, GpuError> {
         self.contexts
             .get(&ctx_id)
@@ -670,6 +683,12 @@ impl GpuDevice {
     fn ctx_create(&mut self, ctx_id: u32, context_init: u32, name: &[u8]) -> GpuResult {
         if ctx_id == 0 || self.contexts.contains_key(&ctx_id) {
             return Err(GpuError::InvalidContext(ctx_id));
+        }
+        if self.contexts.len() >= self.config.max_contexts as usize {
+            return Err(GpuError::OutOfMemory(format!(
+                "{} contexts, the limit (--max-contexts)",
+                self.contexts.len()
+            )));
         }
         // Low 8 bits: the capset the context speaks; the rest is reserved.
         if context_init & !0xff != 0 {
@@ -682,9 +701,7 @@ impl GpuDevice {
     }
 
     fn create_3d(&mut self, id: u32, a: Resource3d) -> GpuResult {
-        if id == 0 || self.resources.contains_key(&id) {
-            return Err(GpuError::InvalidResource(id));
-        }
+        self.check_new_resource(id)?;
         if a.width == 0 {
             return Err(invalid("zero width"));
         }
@@ -889,9 +906,7 @@ impl GpuDevice {
     }
 
     fn create_2d(&mut self, id: u32, fmt: u32, width: u32, height: u32) -> GpuResult {
-        if id == 0 || self.resources.contains_key(&id) {
-            return Err(GpuError::InvalidResource(id));
-        }
+        self.check_new_resource(id)?;
         if !format::ALL.contains(&fmt) {
             return Err(invalid(format!("format {fmt}")));
         }

@@ -92,6 +92,8 @@ fn main() -> Result<()> {
 
     let mut config = DeviceConfig::new(cli.displays.clone(), cli.max_host_memory)?;
     config.poll_us = cli.poll_us;
+    config.max_resources = cli.max_resources;
+    config.max_contexts = cli.max_contexts;
     let mut listener = match (&cli.socket_path, cli.fd) {
         (Some(path), None) => {
             Listener::new(path, true).with_context(|| format!("listening on {}", path.display()))?

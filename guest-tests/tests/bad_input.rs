@@ -464,3 +464,46 @@ fn guest_error_logging_is_rate_limited() {
     // 20 lines per 5 s window; the loop may straddle a window or two.
     assert!(lines <= 60, "{lines} log lines for 300 bad commands");
 }
+
+#[test]
+fn resource_and_context_caps() {
+    let (mut b, mut g) = start(&["--max-resources", "3"]);
+    for id in 1..=3 {
+        assert_eq!(g.create_2d(id, B8G8R8X8, 1, 1), OK_NODATA);
+    }
+    // still_serves needs a fourth resource, so check by hand here.
+    assert_eq!(
+        g.create_2d(4, B8G8R8X8, 1, 1),
+        ERR_OUT_OF_MEMORY,
+        "a 4th resource over --max-resources 3"
+    );
+    assert!(b.alive());
+    assert_eq!(g.unref(2), OK_NODATA);
+    assert_eq!(
+        g.create_2d(4, B8G8R8X8, 1, 1),
+        OK_NODATA,
+        "room again after an unref"
+    );
+
+    // Contexts, on the virgl renderer.
+    let mut v = guest_tests::Backend::start(&guest_tests::BackendOptions {
+        args: ["--virgl", "--max-contexts", "2"]
+            .map(String::from)
+            .to_vec(),
+    });
+    let mut g = guest_tests::Gpu::connect(&v, &guest_tests::frontend::ConnectOptions::default());
+    assert_eq!(g.ctx_create(1, 0, "a"), OK_NODATA);
+    assert_eq!(g.ctx_create(2, 0, "b"), OK_NODATA);
+    assert_eq!(
+        g.ctx_create(3, 0, "c"),
+        ERR_OUT_OF_MEMORY,
+        "a 3rd context over --max-contexts 2"
+    );
+    assert_eq!(g.ctx_destroy(1), OK_NODATA);
+    assert_eq!(
+        g.ctx_create(3, 0, "c"),
+        OK_NODATA,
+        "room again after a destroy"
+    );
+    still_serves(&mut g, &mut v);
+}
