@@ -246,7 +246,11 @@ unsafe impl Send for SendPtr {}
 pub struct VirglRenderer {
     worker: &'static Worker,
     contexts: HashSet<u32>,
+    /// Width and height of each resource this handle made.
     resources: HashMap<u32, (u32, u32)>,
+    /// Resources whose row 0 is the picture's bottom (created without Y_0_TOP; virglrenderer
+    /// reports back exactly the creation flag, so it is kept here rather than asked for).
+    bottom_up: HashSet<u32>,
 }
 
 fn check(ret: i32, what: &'static str) -> RendererResult<()> {
@@ -284,6 +288,7 @@ impl VirglRenderer {
             worker,
             contexts: HashSet::new(),
             resources: HashMap::new(),
+            bottom_up: HashSet::new(),
         })
     }
 
@@ -345,6 +350,9 @@ impl VirglRenderer {
         })?;
         check(ret, "resource create")?;
         self.resources.insert(id, (a.width, a.height));
+        if a.flags & RESOURCE_Y_0_TOP == 0 {
+            self.bottom_up.insert(id);
+        }
         Ok(())
     }
 
@@ -417,6 +425,7 @@ impl Drop for VirglRenderer {
     fn drop(&mut self) {
         let contexts: Vec<u32> = self.contexts.drain().collect();
         let resources: Vec<u32> = self.resources.drain().map(|(k, _)| k).collect();
+        self.bottom_up.clear();
         let _ = self.call(move |st| {
             for c in contexts {
                 // SAFETY: a context this handle created.
@@ -554,6 +563,7 @@ impl Renderer for VirglRenderer {
     fn unref(&mut self, id: u32) -> RendererResult<()> {
         self.known(id)?;
         self.resources.remove(&id);
+        self.bottom_up.remove(&id);
         self.call(move |st| {
             let mut iov: *mut sys::iovec = std::ptr::null_mut();
             let mut n = 0i32;
@@ -675,17 +685,7 @@ impl Renderer for VirglRenderer {
     }
 
     fn bottom_up(&mut self, id: u32) -> bool {
-        if !self.resources.contains_key(&id) {
-            return false;
-        }
-        self.call(move |_| {
-            // SAFETY: all-zero is a valid value of this plain C struct.
-            let mut info: sys::virgl_renderer_resource_info = unsafe { std::mem::zeroed() };
-            // SAFETY: a live resource; `info` is a live out-struct.
-            let ret = unsafe { sys::virgl_renderer_resource_get_info(id as i32, &mut info) };
-            ret == 0 && info.flags & RESOURCE_Y_0_TOP == 0
-        })
-        .unwrap_or(false)
+        self.bottom_up.contains(&id)
     }
 
     fn create_context(&mut self, ctx_id: u32, capset_id: u32, name: &[u8]) -> RendererResult<()> {
