@@ -137,6 +137,26 @@ impl Vm {
     }
 }
 
+impl Vm {
+    /// What QEMU shows, which it only has from our SCANOUT + UPDATE messages: a QMP
+    /// `screendump` into `path`, parsed.
+    fn screendump(&self, path: &Path) -> (u32, u32, Vec<u8>) {
+        let reply = self.qmp(&[format!(
+            r#"{{"execute":"screendump","arguments":{{"filename":"{}"}}}}"#,
+            path.display()
+        )]);
+        assert!(reply.contains("\"return\""), "screendump: {reply}");
+        read_ppm(path)
+    }
+}
+
+/// Pixels with any channel above half brightness (fbcon's text).
+fn lit_pixels(rgb: &[u8]) -> usize {
+    rgb.chunks(3)
+        .filter(|p| p.iter().any(|&c| c > 0x80))
+        .count()
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -197,17 +217,9 @@ fn linux_guest_probes_and_its_console_reaches_the_frontend() {
 
     // What QEMU shows is what arrived over the display channel as SCANOUT + UPDATE messages.
     let shot = dir.join("screen.ppm");
-    let reply = vm.qmp(&[format!(
-        r#"{{"execute":"screendump","arguments":{{"filename":"{}"}}}}"#,
-        shot.display()
-    )]);
-    assert!(reply.contains("\"return\""), "screendump: {reply}");
-    let (w, h, rgb) = read_ppm(&shot);
+    let (w, h, rgb) = vm.screendump(&shot);
     assert_eq!((w, h), (1024, 768));
-    let lit = rgb
-        .chunks(3)
-        .filter(|p| p.iter().any(|&c| c > 0x80))
-        .count();
+    let lit = lit_pixels(&rgb);
     let total = (w * h) as usize;
     // fbcon text: some pixels lit, most not.
     assert!(
@@ -224,19 +236,8 @@ fn linux_guest_probes_and_its_console_reaches_the_frontend() {
     assert!(vm2
         .serial_text()
         .contains("fb0: virtio_gpudrmfb frame buffer device"));
-    let reply = vm2.qmp(&[format!(
-        r#"{{"execute":"screendump","arguments":{{"filename":"{}"}}}}"#,
-        shot.display()
-    )]);
-    assert!(
-        reply.contains("\"return\""),
-        "screendump after reconnect: {reply}"
-    );
-    let (_, _, rgb) = read_ppm(&shot);
-    assert!(
-        rgb.chunks(3).any(|p| p.iter().any(|&c| c > 0x80)),
-        "second guest's console reached QEMU"
-    );
+    let (_, _, rgb) = vm2.screendump(&shot);
+    assert!(lit_pixels(&rgb) > 0, "second guest's console reached QEMU");
     // A clean shutdown through QMP; the backend goes on.
     vm2.qmp(&[r#"{"execute":"quit"}"#.to_string()]);
     let _ = vm2.child.wait();
@@ -270,17 +271,9 @@ fn linux_guest_sees_virgl_with_two_capsets_and_its_console_is_shown() {
     );
     // fbcon's frames go through virglrenderer's resources and reach QEMU as UPDATEs.
     let shot = dir.join("screen-virgl.ppm");
-    let reply = vm.qmp(&[format!(
-        r#"{{"execute":"screendump","arguments":{{"filename":"{}"}}}}"#,
-        shot.display()
-    )]);
-    assert!(reply.contains("\"return\""), "screendump: {reply}");
-    let (w, h, rgb) = read_ppm(&shot);
+    let (w, h, rgb) = vm.screendump(&shot);
     assert_eq!((w, h), (1024, 768));
-    let lit = rgb
-        .chunks(3)
-        .filter(|p| p.iter().any(|&c| c > 0x80))
-        .count();
+    let lit = lit_pixels(&rgb);
     let total = (w * h) as usize;
     assert!(
         lit > total / 200 && lit < total / 2,
