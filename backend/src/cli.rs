@@ -95,6 +95,15 @@ pub struct Cli {
     pub poll_us: u64,
 
     /// Log level (RUST_LOG, when set, wins).
+    /// Write what each scanout shows as DIR/scanout-N.png (the latest, at most once per
+    /// --capture-interval-ms), and DIR/shot-K-scanout-N.png on each SIGUSR1.
+    #[arg(long, value_name = "DIR")]
+    pub capture_dir: Option<PathBuf>,
+
+    /// Least time between two writes of one scanout's PNG.
+    #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub capture_interval_ms: u64,
+
     #[arg(long, value_enum, default_value = "info")]
     pub log_level: LogLevel,
 }

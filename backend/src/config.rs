@@ -1,5 +1,6 @@
 //! Device configuration: scanout modes and limits, parsed from the command line.
 
+use crate::capture::CaptureHandle;
 use crate::edid::MAX_EDID_DIMENSION;
 use crate::protocol::MAX_SCANOUTS;
 
@@ -73,6 +74,8 @@ pub struct DeviceConfig {
     pub max_resources: u32,
     /// Most rendering contexts one guest may have at once.
     pub max_contexts: u32,
+    /// `--capture-dir`: where scanouts are written as PNG.
+    pub capture: Option<CaptureHandle>,
 }
 
 impl Default for DeviceConfig {
@@ -87,6 +90,7 @@ impl Default for DeviceConfig {
             poll_us: 10,
             max_resources: 65_536,
             max_contexts: 256,
+            capture: None,
         }
     }
 }

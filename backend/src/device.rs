@@ -293,6 +293,7 @@ impl GpuDevice {
     /// A fresh device with no resources.
     pub fn new(config: DeviceConfig, renderer: Box<dyn Renderer>) -> Self {
         let n = config.modes.len();
+        let display = Display::new(config.capture.as_ref().map(|c| Arc::clone(&c.0)));
         GpuDevice {
             modes: config.modes.clone(),
             config,
@@ -300,7 +301,7 @@ impl GpuDevice {
             resources: BTreeMap::new(),
             contexts: BTreeMap::new(),
             scanouts: vec![Scanout::default(); n],
-            display: Display::default(),
+            display,
             host_mem: 0,
             scratch: Vec::new(),
             packed: Vec::new(),
@@ -1099,7 +1100,7 @@ impl GpuDevice {
                     continue;
                 };
                 let r = intersect(rect, s.rect);
-                if !r.is_empty() && self.display.present() {
+                if !r.is_empty() && self.display.wants_frames() {
                     self.flush_blob(i, s, l, r)?;
                 }
             }
@@ -1121,7 +1122,7 @@ impl GpuDevice {
                 continue;
             }
             let r = intersect(rect, s.rect);
-            if r.is_empty() || !self.display.present() {
+            if r.is_empty() || !self.display.wants_frames() {
                 continue;
             }
             // Rows of the resource that hold the displayed rect.

@@ -7,6 +7,8 @@
 //! is running and the frontend's main loop reads the socket. A channel that fails is dropped
 //! and the device goes on headless.
 
+use std::sync::Arc;
+
 use log::{info, warn};
 use vhost::vhost_user::gpu_message::{
     VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuEdidRequest, VhostUserGpuScanout,
@@ -15,6 +17,7 @@ use vhost::vhost_user::gpu_message::{
 use vhost::vhost_user::message::VhostUserU64;
 use vhost::vhost_user::GpuBackend;
 
+use crate::capture::Capture;
 use crate::protocol::{DisplayMode, EDID_BLOB_SIZE};
 
 /// Display-channel protocol feature: the frontend answers GET_EDID.
@@ -25,6 +28,8 @@ pub const PROTOCOL_F_EDID: u64 = 1 << 0;
 pub struct Display {
     pending: Option<GpuBackend>,
     active: Option<Active>,
+    /// `--capture-dir`: scanouts and updates are also kept for PNG capture.
+    capture: Option<Arc<Capture>>,
 }
 
 struct Active {
@@ -36,6 +41,19 @@ struct Active {
 pub const CURSOR_BYTES: usize = 64 * 64 * 4;
 
 impl Display {
+    /// A display with no channel yet, capturing into `capture` when given.
+    pub fn new(capture: Option<Arc<Capture>>) -> Self {
+        Display {
+            capture,
+            ..Default::default()
+        }
+    }
+
+    /// True when someone looks at the pixels: a frontend channel or the capture.
+    pub fn wants_frames(&self) -> bool {
+        self.present() || self.capture.is_some()
+    }
+
     /// Takes a socket from the frontend; negotiation happens on first use.
     pub fn set_pending(&mut self, backend: GpuBackend) {
         self.active = None;
@@ -86,6 +104,9 @@ impl Display {
             width,
             height,
         };
+        if let Some(c) = &self.capture {
+            c.scanout(scanout_id, width, height);
+        }
         self.with("scanout", |a| a.backend.set_scanout(&msg));
     }
 
@@ -106,6 +127,9 @@ impl Display {
             width,
             height,
         };
+        if let Some(c) = &self.capture {
+            c.update(scanout_id, x, y, width, height, data);
+        }
         self.with("update", |a| a.backend.update_scanout(&msg, data));
     }
 

@@ -1,8 +1,10 @@
 //! vhost-gpu: a virtio-gpu device served over vhost-user.
 //!
 //! Data flows one way: socket ([`vhost_user`]) → queue → decode ([`protocol`]) → device state
-//! ([`device`]) → renderer (`virgl-bridge`) → reply → used ring → display ([`display`]).
+//! ([`device`]) → renderer (`virgl-bridge`) → reply → used ring → display ([`display`],
+//! and PNG files with [`capture`]).
 
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod device;

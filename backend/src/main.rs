@@ -2,12 +2,14 @@
 
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixListener;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use log::{info, warn};
 use vhost::vhost_user::Listener;
 
+use vhost_gpu::capture::{block_shot_signal, Capture, CaptureHandle};
 use vhost_gpu::cli::{capabilities_json, Cli, RendererChoice};
 use vhost_gpu::config::DeviceConfig;
 use vhost_gpu::vhost_user::serve;
@@ -42,6 +44,10 @@ fn main() -> Result<()> {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
     }
     let cli = Cli::parse();
+    if cli.capture_dir.is_some() {
+        // Before any thread exists, so that only the capture thread takes the signal.
+        block_shot_signal();
+    }
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or(cli.log_level.filter()),
     )
@@ -94,6 +100,10 @@ fn main() -> Result<()> {
     config.poll_us = cli.poll_us;
     config.max_resources = cli.max_resources;
     config.max_contexts = cli.max_contexts;
+    if let Some(dir) = &cli.capture_dir {
+        let interval = Duration::from_millis(cli.capture_interval_ms);
+        config.capture = Some(CaptureHandle(Capture::start(dir, interval)?));
+    }
     let mut listener = match (&cli.socket_path, cli.fd) {
         (Some(path), None) => {
             Listener::new(path, true).with_context(|| format!("listening on {}", path.display()))?
