@@ -466,7 +466,9 @@ impl Renderer for VirglRenderer {
             .find(|c| c.id == id)
             .copied()
             .ok_or(RendererError::InvalidParameter("unknown capset id"))?;
-        if version == 0 || version > info.max_version {
+        // Version 0 is what the Linux driver sends for Mesa (it never sets one); virglrenderer
+        // fills the same bytes for it.
+        if version > info.max_version {
             return Err(RendererError::InvalidParameter(
                 "capset version out of range",
             ));

@@ -1,0 +1,421 @@
+//! The guest agent: runs inside the test guest (a Linux VM whose GPU is `vhost-gpu`) and
+//! reports on stdout (the serial console) in lines the host tests parse:
+//!
+//! ```text
+//! AGENT: connector Virtual-1 1024x768 crtc 36
+//! AGENT: dumb shown 2        (each connector shows the 2D quadrant pattern; host may capture)
+//! AGENT: egl vendor Mesa Project / gl renderer virgl (...) / gl version OpenGL ES 3.2 Mesa ...
+//! AGENT: gl readback ok      (or: AGENT: gl readback bad at ...)
+//! AGENT: gl frames 60 in 812 ms
+//! AGENT: gl shown            (the GL pattern is on the first connector; host may capture)
+//! AGENT: result pass         (or: AGENT: result fail <why>)
+//! ```
+//!
+//! `guest-agent [dumb|gl|all] [--frames N] [--hold SECONDS]`. Each picture stays up for
+//! `--hold` seconds after its "shown" line so that the host can take a screenshot.
+//!
+//! Patterns (top-left, top-right, bottom-left, bottom-right quadrants):
+//! - dumb buffer: red, green, blue, white;
+//! - OpenGL ES: yellow, cyan, magenta, white, with an orange square in the middle drawn by a
+//!   shader (half the width and height of the screen).
+
+mod gles;
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use drm::buffer::DrmFourcc;
+use drm::control::{connector, crtc, framebuffer, Device as ControlDevice, Mode, PageFlipFlags};
+use khronos_egl as egl;
+
+/// The DRM device, for the `drm` and `gbm` crates.
+struct Card(File);
+
+impl AsFd for Card {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+impl drm::Device for Card {}
+impl ControlDevice for Card {}
+
+/// One connected connector with the CRTC and mode the agent drives it with.
+struct Output {
+    name: String,
+    conn: connector::Handle,
+    crtc: crtc::Handle,
+    mode: Mode,
+}
+
+type Rgb = [u8; 3];
+/// Quadrant colours of the dumb-buffer picture: top-left, top-right, bottom-left, bottom-right.
+const DUMB: [Rgb; 4] = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]];
+/// Quadrant colours of the GL picture.
+const GL: [Rgb; 4] = [[255, 255, 0], [0, 255, 255], [255, 0, 255], [255, 255, 255]];
+/// The shader-drawn square in the middle of the GL picture.
+const ORANGE: Rgb = [255, 128, 0];
+
+fn say(s: impl AsRef<str>) {
+    println!("AGENT: {}", s.as_ref());
+}
+
+fn open_card() -> Result<Card, String> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/dri/card0")
+        .map(Card)
+        .map_err(|e| format!("/dev/dri/card0: {e}"))
+}
+
+/// Every connected connector, each with its own CRTC and its preferred mode.
+fn outputs(card: &Card) -> Result<Vec<Output>, String> {
+    let res = card
+        .resource_handles()
+        .map_err(|e| format!("resources: {e}"))?;
+    let mut used: Vec<crtc::Handle> = Vec::new();
+    let mut out = Vec::new();
+    for &handle in res.connectors() {
+        let info = card
+            .get_connector(handle, true)
+            .map_err(|e| format!("connector: {e}"))?;
+        if info.state() != connector::State::Connected {
+            continue;
+        }
+        let Some(&mode) = info
+            .modes()
+            .iter()
+            .find(|m| m.mode_type().contains(drm::control::ModeTypeFlags::PREFERRED))
+            .or_else(|| info.modes().first())
+        else {
+            continue;
+        };
+        let crtc = info
+            .encoders()
+            .iter()
+            .filter_map(|&e| card.get_encoder(e).ok())
+            .flat_map(|e| res.filter_crtcs(e.possible_crtcs()))
+            .find(|c| !used.contains(c))
+            .ok_or_else(|| format!("no free CRTC for {info:?}"))?;
+        used.push(crtc);
+        let name = format!("{}-{}", info.interface().as_str(), info.interface_id());
+        let (w, h) = mode.size();
+        say(format!(
+            "connector {name} {w}x{h} crtc {}",
+            u32::from(crtc)
+        ));
+        out.push(Output {
+            name,
+            conn: handle,
+            crtc,
+            mode,
+        });
+    }
+    if out.is_empty() {
+        return Err("no connected connector".into());
+    }
+    Ok(out)
+}
+
+/// The quadrant a pixel falls in: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right.
+fn quadrant(x: u32, y: u32, w: u32, h: u32) -> usize {
+    usize::from(x >= w / 2) + 2 * usize::from(y >= h / 2)
+}
+
+/// 2D only: a dumb buffer per connector, filled with the quadrant pattern by the CPU and set as
+/// the CRTC's framebuffer (the kernel driver transfers and flushes it).
+fn dumb(card: &Card, outs: &[Output], hold: Duration) -> Result<(), String> {
+    let mut keep = Vec::new();
+    for o in outs {
+        let (w, h) = o.mode.size();
+        let (w, h) = (u32::from(w), u32::from(h));
+        let mut db = card
+            .create_dumb_buffer((w, h), DrmFourcc::Xrgb8888, 32)
+            .map_err(|e| format!("create dumb: {e}"))?;
+        let pitch = drm::buffer::Buffer::pitch(&db) as usize;
+        {
+            let mut map = card
+                .map_dumb_buffer(&mut db)
+                .map_err(|e| format!("map dumb: {e}"))?;
+            for (y, row) in map.chunks_exact_mut(pitch).enumerate().take(h as usize) {
+                for (x, px) in row.chunks_exact_mut(4).enumerate().take(w as usize) {
+                    let [r, g, b] = DUMB[quadrant(x as u32, y as u32, w, h)];
+                    px.copy_from_slice(&[b, g, r, 0xff]);
+                }
+            }
+        }
+        let fb = card
+            .add_framebuffer(&db, 24, 32)
+            .map_err(|e| format!("addfb: {e}"))?;
+        card.set_crtc(o.crtc, Some(fb), (0, 0), &[o.conn], Some(o.mode))
+            .map_err(|e| format!("set crtc on {}: {e}", o.name))?;
+        keep.push((db, fb));
+    }
+    say(format!("dumb shown {}", outs.len()));
+    std::thread::sleep(hold);
+    for (db, fb) in keep {
+        let _ = card.destroy_framebuffer(fb);
+        let _ = card.destroy_dumb_buffer(db);
+    }
+    Ok(())
+}
+
+fn to_gl(c: Rgb) -> [f32; 3] {
+    c.map(|v| f32::from(v) / 255.0)
+}
+
+/// Draws the GL picture; `bar` puts a moving black bar at that fraction of the width (for the
+/// animated frames), `None` draws the still picture the host checks.
+fn draw(w: i32, h: i32, prog: (u32, i32), bar: Option<f32>) {
+    let (hw, hh) = (w / 2, h / 2);
+    // Quadrants in GL's bottom-left-origin coordinates.
+    let rects = [
+        (0, hh, hw, h - hh),
+        (hw, hh, w - hw, h - hh),
+        (0, 0, hw, hh),
+        (hw, 0, w - hw, hh),
+    ];
+    // SAFETY: plain GL state calls on the current context; no pointers.
+    unsafe {
+        gles::glViewport(0, 0, w, h);
+        gles::glEnable(gles::SCISSOR_TEST);
+        for (i, &(x, y, rw, rh)) in rects.iter().enumerate() {
+            let [r, g, b] = to_gl(GL[i]);
+            gles::glScissor(x, y, rw, rh);
+            gles::glClearColor(r, g, b, 1.0);
+            gles::glClear(gles::COLOR_BUFFER_BIT);
+        }
+        if let Some(f) = bar {
+            gles::glScissor((f * w as f32) as i32, 0, (w / 16).max(1), h);
+            gles::glClearColor(0.0, 0.0, 0.0, 1.0);
+            gles::glClear(gles::COLOR_BUFFER_BIT);
+        }
+        gles::glDisable(gles::SCISSOR_TEST);
+        gles::glUseProgram(prog.0);
+        let [r, g, b] = to_gl(ORANGE);
+        gles::glUniform4f(prog.1, r, g, b, 1.0);
+    }
+    gles::draw_triangles(&[
+        -0.5, -0.5, 0.5, -0.5, 0.5, 0.5, -0.5, -0.5, 0.5, 0.5, -0.5, 0.5,
+    ]);
+}
+
+/// Checks the still GL picture by glReadPixels: each quadrant's middle and the centre.
+fn check_readback(w: i32, h: i32) -> Result<(), String> {
+    let close = |a: [u8; 4], b: Rgb| a[..3].iter().zip(b).all(|(&x, y)| x.abs_diff(y) <= 2);
+    // (GL x, GL y, expected): top-left quadrant is high y in GL.
+    let probes = [
+        (w / 8, h - h / 8, GL[0]),
+        (w - w / 8, h - h / 8, GL[1]),
+        (w / 8, h / 8, GL[2]),
+        (w - w / 8, h / 8, GL[3]),
+        (w / 2, h / 2, ORANGE),
+    ];
+    for (x, y, want) in probes {
+        let got = gles::read_pixel(x, y);
+        if !close(got, want) {
+            return Err(format!("gl readback bad at ({x},{y}): {got:?} want {want:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// OpenGL ES on EGL on GBM (virgl when the device has it): draw, read back and check, then
+/// page-flip `frames` frames to the first connector and leave the still picture up.
+fn gl(card: Card, outs: &[Output], frames: u32, hold: Duration) -> Result<(), String> {
+    let o = &outs[0];
+    let (w, h) = o.mode.size();
+    let (w, h) = (u32::from(w), u32::from(h));
+    let gbm = gbm::Device::new(card).map_err(|e| format!("gbm device: {e}"))?;
+    say(format!("gbm backend {}", gbm.backend_name()));
+    let surface = gbm
+        .create_surface::<()>(
+            w,
+            h,
+            gbm::Format::Xrgb8888,
+            gbm::BufferObjectFlags::SCANOUT | gbm::BufferObjectFlags::RENDERING,
+        )
+        .map_err(|e| format!("gbm surface: {e}"))?;
+
+    let api = egl::Instance::new(egl::Static);
+    const PLATFORM_GBM_KHR: egl::Enum = 0x31D7;
+    use gbm::AsRaw;
+    // SAFETY: the native display is the live gbm_device `gbm` owns, which outlives every EGL
+    // object made from it (they are all dropped or terminated before `gbm` at the end).
+    let dpy = unsafe {
+        api.get_platform_display(
+            PLATFORM_GBM_KHR,
+            gbm.as_raw() as *mut _,
+            &[egl::ATTRIB_NONE],
+        )
+    }
+    .map_err(|e| format!("egl display: {e}"))?;
+    api.initialize(dpy)
+        .map_err(|e| format!("egl initialize: {e}"))?;
+    let vendor = api
+        .query_string(Some(dpy), egl::VENDOR)
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    say(format!("egl vendor {vendor}"));
+    api.bind_api(egl::OPENGL_ES_API)
+        .map_err(|e| format!("bind api: {e}"))?;
+    let attrs = [
+        egl::SURFACE_TYPE,
+        egl::WINDOW_BIT,
+        egl::RENDERABLE_TYPE,
+        egl::OPENGL_ES2_BIT,
+        egl::RED_SIZE,
+        8,
+        egl::GREEN_SIZE,
+        8,
+        egl::BLUE_SIZE,
+        8,
+        egl::NONE,
+    ];
+    let mut configs = Vec::with_capacity(64);
+    api.choose_config(dpy, &attrs, &mut configs)
+        .map_err(|e| format!("choose config: {e}"))?;
+    // The config must match the GBM surface's format, or EGL refuses the window surface.
+    let xrgb = DrmFourcc::Xrgb8888 as i32;
+    let config = configs
+        .into_iter()
+        .find(|&c| api.get_config_attrib(dpy, c, egl::NATIVE_VISUAL_ID) == Ok(xrgb))
+        .ok_or("no EGL config for XRGB8888")?;
+    let ctx = api
+        .create_context(
+            dpy,
+            config,
+            None,
+            &[egl::CONTEXT_CLIENT_VERSION, 2, egl::NONE],
+        )
+        .map_err(|e| format!("egl context: {e}"))?;
+    // SAFETY: the native window is the live gbm_surface `surface` owns, which outlives the EGL
+    // surface (destroyed below before `surface` is dropped).
+    let esurf = unsafe {
+        api.create_platform_window_surface(
+            dpy,
+            config,
+            surface.as_raw() as *mut _,
+            &[egl::ATTRIB_NONE],
+        )
+    }
+    .map_err(|e| format!("egl window surface: {e}"))?;
+    api.make_current(dpy, Some(esurf), Some(esurf), Some(ctx))
+        .map_err(|e| format!("make current: {e}"))?;
+    say(format!("gl renderer {}", gles::string(gles::RENDERER)));
+    say(format!("gl vendor {}", gles::string(gles::VENDOR)));
+    say(format!("gl version {}", gles::string(gles::VERSION)));
+
+    let prog = gles::solid_program()?;
+    let (wi, hi) = (w as i32, h as i32);
+    draw(wi, hi, prog, None);
+    check_readback(wi, hi)?;
+    say("gl readback ok");
+
+    // Frame loop: render, swap, lock the front buffer, scan it out (set_crtc first, page flips
+    // after, each waited for), release the previous buffer.
+    let card: &Card = &gbm;
+    let mut shown: Option<(gbm::BufferObject<()>, framebuffer::Handle)> = None;
+    let start = Instant::now();
+    for i in 0..=frames {
+        let bar = (i < frames).then(|| (i % 15) as f32 / 16.0);
+        draw(wi, hi, prog, bar);
+        api.swap_buffers(dpy, esurf)
+            .map_err(|e| format!("swap: {e}"))?;
+        // SAFETY: called exactly once after each eglSwapBuffers, as gbm requires.
+        let bo = unsafe { surface.lock_front_buffer() }.map_err(|e| format!("lock front: {e}"))?;
+        let fb = card
+            .add_framebuffer(&bo, 24, 32)
+            .map_err(|e| format!("addfb: {e}"))?;
+        if shown.is_none() {
+            card.set_crtc(o.crtc, Some(fb), (0, 0), &[o.conn], Some(o.mode))
+                .map_err(|e| format!("set crtc: {e}"))?;
+        } else {
+            card.page_flip(o.crtc, fb, PageFlipFlags::EVENT, None)
+                .map_err(|e| format!("page flip: {e}"))?;
+            wait_flip(card)?;
+        }
+        if let Some((old, old_fb)) = shown.replace((bo, fb)) {
+            let _ = card.destroy_framebuffer(old_fb);
+            drop(old); // back to the surface's free list
+        }
+    }
+    let ms = start.elapsed().as_millis();
+    say(format!("gl frames {frames} in {ms} ms"));
+    // The still picture is on screen: check what the last frame rendered, too.
+    check_readback(wi, hi)?;
+    say("gl shown");
+    std::thread::sleep(hold);
+    if let Some((_, fb)) = shown.take() {
+        let _ = card.destroy_framebuffer(fb);
+    }
+    let _ = api.make_current(dpy, None, None, None);
+    let _ = api.destroy_surface(dpy, esurf);
+    let _ = api.destroy_context(dpy, ctx);
+    let _ = api.terminate(dpy);
+    Ok(())
+}
+
+fn wait_flip(card: &Card) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = card
+            .receive_events()
+            .map_err(|e| format!("drm events: {e}"))?;
+        if events
+            .into_iter()
+            .any(|e| matches!(e, drm::control::Event::PageFlip(_)))
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("no page-flip event within 10 s".into());
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let mut what = "all".to_string();
+    let mut frames = 60u32;
+    let mut hold = Duration::from_secs(3);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--frames" => {
+                frames = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--frames N")?
+            }
+            "--hold" => {
+                hold = Duration::from_secs(
+                    args.next()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or("--hold SECONDS")?,
+                )
+            }
+            "dumb" | "gl" | "all" => what = a,
+            _ => return Err(format!("unknown argument {a}")),
+        }
+    }
+    let card = open_card()?;
+    let outs = outputs(&card)?;
+    if what == "dumb" || what == "all" {
+        dumb(&card, &outs, hold)?;
+    }
+    if what == "gl" || what == "all" {
+        gl(card, &outs, frames, hold)?;
+    }
+    Ok(())
+}
+
+fn main() {
+    match run() {
+        Ok(()) => say("result pass"),
+        Err(e) => {
+            say(format!("result fail {e}"));
+            std::process::exit(1);
+        }
+    }
+}
