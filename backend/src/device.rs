@@ -1113,9 +1113,11 @@ impl GpuDevice {
             )));
         }
         let (fmt, stride) = (res.format, res.stride() as usize);
-        let (full_width, full_height) = (res.width, res.height);
-        // A resource whose row 0 is the picture's bottom (GL's origin) is shown flipped.
-        let flip = self.renderer.bottom_up(id);
+        let full_width = res.width;
+        // Read back rows come in the resource's memory order, which is the picture's order for
+        // every resource: Y_0_TOP only tells a GL display how the *texture* is stored, and
+        // virglrenderer's transfers undo that (checked with real Mesa guests: fbcon on 2D
+        // resources and EGL window surfaces both come out top row first).
         for i in 0..self.scanouts.len() {
             let s = self.scanouts[i];
             if s.resource_id != id {
@@ -1125,24 +1127,16 @@ impl GpuDevice {
             if r.is_empty() || !self.display.wants_frames() {
                 continue;
             }
-            // Rows of the resource that hold the displayed rect.
-            let src_y = if flip {
-                full_height - r.y - r.height
-            } else {
-                r.y
-            };
-            self.read_back(id, Rect { y: src_y, ..r })?;
+            self.read_back(id, r)?;
             let row = r.width as usize * 4;
-            let start = src_y as usize * stride + r.x as usize * 4;
+            let start = r.y as usize * stride + r.x as usize * 4;
             let bytes = r.height as usize * row;
-            // A full-width rect is already packed in the scratch buffer; otherwise pack it
-            // (bottom row first when flipped).
-            let data: &mut [u8] = if r.x == 0 && r.width == full_width && !flip {
+            // A full-width rect is already packed in the scratch buffer; otherwise pack it.
+            let data: &mut [u8] = if r.x == 0 && r.width == full_width {
                 &mut self.scratch[start..start + bytes]
             } else {
                 self.packed.clear();
                 for y in 0..r.height as usize {
-                    let y = if flip { r.height as usize - 1 - y } else { y };
                     let from = start + y * stride;
                     self.packed
                         .extend_from_slice(&self.scratch[from..from + row]);
@@ -1178,17 +1172,13 @@ impl GpuDevice {
             return Ok(GpuResponse::OkNoData);
         }
         let res = self.resource(id)?;
-        let (res_h, fmt, stride) = (res.height, res.format, res.stride() as usize);
-        let (w, h) = (res.width.min(64), res_h.min(64));
-        // The image's top rows: the resource's last rows, bottom first, when its origin is the
-        // bottom (GL).
-        let flip = self.renderer.bottom_up(id);
-        let src_y = if flip { res_h - h } else { 0 };
+        let (fmt, stride) = (res.format, res.stride() as usize);
+        let (w, h) = (res.width.min(64), res.height.min(64));
         self.read_back(
             id,
             Rect {
                 x: 0,
-                y: src_y,
+                y: 0,
                 width: w,
                 height: h,
             },
@@ -1196,8 +1186,7 @@ impl GpuDevice {
         let mut image = Box::new([0u8; CURSOR_BYTES]);
         let row = w as usize * 4;
         for y in 0..h as usize {
-            let sy = src_y as usize + if flip { h as usize - 1 - y } else { y };
-            let from = sy * stride;
+            let from = y * stride;
             image[y * 256..y * 256 + row].copy_from_slice(&self.scratch[from..from + row]);
         }
         to_bgrx(fmt, &mut image[..]);

@@ -105,7 +105,11 @@ fn features_config_and_capsets_match_virglrenderer() {
     );
     // Linux asks with version 0 (Mesa's virgl winsys never sets one): the same bytes.
     let v0 = g.capset(2, 0, 2000);
-    assert_eq!(v0.code(), OK_CAPSET, "version 0 (what the Linux driver sends)");
+    assert_eq!(
+        v0.code(),
+        OK_CAPSET,
+        "version 0 (what the Linux driver sends)"
+    );
     assert!(v0.0[24..] == g.capset(2, 2, 2000).0[24..], "version 0 data");
     assert_eq!(
         g.capset(4, 1, 2000).code(),
@@ -233,12 +237,13 @@ fn a_3d_scanout_reaches_the_display_channel() {
     assert_eq!(g.flush(11, (0, 0, W, H)), OK_NODATA);
     let (id, x, y, w, h, data) = next_update(&g);
     assert_eq!((id, x, y, w, h), (0, 0, 0, W, H));
-    // The texture's row 0 is the picture's bottom (GL origin; no Y_0_TOP flag), so the square
-    // blitted at texture rows 40..56 shows at display rows 8..24.
+    // Rows come in the resource's order whatever its Y_0_TOP flag (a real Mesa guest's EGL
+    // window surfaces, created without it, are top row first): the square blitted at rows
+    // 40..56 shows at display rows 40..56.
     for yy in 0..H {
         for xx in 0..W {
             let p = &data[((yy * W + xx) * 4) as usize..][..4];
-            let inside = (8..24).contains(&xx) && (8..24).contains(&yy);
+            let inside = (8..24).contains(&xx) && (40..56).contains(&yy);
             assert!(
                 if inside { is_rgba(p) } else { is_blue(p) },
                 "display pixel ({xx},{yy}) = {p:?}"
@@ -246,11 +251,11 @@ fn a_3d_scanout_reaches_the_display_channel() {
         }
     }
     // A partial flush of the square's area alone.
-    assert_eq!(g.flush(11, (8, 8, 16, 16)), OK_NODATA);
+    assert_eq!(g.flush(11, (8, 40, 16, 16)), OK_NODATA);
     let (_, x, y, w, h, data) = next_update(&g);
-    assert_eq!((x, y, w, h), (8, 8, 16, 16));
+    assert_eq!((x, y, w, h), (8, 40, 16, 16));
     assert!(data.chunks(4).all(is_rgba));
-    // The same resource as the cursor image: flipped the same way.
+    // The same resource as the cursor image: its top 64 rows, the same way up.
     assert_eq!(g.update_cursor(0, 3, 4, 11, (1, 2)), OK_NODATA);
     let image = g
         .display()
@@ -262,7 +267,7 @@ fn a_3d_scanout_reaches_the_display_channel() {
     for yy in 0..64u32 {
         for xx in 0..64u32 {
             let p = &image[((yy * 64 + xx) * 4) as usize..][..4];
-            let inside = (8..24).contains(&xx) && (8..24).contains(&yy);
+            let inside = (8..24).contains(&xx) && (40..56).contains(&yy);
             assert!(
                 if inside { is_rgba(p) } else { is_blue(p) },
                 "cursor pixel ({xx},{yy}) = {p:?}"

@@ -187,17 +187,12 @@ pub trait Renderer: Send {
     ) -> RendererResult<()>;
 
     /// Copies `rect` of the resource into `dst`, which is laid out like the whole resource
-    /// (stride = width * 4): the pixel (x, y) lands at `y * stride + x * 4`. Rows come in the
-    /// resource's own order (see [`Renderer::bottom_up`]).
+    /// (stride = width * 4): the pixel (x, y) lands at `y * stride + x * 4`, row 0 the top of
+    /// the picture.
     fn read_rect(&mut self, resource_id: u32, rect: Rect, dst: &mut [u8]) -> RendererResult<()>;
 
-    /// True when the resource's row 0 is the bottom of the picture (GL's origin), so a display
-    /// must flip it.
-    fn bottom_up(&mut self, _resource_id: u32) -> bool {
-        false
-    }
-
-    /// Capsets offered to the guest.
+    /// (stride = width * 4): the pixel (x, y) lands at `y * stride + x * 4`, row 0 the top of
+    /// the picture.    /// Capsets offered to the guest.
     fn capsets(&self) -> Vec<CapsetInfo> {
         Vec::new()
     }

@@ -248,9 +248,6 @@ pub struct VirglRenderer {
     contexts: HashSet<u32>,
     /// Width and height of each resource this handle made.
     resources: HashMap<u32, (u32, u32)>,
-    /// Resources whose row 0 is the picture's bottom (created without Y_0_TOP; virglrenderer
-    /// reports back exactly the creation flag, so it is kept here rather than asked for).
-    bottom_up: HashSet<u32>,
 }
 
 fn check(ret: i32, what: &'static str) -> RendererResult<()> {
@@ -288,7 +285,6 @@ impl VirglRenderer {
             worker,
             contexts: HashSet::new(),
             resources: HashMap::new(),
-            bottom_up: HashSet::new(),
         })
     }
 
@@ -350,9 +346,6 @@ impl VirglRenderer {
         })?;
         check(ret, "resource create")?;
         self.resources.insert(id, (a.width, a.height));
-        if a.flags & RESOURCE_Y_0_TOP == 0 {
-            self.bottom_up.insert(id);
-        }
         Ok(())
     }
 
@@ -425,7 +418,6 @@ impl Drop for VirglRenderer {
     fn drop(&mut self) {
         let contexts: Vec<u32> = self.contexts.drain().collect();
         let resources: Vec<u32> = self.resources.drain().map(|(k, _)| k).collect();
-        self.bottom_up.clear();
         let _ = self.call(move |st| {
             for c in contexts {
                 // SAFETY: a context this handle created.
@@ -565,7 +557,6 @@ impl Renderer for VirglRenderer {
     fn unref(&mut self, id: u32) -> RendererResult<()> {
         self.known(id)?;
         self.resources.remove(&id);
-        self.bottom_up.remove(&id);
         self.call(move |st| {
             let mut iov: *mut sys::iovec = std::ptr::null_mut();
             let mut n = 0i32;
@@ -684,10 +675,6 @@ impl Renderer for VirglRenderer {
             }
         })?;
         check(ret, "read back")
-    }
-
-    fn bottom_up(&mut self, id: u32) -> bool {
-        self.bottom_up.contains(&id)
     }
 
     fn create_context(&mut self, ctx_id: u32, capset_id: u32, name: &[u8]) -> RendererResult<()> {

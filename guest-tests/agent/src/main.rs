@@ -86,7 +86,10 @@ fn outputs(card: &Card) -> Result<Vec<Output>, String> {
         let Some(&mode) = info
             .modes()
             .iter()
-            .find(|m| m.mode_type().contains(drm::control::ModeTypeFlags::PREFERRED))
+            .find(|m| {
+                m.mode_type()
+                    .contains(drm::control::ModeTypeFlags::PREFERRED)
+            })
             .or_else(|| info.modes().first())
         else {
             continue;
@@ -101,10 +104,7 @@ fn outputs(card: &Card) -> Result<Vec<Output>, String> {
         used.push(crtc);
         let name = format!("{}-{}", info.interface().as_str(), info.interface_id());
         let (w, h) = mode.size();
-        say(format!(
-            "connector {name} {w}x{h} crtc {}",
-            u32::from(crtc)
-        ));
+        say(format!("connector {name} {w}x{h} crtc {}", u32::from(crtc)));
         out.push(Output {
             name,
             conn: handle,
@@ -215,7 +215,9 @@ fn check_readback(w: i32, h: i32) -> Result<(), String> {
     for (x, y, want) in probes {
         let got = gles::read_pixel(x, y);
         if !close(got, want) {
-            return Err(format!("gl readback bad at ({x},{y}): {got:?} want {want:?}"));
+            return Err(format!(
+                "gl readback bad at ({x},{y}): {got:?} want {want:?}"
+            ));
         }
     }
     Ok(())
@@ -321,6 +323,10 @@ fn gl(card: Card, outs: &[Output], frames: u32, hold: Duration) -> Result<(), St
     for i in 0..=frames {
         let bar = (i < frames).then(|| (i % 15) as f32 / 16.0);
         draw(wi, hi, prog, bar);
+        if bar.is_none() {
+            // The still picture, checked before it is swapped out to the display.
+            check_readback(wi, hi)?;
+        }
         api.swap_buffers(dpy, esurf)
             .map_err(|e| format!("swap: {e}"))?;
         // SAFETY: called exactly once after each eglSwapBuffers, as gbm requires.
@@ -343,8 +349,6 @@ fn gl(card: Card, outs: &[Output], frames: u32, hold: Duration) -> Result<(), St
     }
     let ms = start.elapsed().as_millis();
     say(format!("gl frames {frames} in {ms} ms"));
-    // The still picture is on screen: check what the last frame rendered, too.
-    check_readback(wi, hi)?;
     say("gl shown");
     std::thread::sleep(hold);
     if let Some((_, fb)) = shown.take() {
