@@ -127,6 +127,11 @@ impl Backend {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// The backend's own temporary directory (socket, log; a place for a capture dir).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
 }
 
 impl Drop for Backend {

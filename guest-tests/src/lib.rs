@@ -5,6 +5,7 @@
 //! The harness encodes and decodes the wire format itself (from the virtio spec numbers), not
 //! with the backend's code, so that a layout mistake on one side shows up as a failure.
 
+pub mod capture;
 pub mod display;
 pub mod driver;
 pub mod frontend;

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use guest_tests::frontend::ConnectOptions;
 use guest_tests::wire::*;
-use guest_tests::{Backend, DisplayEvent, Gpu};
+use guest_tests::{capture, Backend, DisplayEvent, Gpu};
 
 #[test]
 fn probe_offers_2d_features_and_config() {
@@ -313,6 +313,60 @@ fn uuids_are_stable_per_resource_and_unique() {
     assert_ne!(a.0[24..], b.0[24..]);
     assert_eq!(a.0[24 + 6] >> 4, 4, "version 4 UUID");
     assert_eq!(g.assign_uuid(3).code(), ERR_INVALID_RESOURCE_ID);
+}
+
+#[test]
+fn headless_capture_writes_each_scanout_as_png_and_screenshots_on_sigusr1() {
+    let dir = std::env::temp_dir().join(format!("vhost-gpu-capture-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let b = Backend::start(&opts_2d(&[
+        "--display",
+        "64x48",
+        "--display",
+        "32x32",
+        "--capture-dir",
+        d,
+        "--capture-interval-ms",
+        "50",
+    ]));
+    // No display channel: the capture alone wants the frames.
+    let mut g = Gpu::connect(
+        &b,
+        &ConnectOptions {
+            display: None,
+            ..Default::default()
+        },
+    );
+    let (w, h) = (96u32, 48u32);
+    let px = pattern(w, h, 3);
+    let entries = resource_with(&mut g, 1, B8G8R8X8, w, h, &px);
+    assert_eq!(g.set_scanout(0, 1, (0, 0, 64, 48)), OK_NODATA);
+    assert_eq!(g.set_scanout(1, 1, (64, 8, 32, 32)), OK_NODATA);
+    assert_eq!(g.transfer(1, (0, 0, w, h), w * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, w, h)), OK_NODATA);
+    let shots = capture::screenshot(&b, &dir, 1, &[0, 1], WAIT).unwrap();
+    let rgb = |img: &[u8]| -> Vec<u8> { img.chunks(4).flat_map(|p| [p[2], p[1], p[0]]).collect() };
+    assert_eq!((shots[0].width, shots[0].height), (64, 48));
+    assert_eq!(shots[0].rgb, rgb(&crop(&px, w * 4, (0, 0, 64, 48))));
+    assert_eq!((shots[1].width, shots[1].height), (32, 32));
+    assert_eq!(shots[1].rgb, rgb(&crop(&px, w * 4, (64, 8, 32, 32))));
+    // The rate-limited latest pictures are written too.
+    let latest = [dir.join("scanout-0.png"), dir.join("scanout-1.png")];
+    capture::wait_files(&latest, WAIT).unwrap();
+    // A damage rect changes only its pixels in the next screenshot.
+    let px2 = pattern(w, h, 99);
+    g.write_backing(&entries, &px2);
+    assert_eq!(g.transfer(1, (8, 8, 4, 4), w * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (8, 8, 4, 4)), OK_NODATA);
+    let s2 = capture::screenshot(&b, &dir, 2, &[0], WAIT).unwrap();
+    let mut want = crop(&px, w * 4, (0, 0, 64, 48));
+    for y in 8..12usize {
+        let at = (y * 64 + 8) * 4;
+        want[at..at + 16].copy_from_slice(&crop(&px2, w * 4, (8, y as u32, 4, 1)));
+    }
+    assert_eq!(s2[0].rgb, rgb(&want));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
