@@ -1,7 +1,11 @@
-//! Real guests: QEMU 10 boots a Linux guest (Debian kernel + busybox, under TCG) against the
-//! real `vhost-gpu`. Run by `scripts/test` (these are `#[ignore]`d for plain `cargo test`,
-//! which may run where QEMU or the guest image is missing; scripts/test runs them with
-//! `--ignored` so they count).
+//! Real guests: QEMU 10 boots a Linux guest (Debian kernel, busybox, Mesa, modetest, kmscube
+//! and our guest agent; see guest/build-guest) under TCG against the real `vhost-gpu`, runs a
+//! workload chosen on the kernel command line (guest/init), and the test checks the serial log
+//! and what reached the screen: QMP screendumps of what QEMU got over the display channel, and
+//! PNG screenshots from `vhost-gpu --capture-dir`.
+//!
+//! Run by `scripts/test`. They are `#[ignore]`d for a plain `cargo test`, which may run where
+//! QEMU or the guest image is missing; scripts/test runs them with `--ignored` so they count.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -9,18 +13,62 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use guest_tests::capture::{self, Image};
 use guest_tests::{Backend, BackendOptions};
 
-fn tiny_guest() -> PathBuf {
-    let dir = PathBuf::from(std::env::var("VHOST_GPU_TINY_GUEST").expect(
-        "VHOST_GPU_TINY_GUEST unset: run scripts/test, or build-tiny-guest DIR and point it there",
+const BOOT: Duration = Duration::from_secs(240);
+
+fn guest_image() -> PathBuf {
+    let dir = PathBuf::from(std::env::var("VHOST_GPU_GUEST").expect(
+        "VHOST_GPU_GUEST unset: run scripts/test, or guest-tests/guest/build-guest DIR AGENT and point it there",
     ));
     assert!(
-        dir.join("vmlinuz").exists() && dir.join("initrd.gz").exists(),
+        dir.join("vmlinuz").exists() && dir.join("initrd").exists(),
         "no guest in {}",
         dir.display()
     );
     dir
+}
+
+/// Starts `vhost-gpu` with `args` and `--capture-dir` in a fresh directory; returns both.
+fn backend(tag: &str, args: &[&str]) -> (Backend, PathBuf) {
+    let cap = std::env::temp_dir().join(format!("vhost-gpu-vm-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cap);
+    let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    a.extend(["--capture-dir".to_string(), cap.display().to_string()]);
+    (Backend::start(&BackendOptions { args: a }), cap)
+}
+
+/// Asks the backend for screenshot `n` of `scanouts`.
+fn shot(b: &Backend, cap: &Path, n: u64, scanouts: &[u32]) -> Vec<Image> {
+    capture::screenshot(b, cap, n, scanouts, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("screenshot {n}: {e}\nbackend:\n{}", b.log_text()))
+}
+
+type Rgb = [u8; 3];
+/// The agent's dumb-buffer quadrants: top-left, top-right, bottom-left, bottom-right.
+const DUMB: [Rgb; 4] = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]];
+/// The agent's OpenGL ES quadrants, and the shader-drawn square in the middle.
+const GL: [Rgb; 4] = [[255, 255, 0], [0, 255, 255], [255, 0, 255], [255, 255, 255]];
+const ORANGE: Rgb = [255, 128, 0];
+
+/// Checks the middle of each quadrant (away from the centre square) against `q`.
+fn assert_quadrants(img: &Image, q: [Rgb; 4], what: &str) {
+    let (w, h) = (img.width, img.height);
+    let at = [
+        (w / 8, h / 8),
+        (w - w / 8, h / 8),
+        (w / 8, h - h / 8),
+        (w - w / 8, h - h / 8),
+    ];
+    for (i, &(x, y)) in at.iter().enumerate() {
+        assert!(
+            img.near(x, y, q[i], 2),
+            "{what}: pixel ({x},{y}) is {:?}, want {:?}",
+            img.pixel(x, y),
+            q[i]
+        );
+    }
 }
 
 struct Vm {
@@ -30,26 +78,33 @@ struct Vm {
 }
 
 impl Vm {
-    fn boot(backend: &Backend, dir: &Path, tag: &str) -> Vm {
-        let guest = tiny_guest();
+    /// Boots the guest against `backend` with `outputs` scanouts, running `run` (guest/init's
+    /// vgt.run) plus `extra` kernel arguments.
+    fn boot(backend: &Backend, tag: &str, outputs: u32, run: &str, extra: &str) -> Vm {
+        let guest = guest_image();
+        let dir = backend.dir();
         let serial = dir.join(format!("serial-{tag}.log"));
         let qmp = dir.join(format!("qmp-{tag}.sock"));
         let child = Command::new("qemu-system-x86_64")
-            .args(["-machine", "q35,accel=tcg", "-cpu", "max", "-m", "512M"])
+            .args(["-machine", "q35,accel=tcg", "-cpu", "max", "-m", "1G"])
             .args([
                 "-object",
-                "memory-backend-memfd,id=mem,size=512M,share=on",
+                "memory-backend-memfd,id=mem,size=1G,share=on",
                 "-numa",
                 "node,memdev=mem",
             ])
             .arg("-chardev")
             .arg(format!("socket,id=vgpu,path={}", backend.socket.display()))
-            .args(["-device", "vhost-user-gpu-pci,chardev=vgpu"])
+            .arg("-device")
+            .arg(format!(
+                "vhost-user-gpu-pci,chardev=vgpu,max_outputs={outputs}"
+            ))
             .arg("-kernel")
             .arg(guest.join("vmlinuz"))
             .arg("-initrd")
-            .arg(guest.join("initrd.gz"))
-            .args(["-append", "console=ttyS0 panic=-1"])
+            .arg(guest.join("initrd"))
+            .arg("-append")
+            .arg(format!("console=ttyS0 panic=-1 vgt.run={run} {extra}"))
             .args([
                 "-display",
                 "none",
@@ -75,12 +130,26 @@ impl Vm {
         std::fs::read_to_string(&self.serial).unwrap_or_default()
     }
 
-    /// Waits for `marker` on the serial console, failing fast when QEMU or the backend dies.
+    /// The guest's own lines ("GUEST: ..." and "AGENT: ..."), for failure messages.
+    fn guest_lines(&self) -> String {
+        self.serial_text()
+            .lines()
+            .filter(|l| l.starts_with("GUEST:") || l.starts_with("AGENT:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits for `marker` on the serial console, failing fast when QEMU or the backend dies
+    /// or the agent reports a failure.
     fn wait_for(&mut self, backend: &mut Backend, marker: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.serial_text().contains(marker) {
+            let text = self.serial_text();
+            if text.contains(marker) {
                 return;
+            }
+            if let Some(l) = text.lines().find(|l| l.starts_with("AGENT: result fail")) {
+                panic!("{l}\nserial:\n{text}\nbackend:\n{}", backend.log_text());
             }
             if let Ok(Some(st)) = self.child.try_wait() {
                 let mut err = String::new();
@@ -89,23 +158,28 @@ impl Vm {
                     .stderr
                     .take()
                     .map(|mut e| e.read_to_string(&mut err));
-                panic!("QEMU exited ({st}) before '{marker}'\nqemu stderr:\n{err}\nserial:\n{}\nbackend:\n{}",
-                    self.serial_text(), backend.log_text());
+                panic!("QEMU exited ({st}) before '{marker}'\nqemu stderr:\n{err}\nserial:\n{text}\nbackend:\n{}",
+                    backend.log_text());
             }
             assert!(
                 backend.alive(),
-                "vhost-gpu died\nserial:\n{}\nbackend:\n{}",
-                self.serial_text(),
+                "vhost-gpu died\nserial:\n{text}\nbackend:\n{}",
                 backend.log_text()
             );
             assert!(
                 Instant::now() < deadline,
-                "no '{marker}' within {timeout:?}\nserial:\n{}\nbackend:\n{}",
-                self.serial_text(),
+                "no '{marker}' within {timeout:?}\nserial:\n{text}\nbackend:\n{}",
                 backend.log_text()
             );
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The rest of the first serial line starting with `prefix`.
+    fn line_after(&self, prefix: &str) -> Option<String> {
+        self.serial_text()
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix).map(|r| r.trim().to_string()))
     }
 
     /// Runs QMP commands in order; returns the last reply line.
@@ -134,6 +208,12 @@ impl Vm {
             }
         }
         last
+    }
+
+    /// Stops the VM through QMP and waits for QEMU to exit.
+    fn quit(mut self) {
+        self.qmp(&[r#"{"execute":"quit"}"#.to_string()]);
+        let _ = self.child.wait();
     }
 }
 
@@ -188,16 +268,13 @@ fn read_ppm(p: &Path) -> (u32, u32, Vec<u8>) {
 }
 
 #[test]
-#[ignore = "needs QEMU 10 and the tiny guest: run by scripts/test"]
-fn linux_guest_probes_and_its_console_reaches_the_frontend() {
-    let args = ["--renderer", "2d", "--display", "1024x768"]
-        .map(String::from)
-        .to_vec();
-    let mut backend = Backend::start(&BackendOptions { args });
-    let dir = backend.socket.parent().unwrap().to_path_buf();
+#[ignore = "needs QEMU 10 and the test guest: run by scripts/test"]
+fn guest_2d_console_reaches_the_frontend_and_a_killed_qemu_is_replaced() {
+    let (mut backend, _cap) = backend("console", &["--renderer", "2d", "--display", "1024x768"]);
+    let dir = backend.dir().to_path_buf();
     let t0 = Instant::now();
-    let mut vm = Vm::boot(&backend, &dir, "a");
-    vm.wait_for(&mut backend, "GUEST: done", Duration::from_secs(180));
+    let mut vm = Vm::boot(&backend, "a", 1, "console", "");
+    vm.wait_for(&mut backend, "GUEST: done", BOOT);
     let boot = t0.elapsed();
     let serial = vm.serial_text();
     assert!(
@@ -231,66 +308,177 @@ fn linux_guest_probes_and_its_console_reaches_the_frontend() {
     // The frontend dies mid-run (kill -9); a new QEMU against the same vhost-gpu works.
     let _ = vm.child.kill();
     let _ = vm.child.wait();
-    let mut vm2 = Vm::boot(&backend, &dir, "b");
-    vm2.wait_for(&mut backend, "GUEST: done", Duration::from_secs(180));
+    let mut vm2 = Vm::boot(&backend, "b", 1, "console", "");
+    vm2.wait_for(&mut backend, "GUEST: done", BOOT);
     assert!(vm2
         .serial_text()
         .contains("fb0: virtio_gpudrmfb frame buffer device"));
     let (_, _, rgb) = vm2.screendump(&shot);
     assert!(lit_pixels(&rgb) > 0, "second guest's console reached QEMU");
-    // A clean shutdown through QMP; the backend goes on.
-    vm2.qmp(&[r#"{"execute":"quit"}"#.to_string()]);
-    let _ = vm2.child.wait();
+    vm2.quit();
     std::thread::sleep(Duration::from_millis(300));
     assert!(backend.alive());
     assert!(backend.log_text().matches("frontend connected").count() >= 2);
+    eprintln!("wall time: {:?}", t0.elapsed());
 }
 
 #[test]
-#[ignore = "needs QEMU 10 and the tiny guest: run by scripts/test"]
-fn linux_guest_sees_virgl_with_two_capsets_and_its_console_is_shown() {
-    let args = ["--virgl", "--display", "1024x768"]
-        .map(String::from)
-        .to_vec();
-    let mut backend = Backend::start(&BackendOptions { args });
-    let dir = backend.socket.parent().unwrap().to_path_buf();
+#[ignore = "needs QEMU 10 and the test guest: run by scripts/test"]
+fn guest_2d_modetest_and_dumb_buffers_reach_two_scanouts() {
     let t0 = Instant::now();
-    let mut vm = Vm::boot(&backend, &dir, "virgl");
-    vm.wait_for(&mut backend, "GUEST: done", Duration::from_secs(180));
-    let boot = t0.elapsed();
+    let (mut backend, cap) = backend(
+        "2d",
+        &[
+            "--renderer",
+            "2d",
+            "--display",
+            "1024x768",
+            "--display",
+            "800x600",
+        ],
+    );
+    let mut vm = Vm::boot(&backend, "2d", 2, "2d", "vgt.hold=4");
+    vm.wait_for(&mut backend, "GUEST: modetest shown", BOOT);
     let serial = vm.serial_text();
-    assert!(
-        serial.contains("[drm] features: +virgl +edid"),
-        "driver features:\n{serial}"
-    );
-    // QEMU 10's vhost-user-gpu-pci does not pass CONTEXT_INIT through to the guest.
-    assert!(serial.contains("[drm] number of cap sets: 2"), "{serial}");
-    assert!(
-        serial.contains("fb0: virtio_gpudrmfb frame buffer device"),
-        "{serial}"
-    );
-    // fbcon's frames go through virglrenderer's resources and reach QEMU as UPDATEs.
-    let shot = dir.join("screen-virgl.ppm");
-    let (w, h, rgb) = vm.screendump(&shot);
+    assert!(serial.contains("[drm] features: -virgl +edid"), "{serial}");
+    assert!(serial.contains("[drm] number of scanouts: 2"), "{serial}");
+    for c in [
+        "card0-Virtual-1 connected 1024x768",
+        "card0-Virtual-2 connected 800x600",
+    ] {
+        assert!(
+            serial.contains(&format!("GUEST: connector {c}")),
+            "{c}:\n{serial}"
+        );
+    }
+    // modetest's SMPTE bars: seven bars of 75% colour across the top two thirds.
+    let s = shot(&backend, &cap, 1, &[0]);
+    let (w, h) = (s[0].width, s[0].height);
     assert_eq!((w, h), (1024, 768));
-    let lit = lit_pixels(&rgb);
-    let total = (w * h) as usize;
+    let bars: [Rgb; 7] = [
+        [192, 192, 192],
+        [192, 192, 0],
+        [0, 192, 192],
+        [0, 192, 0],
+        [192, 0, 192],
+        [192, 0, 0],
+        [0, 0, 192],
+    ];
+    for (i, &c) in bars.iter().enumerate() {
+        let x = (2 * i as u32 + 1) * w / 14;
+        assert!(
+            s[0].near(x, h / 3, c, 2),
+            "SMPTE bar {i} at ({x},{}) is {:?}, want {c:?}",
+            h / 3,
+            s[0].pixel(x, h / 3)
+        );
+    }
+    // The agent's dumb buffers, one per connector, each its own size.
+    vm.wait_for(&mut backend, "AGENT: dumb shown 2", BOOT);
+    let s = shot(&backend, &cap, 2, &[0, 1]);
+    assert_eq!((s[0].width, s[0].height), (1024, 768));
+    assert_eq!((s[1].width, s[1].height), (800, 600));
+    assert_quadrants(&s[0], DUMB, "scanout 0 dumb buffer");
+    assert_quadrants(&s[1], DUMB, "scanout 1 dumb buffer");
+    vm.wait_for(&mut backend, "GUEST: done", BOOT);
     assert!(
-        lit > total / 200 && lit < total / 2,
-        "{lit} of {total} pixels lit"
+        vm.serial_text().contains("AGENT: result pass"),
+        "{}",
+        vm.guest_lines()
     );
-    // Text rows run top-down: the first lit row is near the top, as fbcon draws it.
-    let first_lit_row = (0..h as usize).find(|y| {
-        rgb[y * w as usize * 3..(y + 1) * w as usize * 3]
-            .iter()
-            .any(|&c| c > 0x80)
-    });
-    assert!(
-        first_lit_row.is_some_and(|y| y < 100),
-        "first lit row {first_lit_row:?}: image upside down?"
-    );
-    eprintln!("virgl boot to console text: {boot:?}; {lit} of {total} pixels lit");
-    vm.qmp(&[r#"{"execute":"quit"}"#.to_string()]);
-    let _ = vm.child.wait();
+    vm.quit();
     assert!(backend.alive());
+    eprintln!("wall time: {:?}", t0.elapsed());
+}
+
+#[test]
+#[ignore = "needs QEMU 10 and the test guest: run by scripts/test"]
+fn guest_virgl_renders_gles_through_mesa_and_runs_kmscube() {
+    let t0 = Instant::now();
+    let (mut backend, cap) = backend("virgl", &["--virgl", "--display", "1024x768"]);
+    let mut vm = Vm::boot(&backend, "virgl", 1, "3d", "vgt.hold=4 vgt.frames=120");
+    vm.wait_for(&mut backend, "AGENT: dumb shown 1", BOOT);
+    let serial = vm.serial_text();
+    assert!(serial.contains("[drm] features: +virgl +edid"), "{serial}");
+    assert!(serial.contains("[drm] number of cap sets: 2"), "{serial}");
+    assert_quadrants(
+        &shot(&backend, &cap, 1, &[0])[0],
+        DUMB,
+        "dumb buffer on virgl",
+    );
+
+    vm.wait_for(&mut backend, "AGENT: gl shown", BOOT);
+    let renderer = vm.line_after("AGENT: gl renderer").unwrap_or_default();
+    assert!(
+        renderer.starts_with("virgl"),
+        "GL renderer: {renderer}\n{}",
+        vm.guest_lines()
+    );
+    assert!(
+        vm.serial_text().contains("AGENT: gl readback ok"),
+        "{}",
+        vm.guest_lines()
+    );
+    // The agent's picture, rendered by virglrenderer on llvmpipe, page-flipped, read back and
+    // captured: the quadrants, the right way up, and the shader's square in the middle.
+    let s = shot(&backend, &cap, 2, &[0]);
+    assert_eq!((s[0].width, s[0].height), (1024, 768));
+    assert_quadrants(&s[0], GL, "GL picture");
+    assert!(
+        s[0].near(512, 384, ORANGE, 2),
+        "centre {:?}",
+        s[0].pixel(512, 384)
+    );
+
+    vm.wait_for(&mut backend, "GUEST: done", BOOT);
+    let lines = vm.guest_lines();
+    assert!(lines.contains("GUEST: kmscube frames 120"), "{lines}");
+    let kms = vm
+        .line_after("GUEST: kmscube renderer:")
+        .unwrap_or_default();
+    assert!(kms.contains("virgl"), "kmscube renderer {kms}\n{lines}");
+    // eglinfo (mesa-utils 8.5) names the EGL driver on GBM, not the GL renderer.
+    let egl = vm
+        .line_after("GUEST: eglinfo EGL vendor string:")
+        .unwrap_or_default();
+    assert_eq!(egl, "Mesa Project", "{lines}");
+    eprintln!(
+        "guest renderer: {renderer}; {}; wall time {:?}",
+        vm.line_after("AGENT: gl frames").unwrap_or_default(),
+        t0.elapsed()
+    );
+    vm.quit();
+    assert!(backend.alive());
+}
+
+#[test]
+#[ignore = "needs QEMU 10 and the test guest: run by scripts/test"]
+fn guest_virgl_qemu_killed_mid_frame_then_a_new_qemu_renders() {
+    let t0 = Instant::now();
+    let (mut backend, cap) = backend("kill", &["--virgl", "--display", "800x600"]);
+    let mut vm = Vm::boot(&backend, "kill", 1, "kmscube", "vgt.frames=1000000");
+    vm.wait_for(&mut backend, "GUEST: kmscube started", BOOT);
+    // Let frames flow, then kill QEMU in the middle of them.
+    let latest = cap.join("scanout-0.png");
+    capture::wait_files(std::slice::from_ref(&latest), Duration::from_secs(60)).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = vm.child.kill();
+    let _ = vm.child.wait();
+    assert!(backend.alive(), "vhost-gpu died with its frontend");
+    // A new QEMU against the same vhost-gpu: its guest renders through virgl again.
+    let mut vm2 = Vm::boot(&backend, "kill2", 1, "agent", "vgt.hold=4");
+    vm2.wait_for(&mut backend, "AGENT: gl shown", BOOT);
+    let s = shot(&backend, &cap, 1, &[0]);
+    assert_eq!((s[0].width, s[0].height), (800, 600));
+    assert_quadrants(&s[0], GL, "second guest's GL picture");
+    vm2.wait_for(&mut backend, "GUEST: done", BOOT);
+    assert!(
+        vm2.serial_text().contains("AGENT: result pass"),
+        "{}",
+        vm2.guest_lines()
+    );
+    vm2.quit();
+    assert!(backend.alive());
+    assert!(backend.log_text().matches("frontend connected").count() >= 2);
+    eprintln!("wall time: {:?}", t0.elapsed());
 }
