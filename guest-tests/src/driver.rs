@@ -72,6 +72,41 @@ impl Gpu {
         self.submit_raw(queue, &bufs, r)
     }
 
+    /// Sends `req` with a reply buffer of `reply_len` bytes followed by 64 bytes the device is
+    /// not given, all filled with 0xee first; returns the used length the device reported and
+    /// the whole area (reply buffer + guard), to check what was and was not written.
+    pub fn request_guarded(&mut self, req: &[u8], reply_len: u32) -> (u32, Vec<u8>) {
+        let a = self.conn.mem.alloc(req.len().max(1) as u64, 16);
+        self.conn.mem.write(a, req);
+        let area = reply_len as usize + 64;
+        let r = self.conn.mem.alloc(area as u64, 16);
+        self.conn.mem.write(r, &vec![0xee; area]);
+        let mut bufs = vec![Buf {
+            addr: a,
+            len: req.len() as u32,
+            writable: false,
+        }];
+        if reply_len > 0 {
+            bufs.push(Buf {
+                addr: r,
+                len: reply_len,
+                writable: true,
+            });
+        }
+        let vq = &mut self.conn.queues[CONTROLQ];
+        let head = vq.add(&self.conn.mem, &bufs);
+        vq.notify();
+        let used = vq.wait_used(&self.conn.mem, 1, REPLY_TIMEOUT);
+        let u = used
+            .iter()
+            .find(|u| u.head == head)
+            .unwrap_or_else(|| panic!("no reply within {REPLY_TIMEOUT:?}"));
+        let len = u.len;
+        let bytes = self.conn.mem.read(r, area);
+        self.conn.mem.reset_alloc_if_idle(&self.conn.queues);
+        (len, bytes)
+    }
+
     /// Sends a chain made of the given buffers and waits; the reply is read at `reply_at`.
     pub fn submit_raw(&mut self, queue: usize, bufs: &[Buf], reply_at: u64) -> Reply {
         let vq = &mut self.conn.queues[queue];
