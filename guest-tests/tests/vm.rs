@@ -194,8 +194,11 @@ impl Vm {
         for c in std::iter::once(r#"{"execute":"qmp_capabilities"}"#.to_string())
             .chain(cmds.iter().cloned())
         {
-            w.write_all(c.as_bytes()).unwrap();
-            w.write_all(b"\n").unwrap();
+            // One write: QEMU acts on a complete object at once, and after "quit" it may
+            // close the socket before a second write.
+            if w.write_all(format!("{c}\n").as_bytes()).is_err() {
+                return last;
+            }
             loop {
                 line.clear();
                 if r.read_line(&mut line).unwrap_or(0) == 0 {
