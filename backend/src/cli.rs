@@ -19,6 +19,13 @@ pub enum RendererChoice {
     Virgl,
 }
 
+/// `--sandbox`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Sandbox {
+    On,
+    Off,
+}
+
 /// Log levels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
@@ -89,6 +96,14 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_contexts: u32,
 
+    /// Most scatter-list entries in one ATTACH_BACKING or CREATE_BLOB (16 host bytes each).
+    #[arg(long, value_name = "N", default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub max_backing_entries: u32,
+
+    /// Most bytes in one SUBMIT_3D command stream.
+    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_submit_size)]
+    pub max_submit_size: u32,
+
     /// Microseconds the queue thread keeps watching the ring after replying before it sleeps
     /// (saves a wake-up per command for a driver that sends its next command at once); 0 off.
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=10_000))]
@@ -103,6 +118,11 @@ pub struct Cli {
     /// Least time between two writes of one scanout's PNG.
     #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub capture_interval_ms: u64,
+
+    /// After start-up, allow only the system calls vhost-gpu needs (seccomp); `off` for
+    /// debugging with strace, gdb or perf.
+    #[arg(long, value_enum, default_value = "on")]
+    pub sandbox: Sandbox,
 
     #[arg(long, value_enum, default_value = "info")]
     pub log_level: LogLevel,
@@ -119,6 +139,15 @@ pub fn capabilities_json(virgl_available: bool) -> String {
         "{{\n  \"type\": \"gpu\",\n  \"features\": [{}]\n}}",
         features.join(", ")
     )
+}
+
+/// `--max-submit-size`: 4 KiB to 256 MiB.
+fn parse_submit_size(v: &str) -> Result<u32, String> {
+    let n = parse_size(v).map_err(|e| e.to_string())?;
+    if !(4096..=256 << 20).contains(&n) {
+        return Err(format!("{v}: must be 4K to 256M"));
+    }
+    Ok(n as u32)
 }
 
 #[cfg(test)]

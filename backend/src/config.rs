@@ -2,7 +2,7 @@
 
 use crate::capture::CaptureHandle;
 use crate::edid::MAX_EDID_DIMENSION;
-use crate::protocol::MAX_SCANOUTS;
+use crate::protocol::{DecodeLimits, MAX_SCANOUTS};
 
 /// Why a configuration value was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -76,6 +76,8 @@ pub struct DeviceConfig {
     pub max_contexts: u32,
     /// `--capture-dir`: where scanouts are written as PNG.
     pub capture: Option<CaptureHandle>,
+    /// Per-command allocation limits (`--max-backing-entries`, `--max-submit-size`).
+    pub decode: DecodeLimits,
 }
 
 impl Default for DeviceConfig {
@@ -91,6 +93,7 @@ impl Default for DeviceConfig {
             max_resources: 65_536,
             max_contexts: 256,
             capture: None,
+            decode: DecodeLimits::default(),
         }
     }
 }

@@ -313,6 +313,11 @@ impl GpuDevice {
         &mut self.display
     }
 
+    /// What one command may make the decoder allocate.
+    pub fn decode_limits(&self) -> crate::protocol::DecodeLimits {
+        self.config.decode
+    }
+
     /// Bytes of host memory resources use now.
     pub fn host_memory_used(&self) -> u64 {
         self.host_mem

@@ -13,4 +13,5 @@ pub mod edid;
 pub mod fences;
 pub mod protocol;
 pub mod ratelimit;
+pub mod sandbox;
 pub mod vhost_user;

@@ -10,8 +10,10 @@ use log::{info, warn};
 use vhost::vhost_user::Listener;
 
 use vhost_gpu::capture::{block_shot_signal, Capture, CaptureHandle};
-use vhost_gpu::cli::{capabilities_json, Cli, RendererChoice};
+use vhost_gpu::cli::{capabilities_json, Cli, RendererChoice, Sandbox};
 use vhost_gpu::config::DeviceConfig;
+use vhost_gpu::protocol::DecodeLimits;
+use vhost_gpu::sandbox;
 use vhost_gpu::vhost_user::serve;
 use virgl_bridge::{Renderer, Renderer2D, VirglOptions, VirglRenderer};
 
@@ -100,6 +102,10 @@ fn main() -> Result<()> {
     config.poll_us = cli.poll_us;
     config.max_resources = cli.max_resources;
     config.max_contexts = cli.max_contexts;
+    config.decode = DecodeLimits {
+        max_backing_entries: cli.max_backing_entries,
+        max_submit_size: cli.max_submit_size,
+    };
     if let Some(dir) = &cli.capture_dir {
         let interval = Duration::from_millis(cli.capture_interval_ms);
         config.capture = Some(CaptureHandle(Capture::start(dir, interval)?));
@@ -128,6 +134,17 @@ fn main() -> Result<()> {
             Ok(Box::new(Renderer2D::new()?))
         }
     };
+    match cli.sandbox {
+        Sandbox::On => {
+            sandbox::install()
+                .context("installing the seccomp sandbox (--sandbox off skips it)")?;
+            info!(
+                "sandbox: seccomp filter on all threads, {} system calls allowed",
+                sandbox::ALLOWED.len()
+            );
+        }
+        Sandbox::Off => warn!("sandbox off: no seccomp filter"),
+    }
     serve(&mut listener, &config, &make)?;
     Ok(())
 }

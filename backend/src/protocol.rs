@@ -467,10 +467,14 @@ pub enum DecodeError {
     ShortBody(u32),
     #[error("unknown command type {0:#x}")]
     UnknownType(u32),
-    #[error("attach-backing with {0} entries (limit {MAX_BACKING_ENTRIES})")]
-    TooManyEntries(u32),
-    #[error("SUBMIT_3D of {size} bytes with {available} in the chain (limit {MAX_SUBMIT_SIZE})")]
-    BadSubmitSize { size: u32, available: usize },
+    #[error("attach-backing with {0} entries (limit {1}, --max-backing-entries)")]
+    TooManyEntries(u32, u32),
+    #[error("SUBMIT_3D of {size} bytes with {available} in the chain (limit {limit}, --max-submit-size)")]
+    BadSubmitSize {
+        size: u32,
+        available: usize,
+        limit: u32,
+    },
     #[error("SUBMIT_3D with {0} in-fences (fence passing is not offered)")]
     InFences(u32),
 }
@@ -479,7 +483,7 @@ impl DecodeError {
     /// The response a guest gets for this decode failure.
     pub fn response(&self) -> GpuResponse {
         match self {
-            DecodeError::TooManyEntries(_)
+            DecodeError::TooManyEntries(..)
             | DecodeError::BadSubmitSize { .. }
             | DecodeError::InFences(_) => GpuResponse::ErrInvalidParameter,
             _ => GpuResponse::ErrUnspec,
@@ -502,23 +506,54 @@ fn cursor(c: CursorPos) -> Cursor {
     }
 }
 
+/// What a guest may make the decoder allocate for one command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Most entries in one ATTACH_BACKING / RESOURCE_CREATE_BLOB (16 bytes each).
+    pub max_backing_entries: u32,
+    /// Most bytes in one SUBMIT_3D command stream.
+    pub max_submit_size: u32,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_backing_entries: MAX_BACKING_ENTRIES,
+            max_submit_size: MAX_SUBMIT_SIZE,
+        }
+    }
+}
+
+/// [`decode_with`] the default limits.
+pub fn decode<R: ChainRead>(r: &mut R) -> (Option<Header>, Result<GpuCommand, DecodeError>) {
+    decode_with(r, &DecodeLimits::default())
+}
+
 /// Reads the header, then the command. The header is returned whenever it could be read, so
 /// that even a failed command's reply echoes its fence.
-pub fn decode<R: ChainRead>(r: &mut R) -> (Option<Header>, Result<GpuCommand, DecodeError>) {
+pub fn decode_with<R: ChainRead>(
+    r: &mut R,
+    limits: &DecodeLimits,
+) -> (Option<Header>, Result<GpuCommand, DecodeError>) {
     let mut raw = CtrlHdr::default();
     if r.read_exact(raw.as_mut_slice()).is_err() {
         return (None, Err(DecodeError::ShortHeader));
     }
     let hdr = Header::from(raw);
-    (Some(hdr), decode_body(r, hdr.type_))
+    (Some(hdr), decode_body(r, hdr.type_, limits))
 }
 
 /// Reads `n` (addr, length) entries; `n` is bounded first.
-fn read_entries<R: ChainRead>(r: &mut R, t: u32, n: u32) -> Result<Vec<(u64, u32)>, DecodeError> {
-    if n > MAX_BACKING_ENTRIES {
-        return Err(DecodeError::TooManyEntries(n));
+fn read_entries<R: ChainRead>(
+    r: &mut R,
+    t: u32,
+    n: u32,
+    limits: &DecodeLimits,
+) -> Result<Vec<(u64, u32)>, DecodeError> {
+    if n > limits.max_backing_entries {
+        return Err(DecodeError::TooManyEntries(n, limits.max_backing_entries));
     }
-    // Bounded above, so at most 4 MiB; entries missing from the chain fail the read.
+    // Bounded above (16 bytes an entry); entries missing from the chain fail the read.
     let mut entries = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let e: MemEntry = read(r, t)?;
@@ -545,7 +580,11 @@ fn transfer_3d(c: Transfer3dWire) -> (u32, Transfer3d) {
     (c.resource_id.into(), t)
 }
 
-fn decode_body<R: ChainRead>(r: &mut R, t: u32) -> Result<GpuCommand, DecodeError> {
+fn decode_body<R: ChainRead>(
+    r: &mut R,
+    t: u32,
+    limits: &DecodeLimits,
+) -> Result<GpuCommand, DecodeError> {
     use cmd::*;
     Ok(match t {
         GET_DISPLAY_INFO => GpuCommand::GetDisplayInfo,
@@ -586,7 +625,7 @@ fn decode_body<R: ChainRead>(r: &mut R, t: u32) -> Result<GpuCommand, DecodeErro
         }
         RESOURCE_ATTACH_BACKING => {
             let c: AttachBacking = read(r, t)?;
-            let entries = read_entries(r, t, c.nr_entries.into())?;
+            let entries = read_entries(r, t, c.nr_entries.into(), limits)?;
             GpuCommand::ResourceAttachBacking {
                 resource_id: c.resource_id.into(),
                 entries,
@@ -674,8 +713,12 @@ fn decode_body<R: ChainRead>(r: &mut R, t: u32) -> Result<GpuCommand, DecodeErro
                 return Err(DecodeError::InFences(in_fences));
             }
             let available = r.remaining();
-            if size > MAX_SUBMIT_SIZE || size as usize > available {
-                return Err(DecodeError::BadSubmitSize { size, available });
+            if size > limits.max_submit_size || size as usize > available {
+                return Err(DecodeError::BadSubmitSize {
+                    size,
+                    available,
+                    limit: limits.max_submit_size,
+                });
             }
             // Bounded by the chain and the limit above before allocating.
             let mut cmds = vec![0u8; size as usize];
@@ -691,7 +734,7 @@ fn decode_body<R: ChainRead>(r: &mut R, t: u32) -> Result<GpuCommand, DecodeErro
                 blob_flags: c.blob_flags.into(),
                 blob_id: c.blob_id.into(),
                 size: c.size.into(),
-                entries: read_entries(r, t, c.nr_entries.into())?,
+                entries: read_entries(r, t, c.nr_entries.into(), limits)?,
             }
         }
         SET_SCANOUT_BLOB => {
@@ -933,7 +976,7 @@ mod tests {
         let bytes = request(cmd::RESOURCE_ATTACH_BACKING, body.as_slice());
         assert_eq!(
             decode(&mut &bytes[..]).1,
-            Err(DecodeError::TooManyEntries(u32::MAX))
+            Err(DecodeError::TooManyEntries(u32::MAX, MAX_BACKING_ENTRIES))
         );
         assert_eq!(
             decode(&mut &request(0x9999, &[])[..]).1,
@@ -949,13 +992,27 @@ mod tests {
             decode(&mut &bytes[..]).1,
             Err(DecodeError::BadSubmitSize {
                 size: 64,
-                available: 32
+                available: 32,
+                limit: MAX_SUBMIT_SIZE
             })
         );
         bytes.extend_from_slice(&[0u8; 32]);
         assert_eq!(
             decode(&mut &bytes[..]).1,
             Ok(GpuCommand::Submit3d { cmds: vec![0; 64] })
+        );
+        // Lower limits from the command line.
+        let tight = DecodeLimits {
+            max_backing_entries: 1,
+            max_submit_size: 63,
+        };
+        assert_eq!(
+            decode_with(&mut &bytes[..], &tight).1,
+            Err(DecodeError::BadSubmitSize {
+                size: 64,
+                available: 64,
+                limit: 63
+            })
         );
     }
 

@@ -234,7 +234,7 @@ impl VhostUserGpu {
                 return Some(0);
             }
         };
-        let (hdr, cmd) = protocol::decode(&mut reader);
+        let (hdr, cmd) = protocol::decode_with(&mut reader, &device.decode_limits());
         let destroyed_ctx = match (&hdr, &cmd) {
             (Some(h), Ok(protocol::GpuCommand::CtxDestroy)) => Some(h.ctx_id),
             _ => None,

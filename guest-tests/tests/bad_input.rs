@@ -7,6 +7,7 @@ use common::*;
 use guest_tests::driver::{CONTROLQ, CURSORQ};
 use guest_tests::virtqueue::Buf;
 use guest_tests::wire::*;
+use guest_tests::Gpu;
 
 #[test]
 fn malformed_chains() {
@@ -505,5 +506,44 @@ fn resource_and_context_caps() {
         OK_NODATA,
         "room again after a destroy"
     );
+    still_serves(&mut g, &mut v);
+}
+
+#[test]
+fn backing_entry_and_submit_size_caps() {
+    let (mut b, mut g) = start(&["--max-backing-entries", "4"]);
+    assert_eq!(g.create_2d(1, B8G8R8X8, 64, 1), OK_NODATA);
+    let base = g.conn.mem.alloc_pinned(256, 64);
+    let entries = |n: u64| (0..n).map(|i| (base + i * 64, 64)).collect::<Vec<_>>();
+    let code = g.attach_backing(1, &entries(5));
+    expect_code(
+        &mut g,
+        &mut b,
+        "5 entries over --max-backing-entries 4",
+        ERR_INVALID_PARAMETER,
+        code,
+    );
+    assert_eq!(g.attach_backing(1, &entries(4)), OK_NODATA, "4 entries fit");
+
+    let mut v = guest_tests::Backend::start(&guest_tests::BackendOptions {
+        args: ["--virgl", "--max-submit-size", "4K"]
+            .map(String::from)
+            .to_vec(),
+    });
+    let mut g = guest_tests::Gpu::connect(&v, &guest_tests::frontend::ConnectOptions::default());
+    assert_eq!(g.ctx_create(1, 0, "s"), OK_NODATA);
+    let submit = |g: &mut Gpu, words: usize| {
+        g.ctrl(
+            Gpu::submit_msg(Msg::hdr(SUBMIT_3D, 0, 0, 1, 0), &vec![0; words]),
+            24,
+        )
+        .code()
+    };
+    assert_eq!(
+        submit(&mut g, 1025),
+        ERR_INVALID_PARAMETER,
+        "4100 bytes over 4K"
+    );
+    assert_eq!(submit(&mut g, 0), OK_NODATA);
     still_serves(&mut g, &mut v);
 }

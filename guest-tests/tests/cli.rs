@@ -129,3 +129,46 @@ fn inherited_listening_socket() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The seccomp mode of a process: 2 when a filter is on.
+fn seccomp_mode(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:").map(|v| v.trim().to_string()))
+        .unwrap()
+}
+
+#[test]
+fn sandbox_is_on_by_default_on_every_thread_and_off_on_request() {
+    use guest_tests::{Backend, BackendOptions};
+    for (args, want) in [(vec![], "2"), (vec!["--sandbox", "off"], "0")] {
+        let mut args: Vec<String> = args.into_iter().map(String::from).collect();
+        args.extend(["--renderer", "2d"].map(String::from));
+        let mut b = Backend::start(&BackendOptions { args });
+        // Serving one guest starts more threads; all of them carry the filter.
+        let mut g = Gpu::connect(&b, &ConnectOptions::default());
+        assert_eq!(g.create_2d(1, B8G8R8X8, 4, 4), OK_NODATA);
+        // The filter is installed after the socket is up: wait for the log line.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !b.log_text().contains("sandbox") && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", b.pid())).unwrap();
+        let mut n = 0;
+        for t in tasks {
+            let tid: u32 = t.unwrap().file_name().to_str().unwrap().parse().unwrap();
+            let st =
+                std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", b.pid())).unwrap();
+            let mode = st
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp:").map(|v| v.trim().to_string()))
+                .unwrap();
+            assert_eq!(mode, want, "thread {tid}, args {want}");
+            n += 1;
+        }
+        assert!(n >= 2, "{n} threads");
+        assert_eq!(seccomp_mode(b.pid()), want);
+        assert!(b.alive());
+    }
+}
