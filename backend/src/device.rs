@@ -273,6 +273,9 @@ fn intersect(a: Rect, b: Rect) -> Rect {
     }
 }
 
+/// Largest scratch buffer kept between commands (a 4K frame is 33 MB).
+const SCRATCH_KEEP: usize = 64 << 20;
+
 /// The virtio-gpu device of one frontend connection.
 pub struct GpuDevice {
     config: DeviceConfig,
@@ -353,13 +356,22 @@ impl GpuDevice {
         mem: &Arc<GuestMemoryMmap>,
     ) -> GpuResponse {
         let name = cmd.name();
-        match self.dispatch(hdr, cmd, mem) {
+        let response = match self.dispatch(hdr, cmd, mem) {
             Ok(r) => r,
             Err(e) => {
                 guest_warn!("{name}: {e}");
                 e.response()
             }
+        };
+        // Scratch buffers follow the largest resource shown; one a guest made huge once is
+        // not kept (they are not counted in --max-host-memory).
+        if self.scratch.capacity() > SCRATCH_KEEP {
+            self.scratch = Vec::new();
         }
+        if self.packed.capacity() > SCRATCH_KEEP {
+            self.packed = Vec::new();
+        }
+        response
     }
 
     fn dispatch(&mut self, hdr: &Header, cmd: GpuCommand, mem: &Arc<GuestMemoryMmap>) -> GpuResult {

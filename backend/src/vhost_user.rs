@@ -37,6 +37,22 @@ const QUEUE_SIZE: usize = 1024;
 /// Epoll data of the renderer's fence eventfd (0..=NUM_QUEUES are the queues and exit).
 const FENCE_EVENT: u16 = NUM_QUEUES as u16 + 1;
 
+/// What became of one chain: its reply's length (None: held for its fence), and the held
+/// replies of other chains it released (a destroyed context's), to go on the used ring too.
+struct ChainDone {
+    len: Option<u32>,
+    released: Vec<(u16, u32)>,
+}
+
+impl ChainDone {
+    fn answered(len: u32) -> Self {
+        ChainDone {
+            len: Some(len),
+            released: Vec::new(),
+        }
+    }
+}
+
 /// A fenced reply held until the renderer signals: the chain to write it into, and its bytes.
 struct HeldReply {
     head: u16,
@@ -145,7 +161,7 @@ impl VhostUserGpu {
         c
     }
 
-    fn process_queue(&self, vring: &VringRwLock) -> io::Result<()> {
+    fn process_queue(&self, vring: &VringRwLock, queue: u16) -> io::Result<()> {
         let Some(atomic) = lock(&self.mem).clone() else {
             return Ok(());
         };
@@ -175,7 +191,11 @@ impl VhostUserGpu {
                 .collect();
             for chain in chains {
                 let head = chain.head_index();
-                if let Some(len) = self.process_chain(&mut device, &mem, chain) {
+                let done = self.process_chain(&mut device, &mem, chain, queue);
+                for (head, len) in done.released {
+                    vring.add_used(head, len).map_err(io::Error::other)?;
+                }
+                if let Some(len) = done.len {
                     vring.add_used(head, len).map_err(io::Error::other)?;
                 }
             }
@@ -217,21 +237,22 @@ impl VhostUserGpu {
         }
     }
 
-    /// Decodes, runs and answers one chain. Returns the bytes written, or None when the reply
-    /// is held until the renderer signals its fence.
+    /// Decodes, runs and answers one chain: the bytes written (None when the reply is held
+    /// until the renderer signals its fence), and replies of other chains it released.
     fn process_chain(
         &self,
         device: &mut GpuDevice,
         mem: &Arc<GuestMemoryMmap>,
         chain: DescriptorChain<Arc<GuestMemoryMmap>>,
-    ) -> Option<u32> {
+        queue: u16,
+    ) -> ChainDone {
         let reader = Reader::new(&**mem, chain.clone());
         let writer = Writer::new(&**mem, chain.clone());
         let (mut reader, writer) = match (reader, writer) {
             (Ok(r), Ok(w)) => (r, w),
             (Err(e), _) | (_, Err(e)) => {
                 guest_warn!("descriptor chain outside guest memory: {e}");
-                return Some(0);
+                return ChainDone::answered(0);
             }
         };
         let (hdr, cmd) = protocol::decode_with(&mut reader, &device.decode_limits());
@@ -254,10 +275,14 @@ impl VhostUserGpu {
                 hdr.map_or(0, |h| h.type_)
             );
         }
-        if let Some(ctx_id) = destroyed_ctx {
-            self.release_context(device, ctx_id);
-        }
-        if let Some(h) = hdr.filter(|h| h.fenced()) {
+        let released = match destroyed_ctx {
+            Some(ctx_id) => self.release_context(device, ctx_id),
+            None => Vec::new(),
+        };
+        // Only control-queue replies wait for fences: held replies are completed on the control
+        // ring. The cursor queue is never fenced by a driver, and its commands do not touch the
+        // renderer's timelines; a guest setting the flag there gets its reply at once.
+        if let Some(h) = hdr.filter(|h| h.fenced() && queue == CONTROL_QUEUE) {
             if device.fence(&h) {
                 let head = chain.head_index();
                 lock(&self.held).push(
@@ -265,25 +290,29 @@ impl VhostUserGpu {
                     h.fence_id,
                     HeldReply { head, chain, reply },
                 );
-                return None;
+                return ChainDone {
+                    len: None,
+                    released,
+                };
             }
         }
-        Some(write_reply(writer, &reply))
+        ChainDone {
+            len: Some(write_reply(writer, &reply)),
+            released,
+        }
     }
 
     /// A context is gone: its rings will never signal, so their held replies go out now, and
     /// a device fence flushes the global timeline behind anything it had submitted.
-    fn release_context(&self, device: &mut GpuDevice, ctx_id: u32) {
+    fn release_context(&self, device: &mut GpuDevice, ctx_id: u32) -> Vec<(u16, u32)> {
         let mut held = lock(&self.held);
         let released = held.take_context(ctx_id);
         let last_global = held.last_global();
         drop(held);
-        if !released.is_empty() {
-            self.write_held(released);
-        }
         if let Some(id) = last_global {
             device.flush_global_fences(id);
         }
+        self.write_held(released)
     }
 
     /// Writes held replies into their chains; they are added to the used ring by the caller.
@@ -445,7 +474,10 @@ impl VhostUserBackend for VhostUserGpu {
                 let vring = vrings
                     .get(usize::from(device_event))
                     .ok_or_else(|| io::Error::other("no such vring"))?;
-                keep_serving(self.process_queue(vring), "processing a queue")
+                keep_serving(
+                    self.process_queue(vring, device_event),
+                    "processing a queue",
+                )
             }
             other => {
                 debug!("event {other} for no queue");
