@@ -323,7 +323,7 @@ fn soak_2d() {
             "64x64",
         ],
         false,
-        0x5eed_2d,
+        0x005e_ed2d,
     );
 }
 
@@ -332,6 +332,6 @@ fn soak_virgl() {
     soak(
         &["--virgl", "--display", "96x96", "--display", "64x64"],
         true,
-        0x5eed_3d,
+        0x005e_ed3d,
     );
 }
