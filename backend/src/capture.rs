@@ -62,6 +62,9 @@ impl std::fmt::Debug for CaptureHandle {
     }
 }
 
+/// Largest scanout side captured (EDID's limit is 4095): at most 64 MiB a scanout.
+pub const MAX_CAPTURE_SIDE: u32 = 4096;
+
 /// The signal that asks for a screenshot.
 pub const SHOT_SIGNAL: libc::c_int = libc::SIGUSR1;
 
@@ -130,14 +133,20 @@ impl Capture {
         self.frames.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A scanout got a new size (0 x 0: disabled). The picture starts black.
+    /// A scanout got a new size (0 x 0: disabled). The picture starts black. A scanout wider
+    /// or taller than [`MAX_CAPTURE_SIDE`] is not captured: the guest picks scanout sizes (up to
+    /// its biggest resource), and the copy kept here is host memory on top of it.
     pub fn scanout(&self, scanout_id: u32, width: u32, height: u32) {
         let mut frames = self.lock();
         let i = scanout_id as usize;
         if frames.len() <= i {
             frames.resize_with(i + 1, || None);
         }
-        frames[i] = if width == 0 || height == 0 {
+        let too_big = width > MAX_CAPTURE_SIDE || height > MAX_CAPTURE_SIDE;
+        if too_big {
+            crate::guest_warn!("capture: scanout {scanout_id} is {width}x{height}; not captured");
+        }
+        frames[i] = if width == 0 || height == 0 || too_big {
             None
         } else {
             let bytes = width as usize * height as usize * 4;
@@ -158,6 +167,9 @@ impl Capture {
         let Some(Some(f)) = frames.get_mut(scanout_id as usize) else {
             return;
         };
+        if width == 0 {
+            return;
+        }
         let (x, y) = (x as usize, y as usize);
         let (fw, fh) = (f.width as usize, f.height as usize);
         if x >= fw || y >= fh {
@@ -295,9 +307,12 @@ mod tests {
         assert_eq!(c.shot(1), vec![dir.join("shot-1-scanout-1.png")]);
         let (_, _, rgb) = read(&dir.join("shot-1-scanout-1.png"));
         assert_eq!(&rgb[12..15], &[0, 255, 0]);
-        // A disabled scanout is not in a shot.
+        // A disabled scanout is not in a shot, nor one too big to keep a copy of.
         c.scanout(1, 0, 0);
         assert!(c.shot(2).is_empty());
+        c.scanout(1, MAX_CAPTURE_SIDE + 1, 1);
+        c.update(1, 0, 0, 0, 1, &[]);
+        assert!(c.shot(3).is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
