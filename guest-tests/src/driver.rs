@@ -50,6 +50,32 @@ impl Gpu {
     /// Sends one request chain (request bytes, then a writable reply buffer of `reply_len`)
     /// and waits for the reply.
     pub fn request(&mut self, queue: usize, req: &[u8], reply_len: u32) -> Reply {
+        let (len, at) = self.request_with_guard(queue, req, reply_len, 0);
+        let reply = Reply(self.conn.mem.read(at, len as usize));
+        self.conn.mem.reset_alloc_if_idle(&self.conn.queues);
+        reply
+    }
+
+    /// Sends `req` on the control queue with a reply buffer of `reply_len` bytes followed by
+    /// 64 bytes the device is not given, all filled with 0xee first; returns the used length
+    /// the device reported and the whole area (reply buffer + guard), to check what was and
+    /// was not written.
+    pub fn request_guarded(&mut self, req: &[u8], reply_len: u32) -> (u32, Vec<u8>) {
+        let (len, at) = self.request_with_guard(CONTROLQ, req, reply_len, 64);
+        let area = self.conn.mem.read(at, reply_len as usize + 64);
+        self.conn.mem.reset_alloc_if_idle(&self.conn.queues);
+        (len, area)
+    }
+
+    /// Puts `req` and a 0xee-filled reply buffer (plus `guard` bytes not given to the device)
+    /// in guest memory, sends them as one chain and waits; returns (used length, reply address).
+    fn request_with_guard(
+        &mut self,
+        queue: usize,
+        req: &[u8],
+        reply_len: u32,
+        guard: u32,
+    ) -> (u32, u64) {
         let mut bufs = Vec::new();
         if !req.is_empty() {
             let a = self.conn.mem.alloc(req.len() as u64, 16);
@@ -60,32 +86,9 @@ impl Gpu {
                 writable: false,
             });
         }
-        let r = self.conn.mem.alloc(u64::from(reply_len.max(1)), 16);
-        self.conn.mem.write(r, &vec![0xee; reply_len as usize]);
-        if reply_len > 0 {
-            bufs.push(Buf {
-                addr: r,
-                len: reply_len,
-                writable: true,
-            });
-        }
-        self.submit_raw(queue, &bufs, r)
-    }
-
-    /// Sends `req` with a reply buffer of `reply_len` bytes followed by 64 bytes the device is
-    /// not given, all filled with 0xee first; returns the used length the device reported and
-    /// the whole area (reply buffer + guard), to check what was and was not written.
-    pub fn request_guarded(&mut self, req: &[u8], reply_len: u32) -> (u32, Vec<u8>) {
-        let a = self.conn.mem.alloc(req.len().max(1) as u64, 16);
-        self.conn.mem.write(a, req);
-        let area = reply_len as usize + 64;
-        let r = self.conn.mem.alloc(area as u64, 16);
+        let area = reply_len as usize + guard as usize;
+        let r = self.conn.mem.alloc(area.max(1) as u64, 16);
         self.conn.mem.write(r, &vec![0xee; area]);
-        let mut bufs = vec![Buf {
-            addr: a,
-            len: req.len() as u32,
-            writable: false,
-        }];
         if reply_len > 0 {
             bufs.push(Buf {
                 addr: r,
@@ -93,33 +96,27 @@ impl Gpu {
                 writable: true,
             });
         }
-        let vq = &mut self.conn.queues[CONTROLQ];
-        let head = vq.add(&self.conn.mem, &bufs);
-        vq.notify();
-        let used = vq.wait_used(&self.conn.mem, 1, REPLY_TIMEOUT);
-        let u = used
-            .iter()
-            .find(|u| u.head == head)
-            .unwrap_or_else(|| panic!("no reply within {REPLY_TIMEOUT:?}"));
-        let len = u.len;
-        let bytes = self.conn.mem.read(r, area);
-        self.conn.mem.reset_alloc_if_idle(&self.conn.queues);
-        (len, bytes)
+        (self.wait_chain(queue, &bufs), r)
     }
 
     /// Sends a chain made of the given buffers and waits; the reply is read at `reply_at`.
     pub fn submit_raw(&mut self, queue: usize, bufs: &[Buf], reply_at: u64) -> Reply {
+        let len = self.wait_chain(queue, bufs) as usize;
+        let reply = Reply(self.conn.mem.read(reply_at, len));
+        self.conn.mem.reset_alloc_if_idle(&self.conn.queues);
+        reply
+    }
+
+    /// Adds a chain to a queue, kicks, and waits for its completion; returns the used length.
+    fn wait_chain(&mut self, queue: usize, bufs: &[Buf]) -> u32 {
         let vq = &mut self.conn.queues[queue];
         let head = vq.add(&self.conn.mem, bufs);
         vq.notify();
         let used = vq.wait_used(&self.conn.mem, 1, REPLY_TIMEOUT);
-        let u = used
-            .iter()
+        used.iter()
             .find(|u| u.head == head)
-            .unwrap_or_else(|| panic!("no reply on queue {queue} within {REPLY_TIMEOUT:?}"));
-        let len = u.len as usize;
-        self.conn.mem.reset_alloc_if_idle(&self.conn.queues);
-        Reply(self.conn.mem.read(reply_at, len))
+            .unwrap_or_else(|| panic!("no reply on queue {queue} within {REPLY_TIMEOUT:?}"))
+            .len
     }
 
     /// A control-queue command with a reply buffer of `reply_len`.

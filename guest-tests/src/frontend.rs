@@ -128,6 +128,22 @@ impl Backend {
         self.child.id()
     }
 
+    /// A field of the process's `/proc/PID/status`, e.g. `"Seccomp"` → `"2"`.
+    pub fn status_field(&self, key: &str) -> String {
+        status_field(Path::new(&format!("/proc/{}/status", self.pid())), key)
+    }
+
+    /// Resident anonymous memory (its own heap and mappings), in KiB. Guest memory the
+    /// backend maps is shared memory (RssShmem): the guest's RAM, which the guest touches as it
+    /// likes (this harness never reuses its pinned pages), so it is not the backend's to leak.
+    pub fn rss_anon_kib(&self) -> u64 {
+        let v = self.status_field("RssAnon");
+        v.trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("RssAnon {v:?}"))
+    }
+
     /// The backend's own temporary directory (socket, log; a place for a capture dir).
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -307,4 +323,17 @@ impl Connection {
         self.queues = queues;
         Ok(())
     }
+}
+
+/// A field of a `/proc/.../status` file, trimmed.
+pub fn status_field(status: &Path, key: &str) -> String {
+    let text =
+        std::fs::read_to_string(status).unwrap_or_else(|e| panic!("{}: {e}", status.display()));
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(key)?
+                .strip_prefix(':')
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no {key} in {}", status.display()))
 }

@@ -130,15 +130,6 @@ fn inherited_listening_socket() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The seccomp mode of a process: 2 when a filter is on.
-fn seccomp_mode(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Seccomp:").map(|v| v.trim().to_string()))
-        .unwrap()
-}
-
 #[test]
 fn sandbox_is_on_by_default_on_every_thread_and_off_on_request() {
     use guest_tests::{Backend, BackendOptions};
@@ -158,17 +149,14 @@ fn sandbox_is_on_by_default_on_every_thread_and_off_on_request() {
         let mut n = 0;
         for t in tasks {
             let tid: u32 = t.unwrap().file_name().to_str().unwrap().parse().unwrap();
-            let st =
-                std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", b.pid())).unwrap();
-            let mode = st
-                .lines()
-                .find_map(|l| l.strip_prefix("Seccomp:").map(|v| v.trim().to_string()))
-                .unwrap();
+            let status = format!("/proc/{}/task/{tid}/status", b.pid());
+            let mode =
+                guest_tests::frontend::status_field(std::path::Path::new(&status), "Seccomp");
             assert_eq!(mode, want, "thread {tid}, args {want}");
             n += 1;
         }
         assert!(n >= 2, "{n} threads");
-        assert_eq!(seccomp_mode(b.pid()), want);
+        assert_eq!(b.status_field("Seccomp"), want);
         assert!(b.alive());
     }
 }

@@ -16,18 +16,6 @@ use guest_tests::frontend::ConnectOptions;
 use guest_tests::wire::*;
 use guest_tests::{Backend, BackendOptions, Gpu};
 
-/// Resident anonymous memory of a process (its own heap and mappings), in KiB. Guest memory
-/// the backend maps is shared memory (RssShmem): the guest's RAM, which the guest touches as it
-/// likes (this harness never reuses its pinned pages), so it is not the backend's to leak.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 fn start_virgl() -> (Backend, Gpu) {
     let b = Backend::start(&BackendOptions {
         args: ["--virgl"].map(String::from).to_vec(),
@@ -80,11 +68,11 @@ fn leak_per_command_resident_memory_stays_flat_2d() {
     for _ in 0..300 {
         cycle(&mut g);
     }
-    let warm = rss_kib(b.pid());
+    let warm = b.rss_anon_kib();
     for _ in 0..3000 {
         cycle(&mut g);
     }
-    let after = rss_kib(b.pid());
+    let after = b.rss_anon_kib();
     assert!(
         after <= warm + 1024,
         "resident memory grew from {warm} KiB to {after} KiB over 3000 cycles"
@@ -115,11 +103,11 @@ fn leak_per_command_resident_memory_stays_flat_virgl() {
     for _ in 0..200 {
         cycle(&mut g);
     }
-    let warm = rss_kib(b.pid());
+    let warm = b.rss_anon_kib();
     for _ in 0..2000 {
         cycle(&mut g);
     }
-    let after = rss_kib(b.pid());
+    let after = b.rss_anon_kib();
     assert!(
         after <= warm + 4096,
         "resident memory grew from {warm} KiB to {after} KiB over 2000 cycles"
@@ -262,7 +250,7 @@ fn integer_overflows_in_sizes_and_rectangles_are_refused() {
         code,
     );
     // Backing entry counts: refused before the host allocates for them, again and again.
-    let rss0 = rss_kib(b.pid());
+    let rss0 = b.rss_anon_kib();
     for n in [0x7fff_ffffu32, u32::MAX, 0x1000_0000] {
         for _ in 0..200 {
             assert_eq!(g.create_2d(3, B8G8R8X8, 4, 4), OK_NODATA);
@@ -278,7 +266,7 @@ fn integer_overflows_in_sizes_and_rectangles_are_refused() {
             assert_eq!(g.unref(3), OK_NODATA);
         }
     }
-    let rss1 = rss_kib(b.pid());
+    let rss1 = b.rss_anon_kib();
     assert!(rss1 <= rss0 + 1024, "RSS {rss0} -> {rss1} KiB");
     still_serves(&mut g, &mut b);
 }

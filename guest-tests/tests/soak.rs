@@ -47,15 +47,6 @@ impl Rng {
     }
 }
 
-fn rss_anon_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// One random command: (queue, request bytes, reply length).
 fn command(r: &mut Rng, backing: u64, mem_size: u64, virgl: bool) -> (usize, Vec<u8>, u32) {
     let id = 1 + r.below(16) as u32;
@@ -244,7 +235,8 @@ fn soak(args: &[&str], virgl: bool, seed: u64) {
     let mut g = Gpu::connect(&b, &opts);
     let backing = g.conn.mem.alloc_pinned(64 * 4096, 4096);
     let mut r = Rng(seed);
-    let warmup = n / 10;
+    // A tenth of the run, and at least 10,000 commands: the allocator needs that to settle.
+    let warmup = (n / 10).max(10_000).min(n);
     let mut rss_warm = 0;
     let (mut sent, mut answered) = (0u64, 0u64);
     let t0 = std::time::Instant::now();
@@ -294,11 +286,11 @@ fn soak(args: &[&str], virgl: bool, seed: u64) {
         if rss_warm == 0 && sent >= warmup {
             // Compared at the same state: nothing the guest made is alive.
             free_everything(&mut g);
-            rss_warm = rss_anon_kib(b.pid());
+            rss_warm = b.rss_anon_kib();
         }
     }
     free_everything(&mut g);
-    let rss_end = rss_anon_kib(b.pid());
+    let rss_end = b.rss_anon_kib();
     eprintln!(
         "soak {args:?}: {answered} commands answered in {:?}; RssAnon with nothing alive: {rss_warm} KiB after warm-up, {rss_end} KiB at the end",
         t0.elapsed()
