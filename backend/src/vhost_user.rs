@@ -70,6 +70,15 @@ fn keep_serving(r: io::Result<()>, what: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Puts one answered chain on the used ring. A head the ring refuses (an index past the queue
+/// size, which the guest put in its available ring) is logged and skipped: the other chains of
+/// the batch, already taken off the ring, must still be answered.
+fn add_used(vring: &VringRwLock, head: u16, len: u32) {
+    if let Err(e) = vring.add_used(head, len) {
+        guest_warn!("used ring: chain {head}: {e}");
+    }
+}
+
 /// Writes a reply into a chain's writable part; returns the bytes written.
 fn write_reply<W: std::io::Write>(mut w: W, reply: &[u8]) -> u32 {
     match w.write_all(reply) {
@@ -192,11 +201,8 @@ impl VhostUserGpu {
             for chain in chains {
                 let head = chain.head_index();
                 let done = self.process_chain(&mut device, &mem, chain, queue);
-                for (head, len) in done.released {
-                    vring.add_used(head, len).map_err(io::Error::other)?;
-                }
-                if let Some(len) = done.len {
-                    vring.add_used(head, len).map_err(io::Error::other)?;
+                for (head, len) in done.released.into_iter().chain(done.len.map(|l| (head, l))) {
+                    add_used(vring, head, len);
                 }
             }
             if vring.needs_notification().map_err(io::Error::other)? {
@@ -346,7 +352,7 @@ impl VhostUserGpu {
             return Ok(());
         }
         for (head, len) in self.write_held(ready) {
-            vring.add_used(head, len).map_err(io::Error::other)?;
+            add_used(vring, head, len);
         }
         vring.signal_used_queue()
     }
@@ -530,5 +536,69 @@ pub fn serve(
         // the backend.
         drop(daemon);
         info!("state dropped; waiting for the next frontend");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const DESC: u64 = 0x0;
+    const AVAIL: u64 = 0x1000;
+    const USED: u64 = 0x2000;
+
+    fn desc(mem: &GuestMemoryMmap, i: u64, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = GuestAddress(DESC + 16 * i);
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..16].copy_from_slice(&next.to_le_bytes());
+        mem.write_slice(&d, at).unwrap();
+    }
+
+    /// Found by the `vring` fuzz target: a head index past the queue size in the available
+    /// ring made add_used fail, and the queue loop gave up on the rest of the batch, which it had
+    /// already taken off the ring: those chains were never answered and their guest hung.
+    #[test]
+    fn a_bad_head_in_the_available_ring_does_not_strand_the_rest_of_the_batch() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let atomic = GuestMemoryAtomic::new(mem.clone());
+        let config = DeviceConfig::default();
+        let renderer = virgl_bridge::Renderer2D::new().unwrap();
+        let device = GpuDevice::new(config.clone(), Box::new(renderer));
+        let gpu = VhostUserGpu::new(config, device, 0, false).unwrap();
+        gpu.update_memory(atomic.clone()).unwrap();
+        let vrings: Vec<VringRwLock> = [(DESC, AVAIL, USED), (0x8000, 0x9000, 0xa000)]
+            .iter()
+            .map(|&(d, a, u)| {
+                let v = VringRwLock::new(atomic.clone(), 1024).unwrap();
+                v.set_queue_size(4);
+                v.set_queue_info(d, a, u).unwrap();
+                v.set_queue_ready(true);
+                v.set_enabled(true);
+                v
+            })
+            .collect();
+        // GET_DISPLAY_INFO: a 24-byte header, then a writable buffer for the 408-byte reply.
+        let mut hdr = [0u8; 24];
+        hdr[0..4].copy_from_slice(&protocol::cmd::GET_DISPLAY_INFO.to_le_bytes());
+        mem.write_slice(&hdr, GuestAddress(0x3000)).unwrap();
+        desc(&mem, 0, 0x3000, 24, 1, 1); // NEXT
+        desc(&mem, 1, 0x4000, 408, 2, 0); // WRITE
+                                          // Available ring: head 7 (there is no descriptor 7 in a queue of 4), then head 0.
+        for (i, v) in [0u16, 2, 7, 0].iter().enumerate() {
+            mem.write_obj(*v, GuestAddress(AVAIL + 2 * i as u64))
+                .unwrap();
+        }
+        gpu.handle_event(CONTROL_QUEUE, EventSet::IN, &vrings, 0)
+            .unwrap();
+        let used_idx: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
+        let id: u32 = mem.read_obj(GuestAddress(USED + 4)).unwrap();
+        let len: u32 = mem.read_obj(GuestAddress(USED + 8)).unwrap();
+        assert_eq!((used_idx, id, len), (1, 0, 408));
+        let reply: u32 = mem.read_obj(GuestAddress(0x4000)).unwrap();
+        assert_eq!(reply, protocol::resp::OK_DISPLAY_INFO);
     }
 }
