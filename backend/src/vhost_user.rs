@@ -70,10 +70,17 @@ fn keep_serving(r: io::Result<()>, what: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Puts one answered chain on the used ring. A head the ring refuses (an index past the queue
-/// size, which the guest put in its available ring) is logged and skipped: the other chains of
-/// the batch, already taken off the ring, must still be answered.
+/// Puts one answered chain on the used ring. A head the ring cannot take (an index past the
+/// queue size, which the guest put in its available ring) is logged and skipped: the other chains
+/// of the batch, already taken off the ring, must still be answered. It is checked here, not
+/// left to virtio-queue, which would log each one at error level without a rate limit.
 fn add_used(vring: &VringRwLock, head: u16, len: u32) {
+    use virtio_queue::QueueT;
+    let size = vring.get_ref().get_queue().size();
+    if head >= size {
+        guest_warn!("used ring: chain head {head} is past the queue size {size}; not answered");
+        return;
+    }
     if let Err(e) = vring.add_used(head, len) {
         guest_warn!("used ring: chain {head}: {e}");
     }

@@ -48,8 +48,8 @@ fn reply(sel: u8) -> GpuResponse {
 }
 
 fuzz_target!(|data: &[u8]| {
-    // RUST_LOG=warn shows what the device logs about an input (errors only by default).
-    let _ = env_logger::try_init();
+    // RUST_LOG=warn shows what the device logs about an input (nothing by default).
+    vhost_gpu_fuzz::init_logging();
     let mut input = Input::new(data);
     let mem = guest_memory();
     let n = 1 + input.u8().unwrap_or(0) % 8;

@@ -19,8 +19,8 @@ use vhost_gpu_fuzz::{MAX_HOST_MEMORY, MAX_RESOURCES};
 use vm_memory::{Bytes, GuestAddress};
 
 fuzz_target!(|data: &[u8]| {
-    // RUST_LOG=warn shows what the device logs about an input (errors only by default).
-    let _ = env_logger::try_init();
+    // RUST_LOG=warn shows what the device logs about an input (nothing by default).
+    vhost_gpu_fuzz::init_logging();
     let mut input = Input::new(data);
     let mem = Arc::new(guest_memory());
     let mut device = device_2d();

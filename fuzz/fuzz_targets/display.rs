@@ -18,8 +18,8 @@ use vhost_gpu::protocol::EDID_BLOB_SIZE;
 use vhost_gpu_fuzz::Input;
 
 fuzz_target!(|data: &[u8]| {
-    // RUST_LOG=warn shows what the device logs about an input (errors only by default).
-    let _ = env_logger::try_init();
+    // RUST_LOG=warn shows what the device logs about an input (nothing by default).
+    vhost_gpu_fuzz::init_logging();
     let mut input = Input::new(data);
     let n = usize::from(input.u16().unwrap_or(0));
     let replies = input.take(n);
