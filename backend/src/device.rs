@@ -275,6 +275,8 @@ fn intersect(a: Rect, b: Rect) -> Rect {
 
 /// Largest scratch buffer kept between commands (a 4K frame is 33 MB).
 const SCRATCH_KEEP: usize = 64 << 20;
+/// Scratch always worth keeping (a 64x64 cursor is 16 KiB).
+const SCRATCH_SMALL: usize = 1 << 20;
 
 /// The virtio-gpu device of one frontend connection.
 pub struct GpuDevice {
@@ -363,15 +365,33 @@ impl GpuDevice {
                 e.response()
             }
         };
-        // Scratch buffers follow the largest resource shown; one a guest made huge once is
-        // not kept (they are not counted in --max-host-memory).
-        if self.scratch.capacity() > SCRATCH_KEEP {
+        // Scratch buffers are kept for the resources shown now, so that the next frame reuses
+        // them; one sized for a resource no longer shown, or over SCRATCH_KEEP, is dropped (they
+        // are not counted in --max-host-memory, and a guest's past must not stay resident).
+        let keep = self.scratch_keep();
+        if self.scratch.capacity() > keep {
             self.scratch = Vec::new();
         }
-        if self.packed.capacity() > SCRATCH_KEEP {
+        if self.packed.capacity() > keep {
             self.packed = Vec::new();
         }
         response
+    }
+
+    /// Bytes of scratch worth keeping: the largest resource on a scanout (at least
+    /// SCRATCH_SMALL, for cursors and small updates; at most SCRATCH_KEEP).
+    fn scratch_keep(&self) -> usize {
+        let shown = self
+            .scanouts
+            .iter()
+            .filter(|s| s.resource_id != 0)
+            .filter_map(|s| self.resources.get(&s.resource_id))
+            .map(|r| r.size)
+            .max()
+            .unwrap_or(0);
+        usize::try_from(shown)
+            .unwrap_or(usize::MAX)
+            .clamp(SCRATCH_SMALL, SCRATCH_KEEP)
     }
 
     fn dispatch(&mut self, hdr: &Header, cmd: GpuCommand, mem: &Arc<GuestMemoryMmap>) -> GpuResult {
@@ -444,6 +464,10 @@ impl GpuDevice {
                 self.context(hdr.ctx_id)?;
                 self.renderer.destroy_context(hdr.ctx_id)?;
                 self.contexts.remove(&hdr.ctx_id);
+                // SAFETY: malloc_trim only releases free memory of the allocator; no pointers held.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
                 Ok(GpuResponse::OkNoData)
             }
             GpuCommand::CtxAttachResource { resource_id } => {

@@ -238,6 +238,9 @@ fn soak(args: &[&str], virgl: bool, seed: u64) {
     // A tenth of the run, and at least 10,000 commands: the allocator needs that to settle.
     let warmup = (n / 10).max(10_000).min(n);
     let mut rss_warm = 0;
+    let trace: Option<u64> = std::env::var("VHOST_GPU_SOAK_TRACE")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let (mut sent, mut answered) = (0u64, 0u64);
     let t0 = std::time::Instant::now();
     while sent < n {
@@ -283,6 +286,15 @@ fn soak(args: &[&str], virgl: bool, seed: u64) {
             "vhost-gpu died after {sent} commands (seed {seed}):\n{}",
             b.log_text()
         );
+        // VHOST_GPU_SOAK_TRACE=K: print the resident memory with nothing alive every K commands
+        // (for finding where memory grows; it changes the run, since everything is freed).
+        if trace.is_some_and(|k| k > 0 && sent % k == 0) {
+            free_everything(&mut g);
+            eprintln!(
+                "soak trace: {sent} commands, RssAnon {} KiB",
+                b.rss_anon_kib()
+            );
+        }
         if rss_warm == 0 && sent >= warmup {
             // Compared at the same state: nothing the guest made is alive.
             free_everything(&mut g);
