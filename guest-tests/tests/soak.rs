@@ -7,12 +7,18 @@
 //!
 //! The device must answer every command with a valid response code, never exit, and its own
 //! resident memory (RssAnon: guest memory is the guest's) after the run must be within 10% of
-//! what it was after the warm-up.
+//! what it was after the warm-up, or within [`RSS_NOISE_KIB`] where 10% is less than that.
 //!
 //! `VHOST_GPU_SOAK=N` sets the number of commands per renderer (default 100,000, what
 //! `scripts/test` runs); the long run is `VHOST_GPU_SOAK=1000000`.
 
 mod common;
+
+/// What the allocator alone moves a small process's RssAnon by. With nothing alive the 2D
+/// device holds about 1.2 MiB, where 10% is 120 KiB: over a 1M-command release run
+/// (`VHOST_GPU_SOAK_TRACE=100000`) it stayed between 1,144 and 1,312 KiB, and a 100k debug run
+/// went from 1,492 to 1,768 KiB, with no trend. A leak of even a few bytes a command exceeds it.
+const RSS_NOISE_KIB: u64 = 512;
 
 use guest_tests::driver::{CONTROLQ, CURSORQ};
 use guest_tests::frontend::ConnectOptions;
@@ -309,7 +315,7 @@ fn soak(args: &[&str], virgl: bool, seed: u64) {
     );
     assert_eq!(answered, n);
     assert!(
-        rss_end * 10 <= rss_warm * 11,
+        rss_end <= rss_warm + (rss_warm / 10).max(RSS_NOISE_KIB),
         "RssAnon grew from {rss_warm} to {rss_end} KiB (seed {seed})"
     );
     common::still_serves(&mut g, &mut b);
