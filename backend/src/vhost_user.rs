@@ -70,13 +70,18 @@ fn keep_serving(r: io::Result<()>, what: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Puts one answered chain on the used ring. A head the ring cannot take (an index past the
-/// queue size, which the guest put in its available ring) is logged and skipped: the other chains
-/// of the batch, already taken off the ring, must still be answered. It is checked here, not
-/// left to virtio-queue, which would log each one at error level without a rate limit.
-fn add_used(vring: &VringRwLock, head: u16, len: u32) {
+/// The ring's size, read once a batch (each `get_ref` takes the vring's lock).
+fn queue_size(vring: &VringRwLock) -> u16 {
     use virtio_queue::QueueT;
-    let size = vring.get_ref().get_queue().size();
+    vring.get_ref().get_queue().size()
+}
+
+/// Puts one answered chain on the used ring of `size` entries. A head the ring cannot take (an
+/// index past the queue size, which the guest put in its available ring) is logged and skipped:
+/// the other chains of the batch, already taken off the ring, must still be answered. It is
+/// checked here, not left to virtio-queue, which would log each one at error level without a
+/// rate limit.
+fn add_used(vring: &VringRwLock, size: u16, head: u16, len: u32) {
     if head >= size {
         guest_warn!("used ring: chain head {head} is past the queue size {size}; not answered");
         return;
@@ -205,11 +210,12 @@ impl VhostUserGpu {
                 .iter(Arc::clone(&mem))
                 .map_err(io::Error::other)?
                 .collect();
+            let size = queue_size(vring);
             for chain in chains {
                 let head = chain.head_index();
                 let done = self.process_chain(&mut device, &mem, chain, queue);
                 for (head, len) in done.released.into_iter().chain(done.len.map(|l| (head, l))) {
-                    add_used(vring, head, len);
+                    add_used(vring, size, head, len);
                 }
             }
             if vring.needs_notification().map_err(io::Error::other)? {
@@ -358,8 +364,9 @@ impl VhostUserGpu {
         if ready.is_empty() {
             return Ok(());
         }
+        let size = queue_size(vring);
         for (head, len) in self.write_held(ready) {
-            add_used(vring, head, len);
+            add_used(vring, size, head, len);
         }
         vring.signal_used_queue()
     }
