@@ -368,14 +368,29 @@ impl GpuDevice {
         // Scratch buffers are kept for the resources shown now, so that the next frame reuses
         // them; one sized for a resource no longer shown, or over SCRATCH_KEEP, is dropped (they
         // are not counted in --max-host-memory, and a guest's past must not stay resident).
-        let keep = self.scratch_keep();
-        if self.scratch.capacity() > keep {
-            self.scratch = Vec::new();
-        }
-        if self.packed.capacity() > keep {
-            self.packed = Vec::new();
+        if self.scratch.capacity().max(self.packed.capacity()) > SCRATCH_SMALL {
+            let keep = self.scratch_keep();
+            if self.scratch.capacity() > keep {
+                self.scratch = Vec::new();
+            }
+            if self.packed.capacity() > keep {
+                self.packed = Vec::new();
+            }
         }
         response
+    }
+
+    /// A destroyed context's renderer state (shaders, GL objects) leaves free memory in the heap;
+    /// hand it back to the host. A trim walks the heap: the 300k-command virgl soak, which
+    /// destroys contexts often, ran 25.2 s with it and 15.5 s without, and held 21 MB instead of
+    /// 31 MB with nothing alive. It is not rate-limited by time: that made what
+    /// stays resident depend on timing; a guest destroying contexts in a loop only slows its own
+    /// queue, which serves one command at a time either way.
+    fn trim_after_context(&mut self) {
+        // SAFETY: malloc_trim only releases free memory of the allocator; no pointers held.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     /// Bytes of scratch worth keeping: the largest resource on a scanout (at least
@@ -464,10 +479,7 @@ impl GpuDevice {
                 self.context(hdr.ctx_id)?;
                 self.renderer.destroy_context(hdr.ctx_id)?;
                 self.contexts.remove(&hdr.ctx_id);
-                // SAFETY: malloc_trim only releases free memory of the allocator; no pointers held.
-                unsafe {
-                    libc::malloc_trim(0);
-                }
+                self.trim_after_context();
                 Ok(GpuResponse::OkNoData)
             }
             GpuCommand::CtxAttachResource { resource_id } => {
