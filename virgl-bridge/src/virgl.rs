@@ -424,17 +424,23 @@ impl Drop for VirglRenderer {
                 unsafe { sys::virgl_renderer_context_destroy(c) };
             }
             for r in resources {
-                let mut iov: *mut sys::iovec = std::ptr::null_mut();
-                let mut n = 0i32;
-                // SAFETY: a resource this handle created; out-pointers are live locals.
-                unsafe {
-                    sys::virgl_renderer_resource_detach_iov(r as i32, &mut iov, &mut n);
-                    sys::virgl_renderer_resource_unref(r);
-                }
-                st.backings.remove(&r);
+                release_resource(st, r);
             }
         });
     }
+}
+
+/// Unrefs a resource this renderer created, on the renderer thread, and frees its iovec array.
+fn release_resource(st: &mut State, id: u32) {
+    let mut iov: *mut sys::iovec = std::ptr::null_mut();
+    let mut n = 0i32;
+    // SAFETY: a live resource this renderer created; out-pointers are live locals. Detaching
+    // first so that virglrenderer drops its pointer to our iovec array before we free it.
+    unsafe {
+        sys::virgl_renderer_resource_detach_iov(id as i32, &mut iov, &mut n);
+        sys::virgl_renderer_resource_unref(id);
+    }
+    st.backings.remove(&id);
 }
 
 impl Renderer for VirglRenderer {
@@ -557,17 +563,7 @@ impl Renderer for VirglRenderer {
     fn unref(&mut self, id: u32) -> RendererResult<()> {
         self.known(id)?;
         self.resources.remove(&id);
-        self.call(move |st| {
-            let mut iov: *mut sys::iovec = std::ptr::null_mut();
-            let mut n = 0i32;
-            // SAFETY: a live resource; out-pointers are live locals. Detaching first so that
-            // virglrenderer drops its pointer to our iovec array before we free it.
-            unsafe {
-                sys::virgl_renderer_resource_detach_iov(id as i32, &mut iov, &mut n);
-                sys::virgl_renderer_resource_unref(id);
-            }
-            st.backings.remove(&id);
-        })
+        self.call(move |st| release_resource(st, id))
     }
 
     fn attach_backing(&mut self, id: u32, iovecs: Vec<Iovec>) -> RendererResult<()> {
