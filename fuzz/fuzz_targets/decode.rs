@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use vhost_gpu::protocol::{self, DecodeLimits, DisplayMode, GpuResponse};
-use vhost_gpu_fuzz::{guest_memory, Input, HIGH_START, LOW_SIZE};
+use vhost_gpu_fuzz::{guest_memory, Input, LOW_SIZE};
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -78,7 +78,7 @@ fuzz_target!(|data: &[u8]| {
     let sel = input.u8().unwrap_or(0);
     let mut body = input.rest();
     for (addr, len) in readable {
-        let end = (addr + u64::from(len)).min(HIGH_START.min(LOW_SIZE));
+        let end = (addr + u64::from(len)).min(LOW_SIZE);
         let k = ((end.saturating_sub(addr)) as usize).min(body.len());
         let _ = mem.write_slice(&body[..k], GuestAddress(addr));
         body = &body[k..];

@@ -26,11 +26,7 @@ fuzz_target!(|data: &[u8]| {
     let (ours, mut peer) = UnixStream::pair().expect("socketpair");
     peer.write_all(replies).expect("queue the replies");
     peer.shutdown(Shutdown::Write).expect("shutdown");
-    let drain = std::thread::spawn(move || {
-        use std::io::Read;
-        let mut buf = vec![0u8; 1 << 16];
-        while matches!(peer.read(&mut buf), Ok(n) if n > 0) {}
-    });
+    let drain = vhost_gpu_fuzz::drain(peer);
     let mut display = Display::new(None);
     display.set_pending(GpuBackend::from_stream(ours));
     let cursor = [0x7fu8; CURSOR_BYTES];

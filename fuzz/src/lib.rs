@@ -71,11 +71,16 @@ pub fn polite_frontend(features: u64) -> (UnixStream, JoinHandle<()>) {
     reply.extend_from_slice(&8u32.to_le_bytes());
     reply.extend_from_slice(&features.to_le_bytes());
     peer.write_all(&reply).expect("queue the features reply");
-    let drain = std::thread::spawn(move || {
+    (ours, drain(peer))
+}
+
+/// Reads (and drops) all the device sends on `peer` until the device closes its end, so that
+/// the device never blocks on a full socket.
+pub fn drain(mut peer: UnixStream) -> JoinHandle<()> {
+    std::thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 16];
         while matches!(peer.read(&mut buf), Ok(n) if n > 0) {}
-    });
-    (ours, drain)
+    })
 }
 
 /// Logs only what RUST_LOG asks for (nothing by default: a fuzzer runs millions of inputs).
