@@ -436,17 +436,25 @@ impl VhostUserBackend for VhostUserGpu {
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
-        // Only events_clear (offset 4) is writable: its bits clear events_read.
-        if offset == 4 && buf.len() == 4 {
-            let v = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
-            self.events_read.fetch_and(!v, Ordering::Relaxed);
-            Ok(())
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "only events_clear is writable",
-            ))
+        // Only events_clear (bytes 4..8) is writable: its bits clear events_read. QEMU writes
+        // the whole config space, read-only fields included, each time the guest writes
+        // events_clear (after a display-change event), so the other bytes are ignored, not
+        // refused: an error here ends the frontend's connection.
+        let mut clear = [0u8; 4];
+        for (i, &b) in buf.iter().enumerate() {
+            let slot = (offset as usize)
+                .checked_add(i)
+                .and_then(|at| at.checked_sub(4))
+                .and_then(|k| clear.get_mut(k));
+            if let Some(slot) = slot {
+                *slot = b;
+            }
         }
+        let v = u32::from_le_bytes(clear);
+        if v != 0 {
+            self.events_read.fetch_and(!v, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
@@ -575,6 +583,31 @@ mod tests {
     /// Found by the `vring` fuzz target: a head index past the queue size in the available
     /// ring made add_used fail, and the queue loop gave up on the rest of the batch, which it had
     /// already taken off the ring: those chains were never answered and their guest hung.
+    #[test]
+    fn set_config_takes_events_clear_from_a_whole_config_write_and_ignores_the_rest() {
+        let config = DeviceConfig::default();
+        let renderer = virgl_bridge::Renderer2D::new().unwrap();
+        let device = GpuDevice::new(config.clone(), Box::new(renderer));
+        let gpu = VhostUserGpu::new(config, device, 0, false).unwrap();
+        let before = gpu.get_config(0, 16);
+        gpu.events_read.store(EVENT_DISPLAY | 2, Ordering::Relaxed);
+        // What QEMU sends after the guest writes events_clear: all 16 bytes from offset 0.
+        let mut whole = [0xffu8; 16];
+        whole[4..8].copy_from_slice(&EVENT_DISPLAY.to_le_bytes());
+        gpu.set_config(0, &whole).unwrap();
+        assert_eq!(gpu.events_read.load(Ordering::Relaxed), 2);
+        // Just events_clear, one byte of it, and writes past the end: no error, no change
+        // to the read-only fields.
+        gpu.set_config(4, &2u32.to_le_bytes()).unwrap();
+        assert_eq!(gpu.events_read.load(Ordering::Relaxed), 0);
+        gpu.events_read.store(EVENT_DISPLAY, Ordering::Relaxed);
+        gpu.set_config(4, &[1]).unwrap();
+        assert_eq!(gpu.events_read.load(Ordering::Relaxed), 0);
+        gpu.set_config(u32::MAX, &[0xff; 8]).unwrap();
+        gpu.set_config(12, &[0xff; 64]).unwrap();
+        assert_eq!(gpu.get_config(0, 16), before);
+    }
+
     #[test]
     fn a_bad_head_in_the_available_ring_does_not_strand_the_rest_of_the_batch() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();

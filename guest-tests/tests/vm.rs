@@ -115,6 +115,19 @@ impl Vm {
     /// Boots the guest against `backend` with `outputs` scanouts, running `run` (guest/init's
     /// vgt.run) plus `extra` kernel arguments.
     fn boot(backend: &Backend, tag: &str, outputs: u32, run: &str, extra: &str) -> Vm {
+        Self::boot_with(backend, tag, outputs, run, extra, &[], &[])
+    }
+
+    /// [`Vm::boot`] with more QEMU arguments.
+    fn boot_with(
+        backend: &Backend,
+        tag: &str,
+        outputs: u32,
+        run: &str,
+        extra: &str,
+        qemu: &[String],
+        env: &[(&str, &str)],
+    ) -> Vm {
         let guest = guest_image();
         let dir = backend.dir();
         let serial = dir.join(format!("serial-{tag}.log"));
@@ -152,6 +165,8 @@ impl Vm {
             .arg(format!("file:{}", serial.display()))
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .args(qemu)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -265,6 +280,97 @@ impl Vm {
         assert!(reply.contains("\"return\""), "screendump: {reply}");
         read_ppm(path)
     }
+}
+
+/// A private D-Bus session bus for QEMU's D-Bus display (`-display dbus`), the display that
+/// lets a test act as the user's UI: each console object takes `SetUIInfo`, as a desktop
+/// client does when its window is resized. (VNC cannot attach to vhost-user-gpu: QEMU wants a
+/// display with DMABUF support for it, and the D-Bus display has that without GL.)
+struct SessionBus {
+    child: Child,
+    address: String,
+}
+
+impl SessionBus {
+    fn start() -> SessionBus {
+        let mut child = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address=1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dbus-daemon (scripts/setup installs dbus-daemon)");
+        let mut address = String::new();
+        let out = child.stdout.take().expect("dbus-daemon stdout");
+        BufReader::new(out)
+            .read_line(&mut address)
+            .expect("dbus-daemon address");
+        SessionBus {
+            child,
+            address: address.trim().to_string(),
+        }
+    }
+
+    /// Sets the UI size of QEMU's console `console`, as a resized window would.
+    fn set_ui_size(&self, console: u32, width: u32, height: u32) -> Result<(), String> {
+        let out = Command::new("gdbus")
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.address)
+            .args(["call", "--session", "--dest", "org.qemu", "--object-path"])
+            .arg(format!("/org/qemu/Display1/Console_{console}"))
+            .args([
+                "--method",
+                "org.qemu.Display1.Console.SetUIInfo",
+                "0",
+                "0",
+                "0",
+                "0",
+            ])
+            .arg(width.to_string())
+            .arg(height.to_string())
+            .output()
+            .map_err(|e| format!("gdbus (scripts/setup installs libglib2.0-bin): {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        }
+    }
+}
+
+impl Drop for SessionBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Checks that `img` is `size` and shows modetest's SMPTE bars: seven bars of 75% colour
+/// across the top two thirds.
+fn smpte(img: &Image, size: (u32, u32)) -> Result<(), String> {
+    const BARS: [Rgb; 7] = [
+        [192, 192, 192],
+        [192, 192, 0],
+        [0, 192, 192],
+        [0, 192, 0],
+        [192, 0, 192],
+        [192, 0, 0],
+        [0, 0, 192],
+    ];
+    let (w, h) = (img.width, img.height);
+    if (w, h) != size {
+        return Err(format!("scanout is {w}x{h}, want {size:?}"));
+    }
+    for (i, &c) in BARS.iter().enumerate() {
+        let x = (2 * i as u32 + 1) * w / 14;
+        if !img.near(x, h / 3, c, 2) {
+            return Err(format!(
+                "SMPTE bar {i} at ({x},{}) is {:?}, want {c:?}",
+                h / 3,
+                img.pixel(x, h / 3)
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Pixels with any channel above half brightness (fbcon's text).
@@ -388,34 +494,8 @@ fn guest_2d_modetest_and_dumb_buffers_reach_two_scanouts() {
             "{c}:\n{serial}"
         );
     }
-    // modetest's SMPTE bars: seven bars of 75% colour across the top two thirds.
-    let bars: [Rgb; 7] = [
-        [192, 192, 192],
-        [192, 192, 0],
-        [0, 192, 192],
-        [0, 192, 0],
-        [192, 0, 192],
-        [192, 0, 0],
-        [0, 0, 192],
-    ];
     let mut n = 0;
-    shot_until(&backend, &cap, &mut n, &[0], |s| {
-        let (w, h) = (s[0].width, s[0].height);
-        if (w, h) != (1024, 768) {
-            return Err(format!("scanout 0 is {w}x{h}"));
-        }
-        for (i, &c) in bars.iter().enumerate() {
-            let x = (2 * i as u32 + 1) * w / 14;
-            if !s[0].near(x, h / 3, c, 2) {
-                return Err(format!(
-                    "SMPTE bar {i} at ({x},{}) is {:?}, want {c:?}",
-                    h / 3,
-                    s[0].pixel(x, h / 3)
-                ));
-            }
-        }
-        Ok(())
-    });
+    shot_until(&backend, &cap, &mut n, &[0], |s| smpte(&s[0], (1024, 768)));
     // The agent's dumb buffers, one per connector, each its own size.
     vm.wait_for(&mut backend, "AGENT: dumb shown 2", BOOT);
     shot_until(&backend, &cap, &mut n, &[0, 1], |s| {
@@ -531,4 +611,59 @@ fn guest_virgl_qemu_killed_mid_frame_then_a_new_qemu_renders() {
     assert!(backend.alive());
     assert!(backend.log_text().matches("frontend connected").count() >= 2);
     eprintln!("wall time: {:?}", t0.elapsed());
+}
+
+#[test]
+#[ignore = "needs QEMU 10 and the test guest: run by scripts/test"]
+fn guest_sees_the_display_change_when_the_frontend_resizes() {
+    let t0 = Instant::now();
+    // No --display: the modes are the frontend's, as for a QEMU with a desktop window.
+    let (mut backend, cap) = backend("hotplug", &["--renderer", "2d"]);
+    let bus = SessionBus::start();
+    let mut vm = Vm::boot_with(
+        &backend,
+        "hotplug",
+        1,
+        "hotplug",
+        "vgt.hold=4",
+        &["-display".to_string(), "dbus".to_string()],
+        &[("DBUS_SESSION_BUS_ADDRESS", &bus.address)],
+    );
+    vm.wait_for(&mut backend, "GUEST: waiting for a display change", BOOT);
+    // QEMU's vhost-user-gpu starts its outputs at xres x yres, 1280x800 by default; we asked
+    // it over the display channel (GET_DISPLAY_INFO, GET_EDID).
+    let serial = vm.serial_text();
+    assert!(
+        serial.contains("GUEST: connector card0-Virtual-1 connected 1280x800"),
+        "{}",
+        vm.guest_lines()
+    );
+    // The UI resizes its window: QEMU raises VIRTIO_GPU_EVENT_DISPLAY, the guest re-reads
+    // the display info and EDID through vhost-gpu, which asks QEMU again.
+    bus.set_ui_size(0, 800, 600).expect("SetUIInfo");
+    vm.wait_for(
+        &mut backend,
+        "GUEST: display changed to",
+        Duration::from_secs(60),
+    );
+    let now = vm
+        .line_after("GUEST: display changed to")
+        .unwrap_or_default();
+    assert_eq!(now, "800x600 (connected)", "{}", vm.guest_lines());
+    // modetest sets the new preferred mode: its pattern reaches the capture at 800x600.
+    vm.wait_for(&mut backend, "GUEST: modetest shown", BOOT);
+    shot_until(&backend, &cap, &mut 0, &[0], |s| smpte(&s[0], (800, 600)));
+    // QEMU wrote the whole config space to clear the event; the connection stayed up.
+    assert!(
+        !backend.log_text().contains("frontend connection ended"),
+        "{}",
+        backend.log_text()
+    );
+    vm.wait_for(&mut backend, "GUEST: done", BOOT);
+    vm.quit();
+    assert!(backend.alive());
+    eprintln!(
+        "guest's mode 1280x800 -> {now}; wall time {:?}",
+        t0.elapsed()
+    );
 }
