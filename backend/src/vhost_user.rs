@@ -580,9 +580,8 @@ mod tests {
         mem.write_slice(&d, at).unwrap();
     }
 
-    /// Found by the `vring` fuzz target: a head index past the queue size in the available
-    /// ring made add_used fail, and the queue loop gave up on the rest of the batch, which it had
-    /// already taken off the ring: those chains were never answered and their guest hung.
+    /// QEMU forwards the guest's write of events_clear as a write of the whole config space;
+    /// refusing it ended the frontend connection at the first display-change event.
     #[test]
     fn set_config_takes_events_clear_from_a_whole_config_write_and_ignores_the_rest() {
         let config = DeviceConfig::default();
@@ -608,6 +607,9 @@ mod tests {
         assert_eq!(gpu.get_config(0, 16), before);
     }
 
+    /// Found by the `vring` fuzz target: a head index past the queue size in the available
+    /// ring made add_used fail, and the queue loop gave up on the rest of the batch, which it had
+    /// already taken off the ring: those chains were never answered and their guest hung.
     #[test]
     fn a_bad_head_in_the_available_ring_does_not_strand_the_rest_of_the_batch() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
