@@ -104,9 +104,9 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_submit_size)]
     pub max_submit_size: u32,
 
-    /// Microseconds the queue thread keeps watching the ring after replying before it sleeps
-    /// (saves a wake-up per command for a driver that sends its next command at once); 0 off.
-    #[arg(long, value_name = "MICROSECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    /// Microseconds the queue thread keeps watching the ring, kicks off, after replying before
+    /// it sleeps (0, the default: off; `scripts/bench` measured it slower on a 2-core VM).
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub poll_us: u64,
 
     /// Log level (RUST_LOG, when set, wins).

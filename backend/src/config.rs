@@ -89,7 +89,7 @@ impl Default for DeviceConfig {
             }],
             modes_from_user: false,
             max_host_memory: 1 << 30,
-            poll_us: 10,
+            poll_us: 0,
             max_resources: 65_536,
             max_contexts: 256,
             capture: None,

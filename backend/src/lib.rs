@@ -4,6 +4,7 @@
 //! ([`device`]) → renderer (`virgl-bridge`) → reply → used ring → display ([`display`],
 //! and PNG files with [`capture`]).
 
+pub mod alloc;
 pub mod capture;
 pub mod cli;
 pub mod config;

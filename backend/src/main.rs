@@ -17,6 +17,10 @@ use vhost_gpu::sandbox;
 use vhost_gpu::vhost_user::serve;
 use virgl_bridge::{Renderer, Renderer2D, VirglOptions, VirglRenderer};
 
+/// Large pixel buffers aligned to a cache line (see `vhost_gpu::alloc`).
+#[global_allocator]
+static ALLOCATOR: vhost_gpu::alloc::AlignedLarge = vhost_gpu::alloc::AlignedLarge;
+
 /// Takes over an inherited listening socket, after checking that it is one.
 fn inherited_listener(fd: i32) -> Result<Listener> {
     if fd < 0 {

@@ -80,14 +80,18 @@ fn queue_size(vring: &VringRwLock) -> u16 {
 /// index past the queue size, which the guest put in its available ring) is logged and skipped:
 /// the other chains of the batch, already taken off the ring, must still be answered. It is
 /// checked here, not left to virtio-queue, which would log each one at error level without a
-/// rate limit.
-fn add_used(vring: &VringRwLock, size: u16, head: u16, len: u32) {
+/// rate limit. Returns whether the entry was added.
+fn add_used(vring: &VringRwLock, size: u16, head: u16, len: u32) -> bool {
     if head >= size {
         guest_warn!("used ring: chain head {head} is past the queue size {size}; not answered");
-        return;
+        return false;
     }
-    if let Err(e) = vring.add_used(head, len) {
-        guest_warn!("used ring: chain {head}: {e}");
+    match vring.add_used(head, len) {
+        Ok(()) => true,
+        Err(e) => {
+            guest_warn!("used ring: chain {head}: {e}");
+            false
+        }
     }
 }
 
@@ -134,7 +138,6 @@ pub struct VhostUserGpu {
     held: Mutex<PendingFences<HeldReply>>,
     /// The virgl renderer is active: offer VIRGL and CONTEXT_INIT.
     virgl: bool,
-    event_idx: AtomicBool,
     events_read: AtomicU32,
     num_scanouts: u32,
     num_capsets: u32,
@@ -166,7 +169,6 @@ impl VhostUserGpu {
             mem: Mutex::new(None),
             held: Mutex::new(PendingFences::default()),
             virgl,
-            event_idx: AtomicBool::new(false),
             events_read: AtomicU32::new(0),
             exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)
                 .map_err(ServeError::Event)?,
@@ -188,7 +190,6 @@ impl VhostUserGpu {
         };
         let mem = atomic.memory().into_inner();
         let mut device = lock(&self.device);
-        let event_idx = self.event_idx.load(Ordering::Relaxed);
         let poll = std::time::Duration::from_micros(self.poll_us);
         loop {
             // Checked before every batch: the frontend may stop and restart the rings while
@@ -201,9 +202,9 @@ impl VhostUserGpu {
             if let Some(display) = lock(&self.pending_display).take() {
                 device.display_mut().set_pending(display);
             }
-            if event_idx {
-                vring.disable_notification().map_err(io::Error::other)?;
-            }
+            // Kicks stay off while this thread serves and watches the ring (with EVENT_IDX:
+            // avail_event is left behind; without: the used ring's NO_NOTIFY flag).
+            vring.disable_notification().map_err(io::Error::other)?;
             let chains: Vec<_> = vring
                 .get_mut()
                 .get_queue_mut()
@@ -211,24 +212,31 @@ impl VhostUserGpu {
                 .map_err(io::Error::other)?
                 .collect();
             let size = queue_size(vring);
+            let mut used = 0usize;
             for chain in chains {
                 let head = chain.head_index();
                 let done = self.process_chain(&mut device, &mem, chain, queue);
                 for (head, len) in done.released.into_iter().chain(done.len.map(|l| (head, l))) {
-                    add_used(vring, size, head, len);
+                    used += usize::from(add_used(vring, size, head, len));
                 }
             }
-            if vring.needs_notification().map_err(io::Error::other)? {
+            // Without EVENT_IDX needs_notification is always true: an empty pass (a kick for
+            // chains already served while polling) must not interrupt the driver.
+            if used > 0 && vring.needs_notification().map_err(io::Error::other)? {
                 vring.signal_used_queue()?;
             }
-            if event_idx && vring.enable_notification().map_err(io::Error::other)? {
+            // Before sleeping, watch the ring a little, kicks still off: a driver that sends
+            // its next command right after our reply is served without a kick and a wake-up
+            // on either side.
+            if !poll.is_zero() && Self::poll_ring(vring, &mem, poll) {
                 continue;
             }
-            // Before sleeping, watch the ring a little: a driver that sends its next command
-            // right after our reply is served without a kick and a wake-up.
-            if poll.is_zero() || !Self::poll_ring(vring, &mem, poll) {
-                break;
+            // Kicks back on; a chain that came in before the driver could see that is served
+            // now rather than left waiting for a kick that will not come.
+            if vring.enable_notification().map_err(io::Error::other)? {
+                continue;
             }
+            break;
         }
         Ok(())
     }
@@ -419,8 +427,8 @@ impl VhostUserBackend for VhostUserGpu {
         self.reset_requested.store(true, Ordering::Release);
     }
 
-    fn set_event_idx(&self, enabled: bool) {
-        self.event_idx.store(enabled, Ordering::Relaxed);
+    fn set_event_idx(&self, _enabled: bool) {
+        // vhost-user-backend sets it on each vring, whose notification calls follow it.
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {

@@ -111,7 +111,7 @@ impl Gpu {
     fn wait_chain(&mut self, queue: usize, bufs: &[Buf]) -> u32 {
         let vq = &mut self.conn.queues[queue];
         let head = vq.add(&self.conn.mem, bufs);
-        vq.notify();
+        vq.notify(&self.conn.mem);
         let used = vq.wait_used(&self.conn.mem, 1, REPLY_TIMEOUT);
         used.iter()
             .find(|u| u.head == head)
@@ -248,7 +248,7 @@ impl Gpu {
         ];
         let vq = &mut self.conn.queues[queue];
         let head = vq.add(&self.conn.mem, &bufs);
-        vq.notify();
+        vq.notify(&self.conn.mem);
         (head, r)
     }
 

@@ -16,7 +16,7 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 use crate::display::{DisplayConfig, DisplayServer};
 use crate::memory::GuestMemory;
 use crate::virtqueue::Virtqueue;
-use crate::wire::{F_EDID, F_PROTOCOL_FEATURES, F_RESOURCE_UUID, F_VERSION_1};
+use crate::wire::{F_EDID, F_PROTOCOL_FEATURES, F_RESOURCE_UUID, F_RING_EVENT_IDX, F_VERSION_1};
 
 /// vhost-user request VHOST_USER_GPU_SET_SOCKET (not in the `vhost` crate's frontend).
 const GPU_SET_SOCKET: u32 = 33;
@@ -174,6 +174,8 @@ pub struct ConnectOptions {
     pub queue_size: u16,
     /// Give the backend a display channel, answered with this config.
     pub display: Option<DisplayConfig>,
+    /// Ack VIRTIO_RING_F_EVENT_IDX when the device offers it, as Linux's virtio_ring does.
+    pub event_idx: bool,
 }
 
 impl Default for ConnectOptions {
@@ -185,6 +187,7 @@ impl Default for ConnectOptions {
                 protocol_features: 1,
                 ..Default::default()
             }),
+            event_idx: true,
         }
     }
 }
@@ -194,6 +197,8 @@ pub struct Connection {
     pub frontend: Frontend,
     pub mem: GuestMemory,
     pub queues: Vec<Virtqueue>,
+    /// Whether VIRTIO_RING_F_EVENT_IDX was negotiated.
+    pub event_idx: bool,
     pub display: Option<DisplayServer>,
     /// Virtio features the device offered.
     pub device_features: u64,
@@ -248,8 +253,9 @@ impl Connection {
             None => None,
         };
 
+        let ring = if opts.event_idx { F_RING_EVENT_IDX } else { 0 };
         let acked =
-            device_features & (F_VERSION_1 | F_EDID | F_RESOURCE_UUID | F_PROTOCOL_FEATURES);
+            device_features & (F_VERSION_1 | F_EDID | F_RESOURCE_UUID | F_PROTOCOL_FEATURES | ring);
         fe.set_features(acked)
             .map_err(|e| sock_err("set_features", e))?;
         let mem = GuestMemory::new(opts.mem_size).map_err(|e| sock_err("memfd", e))?;
@@ -267,6 +273,7 @@ impl Connection {
             frontend: fe,
             mem,
             queues: Vec::new(),
+            event_idx: acked & F_RING_EVENT_IDX != 0,
             display,
             device_features,
             config,
@@ -292,7 +299,7 @@ impl Connection {
         let mut queues = Vec::new();
         for q in 0..2usize {
             let base = crate::memory::BASE + (q as u64) * (256 << 10);
-            let vq = Virtqueue::new(mem, base, queue_size);
+            let vq = Virtqueue::new(mem, base, queue_size, self.event_idx);
             let opts = ConnectOptions {
                 queue_size,
                 ..Default::default()

@@ -31,6 +31,18 @@ pub struct Virtqueue {
     chain_len: HashMap<u16, Vec<u16>>,
     avail_idx: u16,
     last_used: u16,
+    /// VIRTIO_RING_F_EVENT_IDX negotiated: notifications follow avail_event / used_event.
+    event_idx: bool,
+    /// avail_idx when the device was last notified (or found not to need it).
+    notified_idx: u16,
+}
+
+const USED_F_NO_NOTIFY: u16 = 1;
+
+/// The virtio spec's vring_need_event: whether moving an index from `old` to `new` passes
+/// the other side's `event` index.
+fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
 /// A completed chain: its head and the bytes the device wrote.
@@ -42,7 +54,7 @@ pub struct Used {
 
 impl Virtqueue {
     /// Lays out a queue of `size` entries at `base` (page aligned; needs 3 pages for 256).
-    pub fn new(mem: &GuestMemory, base: u64, size: u16) -> Self {
+    pub fn new(mem: &GuestMemory, base: u64, size: u16, event_idx: bool) -> Self {
         let desc = base;
         let avail = desc + 16 * u64::from(size);
         let used = (avail + 6 + 2 * u64::from(size)).div_ceil(4096) * 4096;
@@ -61,6 +73,8 @@ impl Virtqueue {
             chain_len: HashMap::new(),
             avail_idx: 0,
             last_used: 0,
+            event_idx,
+            notified_idx: 0,
         }
     }
 
@@ -103,9 +117,25 @@ impl Virtqueue {
         head
     }
 
-    /// Tells the device to look.
-    pub fn notify(&self) {
-        self.kick.write(1).expect("kick");
+    /// Tells the device to look at what was added since the last call, unless the device
+    /// said it does not need telling (Linux's virtqueue_kick_prepare: with EVENT_IDX, the
+    /// device's avail_event; without, the used ring's NO_NOTIFY flag). Returns whether it
+    /// kicked.
+    pub fn notify(&mut self, mem: &GuestMemory) -> bool {
+        // The new avail index must be visible before the device's suppression is read.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let (old, new) = (self.notified_idx, self.avail_idx);
+        self.notified_idx = new;
+        let needed = if self.event_idx {
+            let avail_event = mem.read_u16(self.used + 4 + 8 * u64::from(self.size));
+            need_event(avail_event, new, old)
+        } else {
+            mem.read_u16(self.used) & USED_F_NO_NOTIFY == 0
+        };
+        if needed {
+            self.kick.write(1).expect("kick");
+        }
+        needed
     }
 
     /// Collects completed chains without waiting.
@@ -135,6 +165,16 @@ impl Virtqueue {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 break;
+            }
+            if self.event_idx {
+                // Ask for an interrupt at the next completion (Linux's virtqueue_enable_cb),
+                // then look once more: one may have landed before the device saw the request.
+                let used_event = self.avail + 4 + 2 * u64::from(self.size);
+                mem.write_u16(used_event, self.last_used);
+                out.extend(self.poll_used(mem));
+                if out.len() >= n {
+                    break;
+                }
             }
             let mut pfd = libc::pollfd {
                 fd: self.call.as_raw_fd(),

@@ -63,6 +63,8 @@ pub const F_VIRGL: u64 = 1 << 0;
 pub const F_RESOURCE_BLOB: u64 = 1 << 3;
 pub const F_CONTEXT_INIT: u64 = 1 << 4;
 pub const F_VERSION_1: u64 = 1 << 32;
+/// VIRTIO_RING_F_EVENT_IDX: used_event / avail_event suppress notifications.
+pub const F_RING_EVENT_IDX: u64 = 1 << 29;
 pub const F_PROTOCOL_FEATURES: u64 = 1 << 30;
 pub const F_INDIRECT_DESC: u64 = 1 << 28;
 pub const F_EVENT_IDX: u64 = 1 << 29;
