@@ -95,6 +95,17 @@ fn add_used(vring: &VringRwLock, size: u16, head: u16, len: u32) -> bool {
     }
 }
 
+/// Tells the driver about the used entries just added, if there were any and it wants to hear
+/// (with EVENT_IDX: past its used_event). Without EVENT_IDX `needs_notification` is always
+/// true, so a pass that answered nothing (a kick for chains already served) must not get here
+/// with `added` set: that would interrupt the driver for nothing.
+fn notify_used(vring: &VringRwLock, added: bool) -> io::Result<()> {
+    if added && vring.needs_notification().map_err(io::Error::other)? {
+        vring.signal_used_queue()?;
+    }
+    Ok(())
+}
+
 /// Writes a reply into a chain's writable part; returns the bytes written.
 fn write_reply<W: std::io::Write>(mut w: W, reply: &[u8]) -> u32 {
     match w.write_all(reply) {
@@ -212,19 +223,15 @@ impl VhostUserGpu {
                 .map_err(io::Error::other)?
                 .collect();
             let size = queue_size(vring);
-            let mut used = 0usize;
+            let mut added = false;
             for chain in chains {
                 let head = chain.head_index();
                 let done = self.process_chain(&mut device, &mem, chain, queue);
                 for (head, len) in done.released.into_iter().chain(done.len.map(|l| (head, l))) {
-                    used += usize::from(add_used(vring, size, head, len));
+                    added |= add_used(vring, size, head, len);
                 }
             }
-            // Without EVENT_IDX needs_notification is always true: an empty pass (a kick for
-            // chains already served while polling) must not interrupt the driver.
-            if used > 0 && vring.needs_notification().map_err(io::Error::other)? {
-                vring.signal_used_queue()?;
-            }
+            notify_used(vring, added)?;
             // Before sleeping, watch the ring a little, kicks still off: a driver that sends
             // its next command right after our reply is served without a kick and a wake-up
             // on either side.
@@ -373,10 +380,11 @@ impl VhostUserGpu {
             return Ok(());
         }
         let size = queue_size(vring);
+        let mut added = false;
         for (head, len) in self.write_held(ready) {
-            add_used(vring, size, head, len);
+            added |= add_used(vring, size, head, len);
         }
-        vring.signal_used_queue()
+        notify_used(vring, added)
     }
 }
 
