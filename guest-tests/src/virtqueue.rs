@@ -119,9 +119,8 @@ impl Virtqueue {
 
     /// Tells the device to look at what was added since the last call, unless the device
     /// said it does not need telling (Linux's virtqueue_kick_prepare: with EVENT_IDX, the
-    /// device's avail_event; without, the used ring's NO_NOTIFY flag). Returns whether it
-    /// kicked.
-    pub fn notify(&mut self, mem: &GuestMemory) -> bool {
+    /// device's avail_event; without, the used ring's NO_NOTIFY flag).
+    pub fn notify(&mut self, mem: &GuestMemory) {
         // The new avail index must be visible before the device's suppression is read.
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         let (old, new) = (self.notified_idx, self.avail_idx);
@@ -135,7 +134,6 @@ impl Virtqueue {
         if needed {
             self.kick.write(1).expect("kick");
         }
-        needed
     }
 
     /// Collects completed chains without waiting.

@@ -224,6 +224,16 @@ impl Vm {
         }
     }
 
+    /// Waits for the guest's workload to end and checks that the agent reported a pass.
+    fn agent_passed(&mut self, backend: &mut Backend) {
+        self.wait_for(backend, "GUEST: done", BOOT);
+        assert!(
+            self.serial_text().contains("AGENT: result pass"),
+            "{}",
+            self.guest_lines()
+        );
+    }
+
     /// The rest of the first serial line starting with `prefix`.
     fn line_after(&self, prefix: &str) -> Option<String> {
         self.serial_text()
@@ -344,6 +354,18 @@ impl Drop for SessionBus {
     }
 }
 
+/// Checks that a screenshot is `size`.
+fn sized(img: &Image, size: (u32, u32)) -> Result<(), String> {
+    if (img.width, img.height) == size {
+        Ok(())
+    } else {
+        Err(format!(
+            "scanout is {}x{}, want {size:?}",
+            img.width, img.height
+        ))
+    }
+}
+
 /// Checks that `img` is `size` and shows modetest's SMPTE bars: seven bars of 75% colour
 /// across the top two thirds.
 fn smpte(img: &Image, size: (u32, u32)) -> Result<(), String> {
@@ -356,10 +378,8 @@ fn smpte(img: &Image, size: (u32, u32)) -> Result<(), String> {
         [192, 0, 0],
         [0, 0, 192],
     ];
-    let (w, h) = (img.width, img.height);
-    if (w, h) != size {
-        return Err(format!("scanout is {w}x{h}, want {size:?}"));
-    }
+    sized(img, size)?;
+    let (w, h) = size;
     for (i, &c) in BARS.iter().enumerate() {
         let x = (2 * i as u32 + 1) * w / 14;
         if !img.near(x, h / 3, c, 2) {
@@ -506,12 +526,7 @@ fn guest_2d_modetest_and_dumb_buffers_reach_two_scanouts() {
         quadrants(&s[0], DUMB, "scanout 0 dumb buffer")?;
         quadrants(&s[1], DUMB, "scanout 1 dumb buffer")
     });
-    vm.wait_for(&mut backend, "GUEST: done", BOOT);
-    assert!(
-        vm.serial_text().contains("AGENT: result pass"),
-        "{}",
-        vm.guest_lines()
-    );
+    vm.agent_passed(&mut backend);
     vm.quit();
     assert!(backend.alive());
     eprintln!("wall time: {:?}", t0.elapsed());
@@ -547,9 +562,7 @@ fn guest_virgl_renders_gles_through_mesa_and_runs_kmscube() {
     // The agent's picture, rendered by virglrenderer on llvmpipe, page-flipped, read back and
     // captured: the quadrants, the right way up, and the shader's square in the middle.
     shot_until(&backend, &cap, &mut n, &[0], |s| {
-        if (s[0].width, s[0].height) != (1024, 768) {
-            return Err(format!("scanout 0 is {}x{}", s[0].width, s[0].height));
-        }
+        sized(&s[0], (1024, 768))?;
         quadrants(&s[0], GL, "GL picture")?;
         if !s[0].near(512, 384, ORANGE, 2) {
             return Err(format!("centre {:?}", s[0].pixel(512, 384)));
@@ -596,17 +609,10 @@ fn guest_virgl_qemu_killed_mid_frame_then_a_new_qemu_renders() {
     let mut vm2 = Vm::boot(&backend, "kill2", 1, "agent", "vgt.hold=6");
     vm2.wait_for(&mut backend, "AGENT: gl shown", BOOT);
     shot_until(&backend, &cap, &mut 0, &[0], |s| {
-        if (s[0].width, s[0].height) != (800, 600) {
-            return Err(format!("scanout 0 is {}x{}", s[0].width, s[0].height));
-        }
+        sized(&s[0], (800, 600))?;
         quadrants(&s[0], GL, "second guest's GL picture")
     });
-    vm2.wait_for(&mut backend, "GUEST: done", BOOT);
-    assert!(
-        vm2.serial_text().contains("AGENT: result pass"),
-        "{}",
-        vm2.guest_lines()
-    );
+    vm2.agent_passed(&mut backend);
     vm2.quit();
     assert!(backend.alive());
     assert!(backend.log_text().matches("frontend connected").count() >= 2);
