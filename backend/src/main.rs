@@ -14,7 +14,7 @@ use vhost_gpu::cli::{capabilities_json, Cli, RendererChoice, Sandbox};
 use vhost_gpu::config::DeviceConfig;
 use vhost_gpu::protocol::DecodeLimits;
 use vhost_gpu::sandbox;
-use vhost_gpu::vhost_user::serve;
+use vhost_gpu::vhost_user::{serve, ServingSocket};
 use virgl_bridge::{Renderer, Renderer2D, VirglOptions, VirglRenderer};
 
 /// Large pixel buffers aligned to a cache line (see `vhost_gpu::alloc`).
@@ -114,11 +114,10 @@ fn main() -> Result<()> {
         let interval = Duration::from_millis(cli.capture_interval_ms);
         config.capture = Some(CaptureHandle(Capture::start(dir, interval)?));
     }
-    let mut listener = match (&cli.socket_path, cli.fd) {
-        (Some(path), None) => {
-            Listener::new(path, true).with_context(|| format!("listening on {}", path.display()))?
-        }
-        (None, Some(fd)) => inherited_listener(fd)?,
+    let mut socket = match (&cli.socket_path, cli.fd) {
+        (Some(path), None) => ServingSocket::listen(path)
+            .with_context(|| format!("listening on {}", path.display()))?,
+        (None, Some(fd)) => ServingSocket::inherited(inherited_listener(fd)?),
         _ => bail!("give --socket-path PATH or --fd N"),
     };
     info!(
@@ -146,9 +145,12 @@ fn main() -> Result<()> {
                 "sandbox: seccomp filter on all threads, {} system calls allowed",
                 sandbox::ALLOWED.len()
             );
+            // unlink is not among them: removing the socket's path would kill the process
+            // before it could say why serving ended.
+            socket.keep_path();
         }
         Sandbox::Off => warn!("sandbox off: no seccomp filter"),
     }
-    serve(&mut listener, &config, &make)?;
+    serve(&mut socket.listener, &config, &make)?;
     Ok(())
 }

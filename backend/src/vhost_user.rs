@@ -132,6 +132,82 @@ pub enum ServeError {
     Renderer(#[from] virgl_bridge::RendererError),
 }
 
+/// The socket vhost-user frontends connect to: one listening at a path, or one inherited
+/// (`--fd`).
+///
+/// Binding a Unix socket creates its file before `listen` makes it accept, so a frontend (or
+/// a script) that waits for the file and connects at once can be refused. The socket is bound
+/// and listening under a temporary name in the same directory first and then renamed into
+/// place, so the path appears only when a connect to it succeeds. The path is removed when
+/// this is dropped, unless [`ServingSocket::keep_path`] was called.
+pub struct ServingSocket {
+    /// The listening socket.
+    pub listener: Listener,
+    /// The path this process put the socket at.
+    path: Option<std::path::PathBuf>,
+}
+
+/// Longest path a Unix socket address holds (`sun_path`, less its NUL).
+const SUN_PATH_MAX: usize = 107;
+
+impl ServingSocket {
+    /// Listens at `path`, replacing what is there.
+    pub fn listen(path: &std::path::Path) -> io::Result<Self> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{}", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
+        if tmp.as_os_str().len() > SUN_PATH_MAX {
+            // No room for a temporary name: bind in place (listening follows at once).
+            let listener = Listener::new(path, true).map_err(vhost_io_error)?;
+            return Ok(ServingSocket {
+                listener,
+                path: Some(path.to_owned()),
+            });
+        }
+        let listener = Listener::new(&tmp, true).map_err(vhost_io_error)?;
+        if let Err(e) = std::fs::rename(&tmp, path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(ServingSocket {
+            listener,
+            path: Some(path.to_owned()),
+        })
+    }
+
+    /// Leaves the path in place when this is dropped (the sandbox does not allow removing it).
+    pub fn keep_path(&mut self) {
+        self.path = None;
+    }
+
+    /// Serves on a socket that is already listening (handed over by the caller).
+    pub fn inherited(listener: Listener) -> Self {
+        ServingSocket {
+            listener,
+            path: None,
+        }
+    }
+}
+
+impl Drop for ServingSocket {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn vhost_io_error(e: vhost::vhost_user::Error) -> io::Error {
+    match e {
+        vhost::vhost_user::Error::SocketError(e) => e,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
 /// Makes the renderer for a new connection.
 pub type RendererFactory =
     dyn Fn() -> Result<Box<dyn virgl_bridge::Renderer>, virgl_bridge::RendererError> + Send + Sync;
@@ -581,6 +657,63 @@ pub fn serve(
 mod tests {
     use super::*;
     use vm_memory::{Bytes, GuestAddress};
+
+    fn scratch_dir(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("vhost-gpu-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_socket_path_appears_listening_replaces_a_stale_file_and_goes_when_dropped() {
+        let dir = scratch_dir("listen");
+        let path = dir.join("gpu.sock");
+        std::fs::write(&path, b"stale").unwrap();
+        let socket = ServingSocket::listen(&path).unwrap();
+        // The path is the listening socket: a connect succeeds at once, and no temporary
+        // name is left beside it.
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["gpu.sock"]);
+        drop(socket);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_kept_socket_path_stays_after_drop() {
+        let dir = scratch_dir("keep");
+        let path = dir.join("gpu.sock");
+        let mut socket = ServingSocket::listen(&path).unwrap();
+        socket.keep_path();
+        drop(socket);
+        assert!(path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_socket_path_with_no_room_for_a_temporary_name_is_bound_in_place() {
+        let dir = scratch_dir("long");
+        let room = SUN_PATH_MAX - dir.as_os_str().len() - 1;
+        let path = dir.join("s".repeat(room));
+        assert_eq!(path.as_os_str().len(), SUN_PATH_MAX);
+        let socket = ServingSocket::listen(&path).unwrap();
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
+        drop(socket);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_socket_path_in_a_missing_directory_is_an_error() {
+        let dir = scratch_dir("missing");
+        assert!(ServingSocket::listen(&dir.join("no").join("gpu.sock")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     const DESC: u64 = 0x0;
     const AVAIL: u64 = 0x1000;
