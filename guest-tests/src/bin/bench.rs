@@ -197,7 +197,9 @@ fn upload(t: &Target, n: usize) -> Vec<f64> {
 /// The same bytes gathered in this process from guest memory: a 1080p frame copied out of
 /// 4 KiB memfd pages in reverse order (as `scattered_backing` lays them out) into a heap
 /// buffer. The floor any backend's copy stands on: memfd pages, no huge pages, a page a copy.
-fn scattered_baseline(n: usize) -> Stat {
+/// With `split_rows`, each copy also stops at the end of a pixel row, as rutabaga's 2D
+/// transfer copies (a row at a time, each row cut at page boundaries).
+fn scattered_baseline(n: usize, split_rows: bool) -> Stat {
     let mem = guest_tests::GuestMemory::new(64 << 20).expect("memfd");
     let bytes = (FW * FH * 4) as usize;
     let pages = bytes.div_ceil(4096);
@@ -215,12 +217,24 @@ fn scattered_baseline(n: usize) -> Stat {
     let skip = buf.as_ptr().align_offset(64);
     let dst = &mut buf[skip..skip + bytes];
     let secs = time(n.div_ceil(4).max(5), 5, || {
+        let row = (FW * 4) as usize;
         for (i, &a) in src.iter().enumerate() {
             let len = 4096.min(bytes - i * 4096);
             let p = mem.host_addr(a) as *const u8;
             // SAFETY: `a` is a page this function allocated in the live mapping `mem`.
             let page = unsafe { std::slice::from_raw_parts(p, len) };
-            dst[i * 4096..i * 4096 + len].copy_from_slice(page);
+            let at = i * 4096;
+            if split_rows {
+                let mut from = 0;
+                while from < len {
+                    let row_end = ((at + from) / row + 1) * row - at;
+                    let to = row_end.min(len);
+                    dst[at + from..at + to].copy_from_slice(&page[from..to]);
+                    from = to;
+                }
+            } else {
+                dst[at..at + len].copy_from_slice(page);
+            }
         }
         std::hint::black_box(&mut *dst);
     });
@@ -548,13 +562,22 @@ fn main() {
             baseline: Some(("memcpy", base)),
             higher_better: true,
         });
-        let pages = scattered_baseline(n);
+        let pages = scattered_baseline(n, false);
         rows.push(Row {
             name: "  same, vs gathering the pages in-process".into(),
             unit: "GB/s",
             ours: a,
             theirs: b,
             baseline: Some(("page gather", pages)),
+            higher_better: true,
+        });
+        let rows_split = scattered_baseline(n, true);
+        rows.push(Row {
+            name: "  same, vs that gather cut at rows as rutabaga copies".into(),
+            unit: "GB/s",
+            ours: a,
+            theirs: b,
+            baseline: Some(("row-cut gather", rows_split)),
             higher_better: true,
         });
     }
