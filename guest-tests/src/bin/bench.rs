@@ -655,12 +655,6 @@ fn main() {
     let mut json = String::from("[\n");
     for (i, r) in rows.iter().enumerate() {
         let ratio = r.theirs.map(|t| r.ours.median / t.median);
-        let (bname, bratio) = r.baseline.map_or(("".to_string(), None), |(n, b)| {
-            (
-                format!("{n} {:.3}", b.median),
-                Some(r.ours.median / b.median),
-            )
-        });
         let f = |v: f64| {
             if v >= 100.0 {
                 format!("{v:.0}")
@@ -668,6 +662,12 @@ fn main() {
                 format!("{v:.3}")
             }
         };
+        let (bname, bratio) = r.baseline.map_or(("".to_string(), None), |(n, b)| {
+            (
+                format!("{n} {}", f(b.median)),
+                Some(r.ours.median / b.median),
+            )
+        });
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -683,10 +683,11 @@ fn main() {
         );
         let _ = writeln!(
             json,
-            "  {{\"workload\": \"{}\", \"unit\": \"{}\", \"higher_is_better\": {}, \"ours\": {{\"median\": {}, \"p99\": {}}}, \"theirs\": {}, \"ours_over_theirs\": {}, \"ours_over_baseline\": {}}}{}",
+            "  {{\"workload\": \"{}\", \"unit\": \"{}\", \"higher_is_better\": {}, \"ours\": {{\"median\": {}, \"p99\": {}}}, \"theirs\": {}, \"ours_over_theirs\": {}, \"baseline\": {}, \"ours_over_baseline\": {}}}{}",
             r.name, r.unit, r.higher_better, r.ours.median, r.ours.p99,
             r.theirs.map_or("null".into(), |t| format!("{{\"median\": {}, \"p99\": {}}}", t.median, t.p99)),
             ratio.map_or("null".into(), |x| format!("{x}")),
+            r.baseline.map_or("null".into(), |(n, b)| format!("{{\"name\": \"{n}\", \"median\": {}, \"p99\": {}}}", b.median, b.p99)),
             bratio.map_or("null".into(), |x| format!("{x}")),
             if i + 1 < rows.len() { "," } else { "" }
         );
