@@ -57,6 +57,17 @@ struct Stat {
     p99: f64,
 }
 
+impl Stat {
+    /// `{"median": .., "p99": ..}`, with `name` first when given.
+    fn json(&self, name: Option<&str>) -> String {
+        let name = name.map_or(String::new(), |n| format!("\"name\": \"{n}\", "));
+        format!(
+            "{{{name}\"median\": {}, \"p99\": {}}}",
+            self.median, self.p99
+        )
+    }
+}
+
 fn stat(mut v: Vec<f64>) -> Stat {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
@@ -683,11 +694,11 @@ fn main() {
         );
         let _ = writeln!(
             json,
-            "  {{\"workload\": \"{}\", \"unit\": \"{}\", \"higher_is_better\": {}, \"ours\": {{\"median\": {}, \"p99\": {}}}, \"theirs\": {}, \"ours_over_theirs\": {}, \"baseline\": {}, \"ours_over_baseline\": {}}}{}",
-            r.name, r.unit, r.higher_better, r.ours.median, r.ours.p99,
-            r.theirs.map_or("null".into(), |t| format!("{{\"median\": {}, \"p99\": {}}}", t.median, t.p99)),
+            "  {{\"workload\": \"{}\", \"unit\": \"{}\", \"higher_is_better\": {}, \"ours\": {}, \"theirs\": {}, \"ours_over_theirs\": {}, \"baseline\": {}, \"ours_over_baseline\": {}}}{}",
+            r.name, r.unit, r.higher_better, r.ours.json(None),
+            r.theirs.map_or("null".into(), |t| t.json(None)),
             ratio.map_or("null".into(), |x| format!("{x}")),
-            r.baseline.map_or("null".into(), |(n, b)| format!("{{\"name\": \"{n}\", \"median\": {}, \"p99\": {}}}", b.median, b.p99)),
+            r.baseline.map_or("null".into(), |(n, b)| b.json(Some(n))),
             bratio.map_or("null".into(), |x| format!("{x}")),
             if i + 1 < rows.len() { "," } else { "" }
         );
