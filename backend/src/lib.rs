@@ -15,4 +15,5 @@ pub mod fences;
 pub mod protocol;
 pub mod ratelimit;
 pub mod sandbox;
+pub mod socket;
 pub mod vhost_user;

@@ -1,45 +1,23 @@
 //! The `vhost-gpu` binary: parse the command line, pick a renderer, serve.
 
-use std::os::fd::FromRawFd;
-use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use log::{info, warn};
-use vhost::vhost_user::Listener;
 
 use vhost_gpu::capture::{block_shot_signal, Capture, CaptureHandle};
 use vhost_gpu::cli::{capabilities_json, Cli, RendererChoice, Sandbox};
 use vhost_gpu::config::DeviceConfig;
 use vhost_gpu::protocol::DecodeLimits;
 use vhost_gpu::sandbox;
-use vhost_gpu::vhost_user::{serve, ServingSocket};
+use vhost_gpu::socket::ServingSocket;
+use vhost_gpu::vhost_user::serve;
 use virgl_bridge::{Renderer, Renderer2D, VirglOptions, VirglRenderer};
 
 /// Large pixel buffers aligned to a cache line (see `vhost_gpu::alloc`).
 #[global_allocator]
 static ALLOCATOR: vhost_gpu::alloc::AlignedLarge = vhost_gpu::alloc::AlignedLarge;
-
-/// Takes over an inherited listening socket, after checking that it is one.
-fn inherited_listener(fd: i32) -> Result<Listener> {
-    if fd < 0 {
-        bail!("--fd {fd}: not a file descriptor");
-    }
-    // SAFETY: fstat only writes into `st`, a local of the right type; a bad fd gives an error.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; `fd` is a plain integer the kernel checks.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        bail!("--fd {fd}: {}", std::io::Error::last_os_error());
-    }
-    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        bail!("--fd {fd}: not a socket");
-    }
-    // SAFETY: the fd is open and a socket (checked above); it was passed to this process for
-    // this purpose and nothing else in the process owns it, so the listener may take it over.
-    let listener = unsafe { UnixListener::from_raw_fd(fd) };
-    Ok(Listener::from(listener))
-}
 
 fn main() -> Result<()> {
     // Large buffers (resources, readback) always get their own mappings, so freeing them gives
@@ -117,7 +95,7 @@ fn main() -> Result<()> {
     let mut socket = match (&cli.socket_path, cli.fd) {
         (Some(path), None) => ServingSocket::listen(path)
             .with_context(|| format!("listening on {}", path.display()))?,
-        (None, Some(fd)) => ServingSocket::inherited(inherited_listener(fd)?),
+        (None, Some(fd)) => ServingSocket::inherited(fd)?,
         _ => bail!("give --socket-path PATH or --fd N"),
     };
     info!(
@@ -151,6 +129,6 @@ fn main() -> Result<()> {
         }
         Sandbox::Off => warn!("sandbox off: no seccomp filter"),
     }
-    serve(&mut socket.listener, &config, &make)?;
+    serve(&mut socket, &config, &make)?;
     Ok(())
 }

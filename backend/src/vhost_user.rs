@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost::vhost_user::{GpuBackend, Listener};
+use vhost::vhost_user::GpuBackend;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
 use virtio_bindings::virtio_config::{VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_gpu::{
@@ -27,6 +27,7 @@ use crate::device::GpuDevice;
 use crate::fences::PendingFences;
 use crate::guest_warn;
 use crate::protocol;
+use crate::socket::{Frontends, ServingSocket};
 
 /// Queue index of the control queue.
 pub const CONTROL_QUEUE: u16 = 0;
@@ -128,84 +129,10 @@ pub enum ServeError {
     /// (Kept as text: the daemon's error can hold a thread's panic payload, which is not Sync.)
     #[error("vhost-user daemon: {0}")]
     Daemon(String),
+    #[error("the connected socket's frontend was already served")]
+    Served,
     #[error("renderer: {0}")]
     Renderer(#[from] virgl_bridge::RendererError),
-}
-
-/// The socket vhost-user frontends connect to: one listening at a path, or one inherited
-/// (`--fd`).
-///
-/// Binding a Unix socket creates its file before `listen` makes it accept, so a frontend (or
-/// a script) that waits for the file and connects at once can be refused. The socket is bound
-/// and listening under a temporary name in the same directory first and then renamed into
-/// place, so the path appears only when a connect to it succeeds. The path is removed when
-/// this is dropped, unless [`ServingSocket::keep_path`] was called.
-pub struct ServingSocket {
-    /// The listening socket.
-    pub listener: Listener,
-    /// The path this process put the socket at.
-    path: Option<std::path::PathBuf>,
-}
-
-/// Longest path a Unix socket address holds (`sun_path`, less its NUL).
-const SUN_PATH_MAX: usize = 107;
-
-impl ServingSocket {
-    /// Listens at `path`, replacing what is there.
-    pub fn listen(path: &std::path::Path) -> io::Result<Self> {
-        let name = path
-            .file_name()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".{}", std::process::id()));
-        let tmp = path.with_file_name(tmp_name);
-        if tmp.as_os_str().len() > SUN_PATH_MAX {
-            // No room for a temporary name: bind in place (listening follows at once).
-            let listener = Listener::new(path, true).map_err(vhost_io_error)?;
-            return Ok(ServingSocket {
-                listener,
-                path: Some(path.to_owned()),
-            });
-        }
-        let listener = Listener::new(&tmp, true).map_err(vhost_io_error)?;
-        if let Err(e) = std::fs::rename(&tmp, path) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        Ok(ServingSocket {
-            listener,
-            path: Some(path.to_owned()),
-        })
-    }
-
-    /// Leaves the path in place when this is dropped (the sandbox does not allow removing it).
-    pub fn keep_path(&mut self) {
-        self.path = None;
-    }
-
-    /// Serves on a socket that is already listening (handed over by the caller).
-    pub fn inherited(listener: Listener) -> Self {
-        ServingSocket {
-            listener,
-            path: None,
-        }
-    }
-}
-
-impl Drop for ServingSocket {
-    fn drop(&mut self) {
-        if let Some(path) = &self.path {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-fn vhost_io_error(e: vhost::vhost_user::Error) -> io::Error {
-    match e {
-        vhost::vhost_user::Error::SocketError(e) => e,
-        other => io::Error::other(other.to_string()),
-    }
 }
 
 /// Makes the renderer for a new connection.
@@ -607,14 +534,18 @@ impl VhostUserBackend for VhostUserGpu {
     }
 }
 
-/// Serves frontends one after another on `listener`, each with a fresh device, until an
-/// unrecoverable error.
+/// Serves the frontends `socket` gives, one after another, each with a fresh device: until an
+/// unrecoverable error on a listening socket, until the one frontend leaves on a connected one.
 pub fn serve(
-    listener: &mut Listener,
+    socket: &mut ServingSocket,
     config: &DeviceConfig,
     make_renderer: &RendererFactory,
 ) -> Result<(), ServeError> {
     loop {
+        let stream = match &mut socket.frontends {
+            Frontends::Connected(s) => Some(s.take().ok_or(ServeError::Served)?),
+            Frontends::Listening(_) => None,
+        };
         let renderer = make_renderer()?;
         let num_capsets = renderer.num_capsets();
         let virgl = renderer.kind() == virgl_bridge::RendererKind::Virgl;
@@ -638,9 +569,12 @@ pub fn serve(
                     .map_err(ServeError::Event)?;
             }
         }
-        daemon
-            .start(listener)
-            .map_err(|e| ServeError::Daemon(format!("{e:?}")))?;
+        match (stream, &mut socket.frontends) {
+            (Some(stream), _) => daemon.start_stream(stream),
+            (None, Frontends::Listening(listener)) => daemon.start(listener),
+            (None, Frontends::Connected(_)) => return Err(ServeError::Served),
+        }
+        .map_err(|e| ServeError::Daemon(format!("{e:?}")))?;
         info!("frontend connected");
         match daemon.wait() {
             Ok(()) => info!("frontend disconnected"),
@@ -649,6 +583,10 @@ pub fn serve(
         // Dropping the daemon stops its queue threads; the device and its resources go with
         // the backend.
         drop(daemon);
+        if let Frontends::Connected(_) = socket.frontends {
+            info!("state dropped; the connected socket's one frontend has left");
+            return Ok(());
+        }
         info!("state dropped; waiting for the next frontend");
     }
 }
@@ -657,63 +595,6 @@ pub fn serve(
 mod tests {
     use super::*;
     use vm_memory::{Bytes, GuestAddress};
-
-    fn scratch_dir(tag: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("vhost-gpu-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    #[test]
-    fn the_socket_path_appears_listening_replaces_a_stale_file_and_goes_when_dropped() {
-        let dir = scratch_dir("listen");
-        let path = dir.join("gpu.sock");
-        std::fs::write(&path, b"stale").unwrap();
-        let socket = ServingSocket::listen(&path).unwrap();
-        // The path is the listening socket: a connect succeeds at once, and no temporary
-        // name is left beside it.
-        std::os::unix::net::UnixStream::connect(&path).unwrap();
-        let names: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["gpu.sock"]);
-        drop(socket);
-        assert!(!path.exists());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_kept_socket_path_stays_after_drop() {
-        let dir = scratch_dir("keep");
-        let path = dir.join("gpu.sock");
-        let mut socket = ServingSocket::listen(&path).unwrap();
-        socket.keep_path();
-        drop(socket);
-        assert!(path.exists());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_socket_path_with_no_room_for_a_temporary_name_is_bound_in_place() {
-        let dir = scratch_dir("long");
-        let room = SUN_PATH_MAX - dir.as_os_str().len() - 1;
-        let path = dir.join("s".repeat(room));
-        assert_eq!(path.as_os_str().len(), SUN_PATH_MAX);
-        let socket = ServingSocket::listen(&path).unwrap();
-        std::os::unix::net::UnixStream::connect(&path).unwrap();
-        drop(socket);
-        assert!(!path.exists());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_socket_path_in_a_missing_directory_is_an_error() {
-        let dir = scratch_dir("missing");
-        assert!(ServingSocket::listen(&dir.join("no").join("gpu.sock")).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     const DESC: u64 = 0x0;
     const AVAIL: u64 = 0x1000;

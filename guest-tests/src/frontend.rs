@@ -214,6 +214,11 @@ impl Connection {
     /// Connects and brings the device up the way QEMU 10 does.
     pub fn connect(socket: &Path, opts: &ConnectOptions) -> Result<Self, String> {
         let stream = UnixStream::connect(socket).map_err(|e| sock_err("connect", e))?;
+        Self::over_stream(stream, opts)
+    }
+
+    /// Brings the device up over an already connected socket (libvirt's socket pair).
+    pub fn over_stream(stream: UnixStream, opts: &ConnectOptions) -> Result<Self, String> {
         let raw = stream.try_clone().map_err(|e| sock_err("clone", e))?;
         let mut fe = Frontend::from_stream(stream, 2);
         fe.set_owner().map_err(|e| sock_err("set_owner", e))?;

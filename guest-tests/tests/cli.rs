@@ -1,7 +1,7 @@
 //! The binary's command line, as QEMU and libvirt use it.
 
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::Command;
 
 use guest_tests::frontend::{binary_path, ConnectOptions, Connection};
@@ -128,6 +128,78 @@ fn inherited_listening_socket() {
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// How libvirt starts a backend: `--fd=N`, N one end of a connected socket pair whose other
+/// end QEMU gets. vhost-gpu serves that one frontend and exits when it hangs up.
+#[test]
+fn inherited_connected_socket_serves_one_frontend_then_exits() {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let fd = theirs.as_raw_fd();
+    // SAFETY: clears FD_CLOEXEC on a socket this test owns, so that the child inherits it.
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+    let mut child = Command::new(binary_path())
+        .arg(format!("--fd={fd}"))
+        .args(["--renderer", "2d"])
+        .env("HOME", fresh_home("connected"))
+        .env_remove("XDG_CACHE_HOME")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(theirs);
+    let mut g = Gpu {
+        conn: Connection::over_stream(ours, &ConnectOptions::default()).unwrap(),
+    };
+    assert_eq!(g.create_2d(1, B8G8R8X8, 16, 16), OK_NODATA);
+    assert_eq!(g.create_2d(1, B8G8R8X8, 16, 16), ERR_INVALID_RESOURCE_ID);
+    drop(g);
+    // The frontend left: the backend ends on its own, with success.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("vhost-gpu kept running after its one frontend left");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(st.success(), "{st}: {err}");
+    assert!(err.contains("connected socket"), "{err}");
+}
+
+/// A descriptor that cannot be served fails at start, saying what it is.
+#[test]
+fn a_bad_fd_is_refused_with_its_reason() {
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let (d, _d2) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    for (fd, want) in [
+        (file.as_raw_fd(), "not a socket"),
+        (d.as_raw_fd(), "not a stream socket"),
+        (999, "not open"),
+    ] {
+        // SAFETY: clears FD_CLOEXEC on descriptors this test owns (999 is not open: EBADF).
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        let out = Command::new(binary_path())
+            .arg(format!("--fd={fd}"))
+            .args(["--renderer", "2d"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{fd}: {err}");
+        assert!(err.contains(want), "--fd {fd}: want {want:?} in {err}");
+    }
+}
+
+/// An empty home directory for one test's backend (a fresh host's state).
+fn fresh_home(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("vhost-gpu-home-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }
 
 #[test]
