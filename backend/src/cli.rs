@@ -22,6 +22,19 @@ pub enum RendererChoice {
 /// `--sandbox`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Sandbox {
+    /// seccomp policy and Landlock; a call outside the policy is reported and ends the process.
+    On,
+    /// As `on`, but a call outside the policy is reported once and carried out.
+    Log,
+    /// Neither (for strace, gdb, perf).
+    Off,
+}
+
+/// `--syslog`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Syslog {
+    /// When no one watches stderr: started with --fd (libvirt), or stderr is not a terminal.
+    Auto,
     On,
     Off,
 }
@@ -109,7 +122,6 @@ pub struct Cli {
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub poll_us: u64,
 
-    /// Log level (RUST_LOG, when set, wins).
     /// Write what each scanout shows as DIR/scanout-N.png (the latest, at most once per
     /// --capture-interval-ms), and DIR/shot-K-scanout-N.png on each SIGUSR1.
     #[arg(long, value_name = "DIR")]
@@ -119,22 +131,40 @@ pub struct Cli {
     #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub capture_interval_ms: u64,
 
-    /// After start-up, allow only the system calls vhost-gpu needs (seccomp); `off` for
-    /// debugging with strace, gdb or perf.
+    /// After start-up, confine vhost-gpu: a seccomp policy on every thread and Landlock on
+    /// files. `log` reports calls outside the policy and lets them run; `off` for debugging
+    /// with strace, gdb or perf.
     #[arg(long, value_enum, default_value = "on")]
     pub sandbox: Sandbox,
 
+    /// Mesa's shader cache directory (made before the sandbox starts), or `off`. Default:
+    /// $XDG_CACHE_HOME/vhost-gpu, else $HOME/.cache/vhost-gpu; off, with a log line, where
+    /// neither can be made (libvirt's user has no home).
+    #[arg(long, value_name = "DIR|off")]
+    pub shader_cache: Option<PathBuf>,
+
+    /// Send log lines to the system log (journald or syslog, through /dev/log) as well as
+    /// stderr.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub syslog: Syslog,
+
+    /// Log level (RUST_LOG, when set, wins).
     #[arg(long, value_enum, default_value = "info")]
     pub log_level: LogLevel,
 }
 
-/// The JSON `--print-capabilities` prints: only the features that work in this build.
-pub fn capabilities_json(virgl_available: bool) -> String {
-    let features: &[&str] = if virgl_available {
-        &["\"render-node\"", "\"virgl\""]
-    } else {
-        &[]
-    };
+/// The JSON `--print-capabilities` prints: only what works on this host. `virgl` when
+/// virglrenderer starts here; `render-node` when it also has a render node to use (libvirt
+/// then demands one on the host and passes `--render-node`; without it, `accel3d='yes'` gives
+/// `--virgl` alone, which is virgl on llvmpipe).
+pub fn capabilities_json(virgl_available: bool, render_node_usable: bool) -> String {
+    let mut features = Vec::new();
+    if virgl_available && render_node_usable {
+        features.push("\"render-node\"");
+    }
+    if virgl_available {
+        features.push("\"virgl\"");
+    }
     format!(
         "{{\n  \"type\": \"gpu\",\n  \"features\": [{}]\n}}",
         features.join(", ")
@@ -175,8 +205,11 @@ mod tests {
         assert!(Cli::try_parse_from(["vhost-gpu", "--display", "800"]).is_err());
         assert!(Cli::try_parse_from(["vhost-gpu", "-s", "a", "--fd", "3"]).is_err());
         assert_eq!(
-            capabilities_json(false),
+            capabilities_json(false, true),
             "{\n  \"type\": \"gpu\",\n  \"features\": []\n}"
         );
+        assert!(!capabilities_json(true, false).contains("render-node"));
+        assert!(capabilities_json(true, false).contains("\"virgl\""));
+        assert!(capabilities_json(true, true).contains("\"render-node\", \"virgl\""));
     }
 }

@@ -1,25 +1,28 @@
-//! The `vhost-gpu` binary: parse the command line, pick a renderer, serve.
+//! The `vhost-gpu` binary: parse the command line, pick a renderer, confine, serve.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use log::{info, warn};
+use log::{error, info, warn};
 
 use vhost_gpu::capture::{block_shot_signal, Capture, CaptureHandle};
 use vhost_gpu::cli::{capabilities_json, Cli, RendererChoice, Sandbox};
 use vhost_gpu::config::DeviceConfig;
 use vhost_gpu::protocol::DecodeLimits;
-use vhost_gpu::sandbox;
+use vhost_gpu::sandbox::{self, files, Enforcement};
 use vhost_gpu::socket::ServingSocket;
 use vhost_gpu::vhost_user::serve;
+use vhost_gpu::{logging, probe, shader_cache};
 use virgl_bridge::{Renderer, Renderer2D, VirglOptions, VirglRenderer};
 
 /// Large pixel buffers aligned to a cache line (see `vhost_gpu::alloc`).
 #[global_allocator]
 static ALLOCATOR: vhost_gpu::alloc::AlignedLarge = vhost_gpu::alloc::AlignedLarge;
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     // Large buffers (resources, readback) always get their own mappings, so freeing them gives
     // the memory back to the host. Setting the threshold also stops glibc from raising it after
     // big frees, which would keep freed resources in the heap for good.
@@ -32,20 +35,54 @@ fn main() -> Result<()> {
         // Before any thread exists, so that only the capture thread takes the signal.
         block_shot_signal();
     }
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or(cli.log_level.filter()),
-    )
-    .init();
+    let wants_syslog = logging::wants_syslog(cli.syslog, cli.fd.is_some());
+    let log_to = logging::init(cli.log_level.filter(), wants_syslog);
+    logging::log_panics();
+    if let Err(e) = sandbox::trap::report_termination() {
+        warn!("SIGTERM will not be reported: {e}");
+    }
+    if !cli.print_capabilities {
+        info!(
+            "vhost-gpu {} starting; logging to {log_to}",
+            env!("CARGO_PKG_VERSION")
+        );
+    }
+    // Every exit says why, on stderr and (when wanted) in the system log.
+    match run(&cli) {
+        Ok(why) => {
+            if let Some(why) = why {
+                info!("exiting: {why}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("exiting: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
+/// Serves until there is nothing more to serve; returns why it stopped (None: nothing to say,
+/// for `--print-capabilities`).
+fn run(cli: &Cli) -> Result<Option<String>> {
     let virgl_opts = VirglOptions {
         render_node: cli.render_node.clone(),
     };
     if cli.print_capabilities {
-        // Tell the truth for this host: virgl only when it initialises here.
-        let virgl_ok = VirglRenderer::new(&virgl_opts).is_ok();
-        println!("{}", capabilities_json(virgl_ok));
-        return Ok(());
+        // Tell the truth for this host: virgl only when it initialises here, render-node only
+        // when there is one it can use. The probe leaves nothing behind (no shader cache).
+        shader_cache::disable();
+        let virgl_ok = probe::virgl(&virgl_opts).is_ok();
+        let node_ok = files::render_nodes().iter().any(|n| {
+            probe::virgl(&VirglOptions {
+                render_node: Some(n.clone()),
+            })
+            .is_ok()
+        });
+        println!("{}", capabilities_json(virgl_ok, node_ok));
+        return Ok(None);
     }
+    let cache_dir = shader_cache::prepare(cli.shader_cache.as_deref());
     let choice = if cli.virgl {
         RendererChoice::Virgl
     } else {
@@ -63,12 +100,13 @@ fn main() -> Result<()> {
             false
         }
         RendererChoice::Virgl => {
-            VirglRenderer::new(&virgl_opts)
+            probe::virgl(&virgl_opts)
+                .map_err(anyhow::Error::msg)
                 .context("virgl was required (--virgl / --renderer virgl) but did not start")?;
             info!("renderer: virgl (asked for)");
             true
         }
-        RendererChoice::Auto => match VirglRenderer::new(&virgl_opts) {
+        RendererChoice::Auto => match probe::virgl(&virgl_opts) {
             Ok(_) => {
                 info!("renderer auto: virgl");
                 true
@@ -88,16 +126,45 @@ fn main() -> Result<()> {
         max_backing_entries: cli.max_backing_entries,
         max_submit_size: cli.max_submit_size,
     };
-    if let Some(dir) = &cli.capture_dir {
-        let interval = Duration::from_millis(cli.capture_interval_ms);
-        config.capture = Some(CaptureHandle(Capture::start(dir, interval)?));
-    }
     let mut socket = match (&cli.socket_path, cli.fd) {
         (Some(path), None) => ServingSocket::listen(path)
             .with_context(|| format!("listening on {}", path.display()))?,
         (None, Some(fd)) => ServingSocket::inherited(fd)?,
         _ => bail!("give --socket-path PATH or --fd N"),
     };
+    info!("serving {}", socket.describe());
+    if let Some(dir) = &cli.capture_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("making --capture-dir {}", dir.display()))?;
+    }
+    let enforcement = match cli.sandbox {
+        Sandbox::On => Some(Enforcement::Kill),
+        Sandbox::Log => Some(Enforcement::Log),
+        Sandbox::Off => None,
+    };
+    if enforcement.is_some() {
+        // Landlock first, while this is the only thread: it confines the caller and the
+        // threads it starts from now on (the capture thread, each connection's threads).
+        let threads = files::thread_count();
+        if threads != 1 {
+            warn!("sandbox: {threads} threads before Landlock; only this one and its future threads are confined");
+        }
+        let rw: Vec<PathBuf> = cache_dir.iter().chain(&cli.capture_dir).cloned().collect();
+        let status = files::confine(&rw).context("confining files (--sandbox off skips it)")?;
+        info!(
+            "sandbox: Landlock {}: read-only on libraries, drivers and their configuration, read-write on {}",
+            files::describe(status),
+            if rw.is_empty() {
+                "render nodes only".to_string()
+            } else {
+                format!("render nodes and {}", rw.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))
+            }
+        );
+    }
+    if let Some(dir) = &cli.capture_dir {
+        let interval = Duration::from_millis(cli.capture_interval_ms);
+        config.capture = Some(CaptureHandle(Capture::start(dir, interval)?));
+    }
     info!(
         "vhost-gpu serving: {} scanout(s) {:?}, max host memory {} bytes",
         config.num_scanouts(),
@@ -115,20 +182,26 @@ fn main() -> Result<()> {
             Ok(Box::new(Renderer2D::new()?))
         }
     };
-    match cli.sandbox {
-        Sandbox::On => {
-            sandbox::install()
+    match enforcement {
+        Some(e) => {
+            sandbox::install(e)
                 .context("installing the seccomp sandbox (--sandbox off skips it)")?;
+            let (allowed, conditional, errno) = sandbox::counts();
             info!(
-                "sandbox: seccomp filter on all threads, {} system calls allowed",
-                sandbox::ALLOWED.len()
+                "sandbox: seccomp on all threads: {allowed} calls allowed, {conditional} allowed with argument checks, {errno} answered with an errno, any other {}",
+                if e == Enforcement::Kill {
+                    format!("reported and fatal (exit status {})", sandbox::SANDBOX_EXIT)
+                } else {
+                    "reported once and allowed (--sandbox log)".to_string()
+                }
             );
-            // unlink is not among them: removing the socket's path would kill the process
-            // before it could say why serving ended.
+            // Landlock does not let the process remove the socket's path any more.
             socket.keep_path();
         }
-        Sandbox::Off => warn!("sandbox off: no seccomp filter"),
+        None => warn!("sandbox off: no seccomp policy, no Landlock"),
     }
     serve(&mut socket, &config, &make)?;
-    Ok(())
+    Ok(Some(
+        "the frontend on the connected --fd socket hung up".into(),
+    ))
 }

@@ -58,7 +58,9 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Starts the binary with `--socket-path` in a fresh temp dir and waits for the socket.
+    /// Starts the binary with `--socket-path` in a fresh temp dir, with an empty home directory
+    /// as its HOME (so Mesa's shader cache starts empty, as on a fresh host), and waits for the
+    /// socket.
     pub fn start(opts: &BackendOptions) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "vhost-gpu-test-{}-{}",
@@ -72,10 +74,18 @@ impl Backend {
         let socket = dir.join("gpu.sock");
         let log = dir.join("backend.log");
         let logf = std::fs::File::create(&log).unwrap();
+        // A fresh host's state: an empty home, no cache, nothing Mesa-specific inherited.
+        let home = dir.join("home");
+        std::fs::create_dir_all(&home).unwrap();
         let child = Command::new(binary_path())
             .arg("--socket-path")
             .arg(&socket)
             .args(&opts.args)
+            .env("HOME", &home)
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("MESA_SHADER_CACHE_DIR")
+            .env_remove("MESA_SHADER_CACHE_DISABLE")
+            .env_remove("MESA_GLSL_CACHE_DIR")
             .env(
                 "RUST_LOG",
                 std::env::var("VHOST_GPU_TEST_LOG").unwrap_or_else(|_| "info".into()),

@@ -1,0 +1,134 @@
+//! Landlock: which files vhost-gpu may open once it serves, whoever runs it (root included).
+//!
+//! - Read-only: what Mesa, LLVM, virglrenderer and glibc load or read after start-up (each
+//!   connection makes a new renderer, and with it a new EGL display): the libraries and data
+//!   under /usr, the dynamic loader's cache, EGL/GL vendor and driver configuration, the CPU
+//!   and memory facts under /proc and /sys that LLVM, Mesa and Rust's thread pool size
+//!   themselves from, and the DRM devices' sysfs entries libdrm reads.
+//! - Read-write: `/dev/null`, the render nodes `/dev/dri/renderD*` (GBM opens them read-write
+//!   and sends them DRM ioctls), and the directories given: Mesa's shader cache and
+//!   `--capture-dir`.
+//! - Nothing else: no home directory, no /etc beyond those files, no other device, no TCP
+//!   bind or connect, no abstract Unix socket or signal outside the sandbox.
+//!
+//! Best effort: on a kernel without Landlock (before 5.13) or with an older ABI, what the
+//! kernel has is enforced, and the log says how much.
+
+use std::path::{Path, PathBuf};
+
+use landlock::{
+    Access, AccessFs, AccessNet, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+};
+
+/// Why Landlock could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("landlock: {0}")]
+    Ruleset(#[from] landlock::RulesetError),
+    #[error("landlock: {0}: {1}")]
+    Path(PathBuf, landlock::PathFdError),
+}
+
+/// The newest Landlock ABI this code was written for; older kernels get what they support.
+const ABI_USED: ABI = ABI::V6;
+
+/// Read-only trees and files (a missing one is skipped).
+pub const READ_ONLY: &[&str] = &[
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/etc/ld.so.cache",
+    "/etc/drirc",
+    "/etc/glvnd",
+    "/etc/egl",
+    "/etc/vulkan",
+    "/proc/self",
+    "/proc/cpuinfo",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/sys/vm/overcommit_memory",
+    "/sys/devices",
+    "/sys/dev",
+    "/sys/bus/pci",
+    "/sys/class/drm",
+    "/sys/fs/cgroup",
+    "/dev/urandom",
+];
+
+/// How far the confinement went, for the log.
+pub fn describe(status: RulesetStatus) -> &'static str {
+    match status {
+        RulesetStatus::FullyEnforced => "fully enforced",
+        RulesetStatus::PartiallyEnforced => {
+            "partly enforced (this kernel has an older Landlock ABI)"
+        }
+        RulesetStatus::NotEnforced => "not enforced (this kernel has no Landlock)",
+    }
+}
+
+/// The render nodes present on this host.
+pub fn render_nodes() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir("/dev/dri")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("renderD"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn rule(
+    path: &Path,
+    access: BitFlags<AccessFs>,
+) -> Option<Result<PathBeneath<PathFd>, FilesError>> {
+    match PathFd::new(path) {
+        Ok(fd) => {
+            // A file takes only file rights (directory rights on it are an error).
+            let access = if path.is_dir() {
+                access
+            } else {
+                access & AccessFs::from_file(ABI_USED)
+            };
+            Some(Ok(PathBeneath::new(fd, access)))
+        }
+        Err(e) if path.exists() => Some(Err(FilesError::Path(path.into(), e))),
+        Err(_) => None,
+    }
+}
+
+/// Confines this thread and every thread it creates from now on to the files above, plus
+/// `read_write` (directories that must exist). Threads that already run are not confined:
+/// call it before starting any.
+pub fn confine(read_write: &[PathBuf]) -> Result<RulesetStatus, FilesError> {
+    let read = AccessFs::from_read(ABI_USED);
+    let all = AccessFs::from_all(ABI_USED);
+    let device_rw = AccessFs::from_file(ABI_USED);
+    let mut rules: Vec<Option<Result<PathBeneath<PathFd>, FilesError>>> = Vec::new();
+    rules.extend(READ_ONLY.iter().map(|p| rule(Path::new(p), read)));
+    rules.push(rule(Path::new("/dev/dri"), AccessFs::ReadDir.into()));
+    rules.push(rule(Path::new("/dev/null"), device_rw));
+    rules.extend(render_nodes().iter().map(|p| rule(p, device_rw)));
+    rules.extend(read_write.iter().map(|p| rule(p, all)));
+    let status = Ruleset::default()
+        .handle_access(all)?
+        .handle_access(AccessNet::from_all(ABI_USED))?
+        .scope(Scope::from_all(ABI_USED))?
+        .create()?
+        .add_rules(rules.into_iter().flatten())?
+        .restrict_self()?;
+    Ok(status.ruleset)
+}
+
+/// Threads of this process now (Landlock confines only the caller and what it starts).
+pub fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
