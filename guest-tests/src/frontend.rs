@@ -62,6 +62,12 @@ impl Backend {
     /// as its HOME (so Mesa's shader cache starts empty, as on a fresh host), and waits for the
     /// socket.
     pub fn start(opts: &BackendOptions) -> Self {
+        Self::start_with_home(opts, None)
+    }
+
+    /// [`Backend::start`] with `home` as HOME instead of a new empty one (a second run on the
+    /// same shader cache).
+    pub fn start_with_home(opts: &BackendOptions, home: Option<&Path>) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "vhost-gpu-test-{}-{}",
             std::process::id(),
@@ -75,7 +81,7 @@ impl Backend {
         let log = dir.join("backend.log");
         let logf = std::fs::File::create(&log).unwrap();
         // A fresh host's state: an empty home, no cache, nothing Mesa-specific inherited.
-        let home = dir.join("home");
+        let home = home.map_or_else(|| dir.join("home"), Path::to_path_buf);
         std::fs::create_dir_all(&home).unwrap();
         let child = Command::new(binary_path())
             .arg("--socket-path")

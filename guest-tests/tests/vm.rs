@@ -181,11 +181,7 @@ impl Vm {
 
     /// The guest's own lines ("GUEST: ..." and "AGENT: ..."), for failure messages.
     fn guest_lines(&self) -> String {
-        self.serial_text()
-            .lines()
-            .filter(|l| l.starts_with("GUEST:") || l.starts_with("AGENT:"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        vm_lines(&self.serial_text())
     }
 
     /// Waits for `marker` on the serial console, failing fast when QEMU or the backend dies
@@ -672,4 +668,194 @@ fn guest_sees_the_display_change_when_the_frontend_resizes() {
         "guest's mode 1280x800 -> {now}; wall time {:?}",
         t0.elapsed()
     );
+}
+
+/// The files under `dir`, recursively.
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                count_files(&p)
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// Boots the 3D workload (eglinfo, the agent, kmscube) against `backend`; returns the agent's
+/// first-frame time and kmscube's line.
+fn run_3d(backend: &mut Backend, tag: &str) -> (String, String) {
+    let mut vm = Vm::boot(backend, tag, 1, "3d", "vgt.hold=1 vgt.frames=120");
+    vm.agent_passed(backend);
+    let lines = vm.guest_lines();
+    assert!(lines.contains("GUEST: kmscube frames 120"), "{lines}");
+    let first = vm.line_after("AGENT: gl first frame").unwrap_or_default();
+    let kms = vm.line_after("GUEST: kmscube frames").unwrap_or_default();
+    vm.quit();
+    assert!(backend.alive(), "{}", backend.log_text());
+    (first, kms)
+}
+
+/// The sandbox audit and the shader cache, on a fresh host's state: the whole virgl workload
+/// runs under `--sandbox log` (Landlock on, seccomp reporting every call outside the policy
+/// and letting it run) from an empty HOME, and any call reported fails the test. Then a second
+/// vhost-gpu, sandbox on, runs it again on the cache the first one filled (a warm start).
+#[test]
+#[ignore = "needs QEMU 10 and the test guest: run by scripts/test"]
+fn guest_virgl_workload_reports_no_call_outside_the_policy_and_runs_warm_on_its_cache() {
+    let t0 = Instant::now();
+    let home = std::env::temp_dir().join(format!("vhost-gpu-vm-home-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).unwrap();
+    let cache = home.join(".cache/vhost-gpu");
+    let args = |sandbox: &str| BackendOptions {
+        args: ["--virgl", "--display", "1024x768", "--sandbox", sandbox]
+            .map(String::from)
+            .to_vec(),
+    };
+
+    let mut cold = Backend::start_with_home(&args("log"), Some(&home));
+    let (cold_first, cold_kms) = run_3d(&mut cold, "audit");
+    let log = cold.log_text();
+    assert!(log.contains("reported once and allowed"), "{log}");
+    let reported: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("sandbox: thread"))
+        .collect();
+    assert!(
+        reported.is_empty(),
+        "calls outside the sandbox's policy:\n{}\nbackend:\n{log}",
+        reported.join("\n")
+    );
+    let cached = count_files(&cache.join("mesa_shader_cache"));
+    assert!(
+        cached > 0,
+        "Mesa wrote no shader cache under {}",
+        cache.display()
+    );
+    drop(cold);
+
+    let mut warm = Backend::start_with_home(&args("on"), Some(&home));
+    let (warm_first, warm_kms) = run_3d(&mut warm, "warm");
+    assert!(warm
+        .log_text()
+        .contains(&format!("shader cache: {}", cache.display())));
+    eprintln!(
+        "shader cache ({cached} files): first GL frame {cold_first} cold, {warm_first} warm; \
+         kmscube {cold_kms} cold, {warm_kms} warm; wall time {:?}",
+        t0.elapsed()
+    );
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+/// piglit's results for each test of guest/piglit-tests, run on the host through
+/// virglrenderer's vtest server (`virgl_test_server`, Mesa's virpipe driver): the same
+/// virglrenderer and llvmpipe, without a guest, virtio or vhost-gpu in between.
+fn piglit_on_vtest(dir: &Path) -> Vec<(String, String)> {
+    let pig = Path::new("/usr/lib/x86_64-linux-gnu/piglit");
+    // Mesa's vtest client and the server both use this path (the server's --socket-path fails
+    // in 0.10.4).
+    let sock = Path::new("/tmp/.virgl_test");
+    let _ = std::fs::remove_file(sock);
+    let mut server = Command::new("virgl_test_server")
+        .arg("--use-egl-surfaceless")
+        .env("HOME", dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("virgl_test_server (scripts/setup installs virgl-server)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "vtest server did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let list =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/piglit-tests"))
+            .unwrap();
+    let mut out = Vec::new();
+    for line in list
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let mut words = line.split_whitespace();
+        let bin = words.next().unwrap_or_default();
+        let arg = words.next();
+        let o = Command::new("timeout")
+            .arg("120")
+            .arg(pig.join("bin").join(bin))
+            .args(arg)
+            .args(["-auto", "-fbo"])
+            .current_dir(pig.join("tests"))
+            .env("GALLIUM_DRIVER", "virpipe")
+            .env("PIGLIT_PLATFORM", "surfaceless_egl")
+            .env("HOME", dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        let result = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("PIGLIT: {\"result\": \""))
+            .filter_map(|r| r.split('"').next())
+            .last()
+            .unwrap_or("crash")
+            .to_string();
+        out.push((arg.unwrap_or(bin).to_string(), result));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_file(sock);
+    out
+}
+
+/// A real GL test suite in the guest: piglit's tests of guest/piglit-tests, run in the guest
+/// on GBM (Mesa's virgl driver, through vhost-gpu with the sandbox on and an empty HOME), give
+/// test by test what the same tests give on the host through vtest.
+#[test]
+#[ignore = "needs QEMU 10, the test guest and piglit: run by scripts/test"]
+fn guest_piglit_matches_vtest_test_by_test() {
+    let t0 = Instant::now();
+    let (mut backend, _cap) = backend("piglit", &["--virgl", "--display", "1024x768"]);
+    let host = piglit_on_vtest(backend.dir());
+    let mut vm = Vm::boot(&backend, "piglit", 1, "piglit", "vgt.hold=1");
+    vm.wait_for(&mut backend, "GUEST: piglit ran", Duration::from_secs(600));
+    let text = vm.serial_text();
+    let guest: std::collections::HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("GUEST: piglit "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    vm.quit();
+    assert!(backend.alive(), "{}", backend.log_text());
+    let mut table = String::from("test | guest | vtest\n");
+    let mut differ = Vec::new();
+    for (name, want) in &host {
+        let got = guest.get(name.as_str()).copied().unwrap_or("missing");
+        table.push_str(&format!("{name} | {got} | {want}\n"));
+        if got != want {
+            differ.push(name.as_str());
+        }
+    }
+    eprintln!("{table}wall time {:?}", t0.elapsed());
+    assert!(host.len() >= 30, "{} tests", host.len());
+    let passed = host.iter().filter(|(_, r)| r == "pass").count();
+    assert!(passed >= 30, "only {passed} passed on vtest:\n{table}");
+    assert!(
+        differ.is_empty(),
+        "guest and vtest differ on {differ:?}:\n{table}\nserial:\n{}\nbackend:\n{}",
+        vm_lines(&text),
+        backend.log_text()
+    );
+}
+
+/// The guest's own lines of a serial log.
+fn vm_lines(text: &str) -> String {
+    text.lines()
+        .filter(|l| l.starts_with("GUEST:") || l.starts_with("AGENT:"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -6,6 +6,7 @@
 //! AGENT: dumb shown 2        (each connector shows the 2D quadrant pattern; host may capture)
 //! AGENT: egl vendor Mesa Project / gl renderer virgl (...) / gl version OpenGL ES 3.2 Mesa ...
 //! AGENT: gl readback ok      (or: AGENT: gl readback bad at ...)
+//! AGENT: gl first frame 95 ms (shaders compiled, drawn, read back)
 //! AGENT: gl frames 60 in 812 ms
 //! AGENT: gl shown            (the GL pattern is on the first connector; host may capture)
 //! AGENT: result pass         (or: AGENT: result fail <why>)
@@ -309,11 +310,15 @@ fn gl(card: Card, outs: &[Output], frames: u32, hold: Duration) -> Result<(), St
     say(format!("gl vendor {}", gles::string(gles::VENDOR)));
     say(format!("gl version {}", gles::string(gles::VERSION)));
 
+    // The first frame's time holds compiling its shaders on the host (virglrenderer, then
+    // llvmpipe): what Mesa's shader cache on the host saves on a second run.
+    let first = Instant::now();
     let prog = gles::solid_program()?;
     let (wi, hi) = (w as i32, h as i32);
     draw(wi, hi, prog, None);
     check_readback(wi, hi)?;
     say("gl readback ok");
+    say(format!("gl first frame {} ms", first.elapsed().as_millis()));
 
     // Frame loop: render, swap, lock the front buffer, scan it out (set_crtc first, page flips
     // after, each waited for), release the previous buffer.
