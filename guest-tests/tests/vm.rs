@@ -799,9 +799,9 @@ fn piglit_on_vtest(dir: &Path) -> Vec<(String, String)> {
         let text = String::from_utf8_lossy(&o.stdout);
         let result = text
             .lines()
+            .rev()
             .filter_map(|l| l.strip_prefix("PIGLIT: {\"result\": \""))
-            .filter_map(|r| r.split('"').next())
-            .last()
+            .find_map(|r| r.split('"').next())
             .unwrap_or("crash")
             .to_string();
         out.push((arg.unwrap_or(bin).to_string(), result));
