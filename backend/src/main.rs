@@ -82,6 +82,13 @@ fn run(cli: &Cli) -> Result<Option<String>> {
         println!("{}", capabilities_json(virgl_ok, node_ok));
         return Ok(None);
     }
+    // An inherited descriptor is checked first: a launcher's mistake is reported before
+    // anything else is set up.
+    let inherited = match (&cli.socket_path, cli.fd) {
+        (None, Some(fd)) => Some(ServingSocket::inherited(fd)?),
+        (Some(_), None) => None,
+        _ => bail!("give --socket-path PATH or --fd N"),
+    };
     let cache_dir = shader_cache::prepare(cli.shader_cache.as_deref());
     let choice = if cli.virgl {
         RendererChoice::Virgl
@@ -126,11 +133,11 @@ fn run(cli: &Cli) -> Result<Option<String>> {
         max_backing_entries: cli.max_backing_entries,
         max_submit_size: cli.max_submit_size,
     };
-    let mut socket = match (&cli.socket_path, cli.fd) {
-        (Some(path), None) => ServingSocket::listen(path)
+    let mut socket = match (inherited, &cli.socket_path) {
+        (Some(socket), _) => socket,
+        (None, Some(path)) => ServingSocket::listen(path)
             .with_context(|| format!("listening on {}", path.display()))?,
-        (None, Some(fd)) => ServingSocket::inherited(fd)?,
-        _ => bail!("give --socket-path PATH or --fd N"),
+        (None, None) => bail!("give --socket-path PATH or --fd N"),
     };
     info!("serving {}", socket.describe());
     if let Some(dir) = &cli.capture_dir {

@@ -83,3 +83,84 @@ pub fn wait_files(paths: &[PathBuf], timeout: Duration) -> Result<(), String> {
     }
     Ok(())
 }
+
+// What the test guest shows (guest/init, the agent), and checks of pictures against it.
+
+pub type Rgb = [u8; 3];
+/// The agent's dumb-buffer quadrants: top-left, top-right, bottom-left, bottom-right.
+pub const DUMB: [Rgb; 4] = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]];
+/// The agent's OpenGL ES quadrants, and the shader-drawn square in the middle.
+pub const GL: [Rgb; 4] = [[255, 255, 0], [0, 255, 255], [255, 0, 255], [255, 255, 255]];
+pub const ORANGE: Rgb = [255, 128, 0];
+
+/// Checks the middle of each quadrant (away from the centre square) against `q`.
+pub fn quadrants(img: &Image, q: [Rgb; 4], what: &str) -> Result<(), String> {
+    let (w, h) = (img.width, img.height);
+    let at = [
+        (w / 8, h / 8),
+        (w - w / 8, h / 8),
+        (w / 8, h - h / 8),
+        (w - w / 8, h - h / 8),
+    ];
+    for (i, &(x, y)) in at.iter().enumerate() {
+        if !img.near(x, y, q[i], 2) {
+            return Err(format!(
+                "{what}: pixel ({x},{y}) is {:?}, want {:?}",
+                img.pixel(x, y),
+                q[i]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `img` is `size`.
+pub fn sized(img: &Image, size: (u32, u32)) -> Result<(), String> {
+    if (img.width, img.height) == size {
+        Ok(())
+    } else {
+        Err(format!(
+            "scanout is {}x{}, want {size:?}",
+            img.width, img.height
+        ))
+    }
+}
+
+/// Checks that `img` is `size` and shows modetest's SMPTE bars: seven bars of 75% colour
+/// across the top two thirds.
+pub fn smpte(img: &Image, size: (u32, u32)) -> Result<(), String> {
+    const BARS: [Rgb; 7] = [
+        [192, 192, 192],
+        [192, 192, 0],
+        [0, 192, 192],
+        [0, 192, 0],
+        [192, 0, 192],
+        [192, 0, 0],
+        [0, 0, 192],
+    ];
+    sized(img, size)?;
+    let (w, h) = size;
+    for (i, &c) in BARS.iter().enumerate() {
+        let x = (2 * i as u32 + 1) * w / 14;
+        if !img.near(x, h / 3, c, 2) {
+            return Err(format!(
+                "SMPTE bar {i} at ({x},{}) is {:?}, want {c:?}",
+                h / 3,
+                img.pixel(x, h / 3)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `img` is `size` and shows the agent's GLES picture: the quadrants, the right
+/// way up, and the shader-drawn orange square in the middle.
+pub fn gl_picture(img: &Image, size: (u32, u32)) -> Result<(), String> {
+    sized(img, size)?;
+    quadrants(img, GL, "GL picture")?;
+    let (x, y) = (size.0 / 2, size.1 / 2);
+    if !img.near(x, y, ORANGE, 2) {
+        return Err(format!("centre ({x},{y}) is {:?}", img.pixel(x, y)));
+    }
+    Ok(())
+}

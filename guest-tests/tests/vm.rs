@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use guest_tests::capture::{self, Image};
+use guest_tests::capture::{self, gl_picture, quadrants, sized, smpte, Image, DUMB, GL};
 use guest_tests::{Backend, BackendOptions};
 
 const BOOT: Duration = Duration::from_secs(240);
@@ -45,13 +45,6 @@ fn shot(b: &Backend, cap: &Path, n: u64, scanouts: &[u32]) -> Vec<Image> {
         .unwrap_or_else(|e| panic!("screenshot {n}: {e}\nbackend:\n{}", b.log_text()))
 }
 
-type Rgb = [u8; 3];
-/// The agent's dumb-buffer quadrants: top-left, top-right, bottom-left, bottom-right.
-const DUMB: [Rgb; 4] = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]];
-/// The agent's OpenGL ES quadrants, and the shader-drawn square in the middle.
-const GL: [Rgb; 4] = [[255, 255, 0], [0, 255, 255], [255, 0, 255], [255, 255, 255]];
-const ORANGE: Rgb = [255, 128, 0];
-
 /// How long a test keeps taking screenshots for the picture it expects. The guest prints its
 /// "shown" line when its KMS call returns; the transfer and flush the kernel queued for it may
 /// still be on their way through the virtqueue then (QEMU and the guest share 2 cores with
@@ -82,27 +75,6 @@ fn shot_until(
             Err(_) => std::thread::sleep(Duration::from_millis(250)),
         }
     }
-}
-
-/// Checks the middle of each quadrant (away from the centre square) against `q`.
-fn quadrants(img: &Image, q: [Rgb; 4], what: &str) -> Result<(), String> {
-    let (w, h) = (img.width, img.height);
-    let at = [
-        (w / 8, h / 8),
-        (w - w / 8, h / 8),
-        (w / 8, h - h / 8),
-        (w - w / 8, h - h / 8),
-    ];
-    for (i, &(x, y)) in at.iter().enumerate() {
-        if !img.near(x, y, q[i], 2) {
-            return Err(format!(
-                "{what}: pixel ({x},{y}) is {:?}, want {:?}",
-                img.pixel(x, y),
-                q[i]
-            ));
-        }
-    }
-    Ok(())
 }
 
 struct Vm {
@@ -351,44 +323,6 @@ impl Drop for SessionBus {
 }
 
 /// Checks that a screenshot is `size`.
-fn sized(img: &Image, size: (u32, u32)) -> Result<(), String> {
-    if (img.width, img.height) == size {
-        Ok(())
-    } else {
-        Err(format!(
-            "scanout is {}x{}, want {size:?}",
-            img.width, img.height
-        ))
-    }
-}
-
-/// Checks that `img` is `size` and shows modetest's SMPTE bars: seven bars of 75% colour
-/// across the top two thirds.
-fn smpte(img: &Image, size: (u32, u32)) -> Result<(), String> {
-    const BARS: [Rgb; 7] = [
-        [192, 192, 192],
-        [192, 192, 0],
-        [0, 192, 192],
-        [0, 192, 0],
-        [192, 0, 192],
-        [192, 0, 0],
-        [0, 0, 192],
-    ];
-    sized(img, size)?;
-    let (w, h) = size;
-    for (i, &c) in BARS.iter().enumerate() {
-        let x = (2 * i as u32 + 1) * w / 14;
-        if !img.near(x, h / 3, c, 2) {
-            return Err(format!(
-                "SMPTE bar {i} at ({x},{}) is {:?}, want {c:?}",
-                h / 3,
-                img.pixel(x, h / 3)
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Pixels with any channel above half brightness (fbcon's text).
 fn lit_pixels(rgb: &[u8]) -> usize {
     rgb.chunks(3)
@@ -558,12 +492,7 @@ fn guest_virgl_renders_gles_through_mesa_and_runs_kmscube() {
     // The agent's picture, rendered by virglrenderer on llvmpipe, page-flipped, read back and
     // captured: the quadrants, the right way up, and the shader's square in the middle.
     shot_until(&backend, &cap, &mut n, &[0], |s| {
-        sized(&s[0], (1024, 768))?;
-        quadrants(&s[0], GL, "GL picture")?;
-        if !s[0].near(512, 384, ORANGE, 2) {
-            return Err(format!("centre {:?}", s[0].pixel(512, 384)));
-        }
-        Ok(())
+        gl_picture(&s[0], (1024, 768))
     });
 
     vm.wait_for(&mut backend, "GUEST: done", BOOT);
