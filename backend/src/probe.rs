@@ -52,9 +52,15 @@ pub fn virgl(options: &VirglOptions) -> Result<(), String> {
         Ok(())
     } else if !msg.is_empty() {
         Err(msg)
+    } else if libc::WIFSIGNALED(status) {
+        // epoxy, for one, aborts where it finds no libGL: the child dies, not vhost-gpu.
+        Err(format!(
+            "the virgl probe process was killed by signal {} (its stderr above says why)",
+            libc::WTERMSIG(status)
+        ))
     } else {
         Err(format!(
-            "the virgl probe process died (wait status {status:#x})"
+            "the virgl probe process failed (wait status {status:#x})"
         ))
     }
 }

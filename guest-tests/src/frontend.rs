@@ -87,6 +87,13 @@ impl Backend {
             .arg("--socket-path")
             .arg(&socket)
             .args(&opts.args)
+            // More arguments for every backend of a run, e.g. a render node to run the virgl
+            // tests on: VHOST_GPU_TEST_ARGS="--render-node /dev/dri/renderD128".
+            .args(
+                std::env::var("VHOST_GPU_TEST_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .env("HOME", &home)
             .env_remove("XDG_CACHE_HOME")
             .env_remove("MESA_SHADER_CACHE_DIR")
@@ -177,6 +184,11 @@ impl Drop for Backend {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // VHOST_GPU_TEST_LOG_DIR=DIR keeps every backend's log there (as vhost-gpu-PID.log).
+        if let Some(keep) = std::env::var_os("VHOST_GPU_TEST_LOG_DIR") {
+            let to = Path::new(&keep).join(format!("vhost-gpu-{}.log", self.child.id()));
+            let _ = std::fs::copy(&self.log, to);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -5,8 +5,12 @@
 //!   under /usr, the dynamic loader's cache, EGL/GL vendor and driver configuration, the CPU
 //!   and memory facts under /proc and /sys that LLVM, Mesa and Rust's thread pool size
 //!   themselves from, and the DRM devices' sysfs entries libdrm reads.
+//!   Also the directories of the shared objects loaded at start and those the loader's, Mesa's,
+//!   GBM's and glvnd's variables name (`LD_LIBRARY_PATH`, `LIBGL_DRIVERS_PATH`, ...), for
+//!   libraries installed outside /usr.
 //! - Read-write: `/dev/null`, the render nodes `/dev/dri/renderD*` (GBM opens them read-write
-//!   and sends them DRM ioctls), and the directories given: Mesa's shader cache and
+//!   and sends them DRM ioctls), NVIDIA's device files where present (its EGL and GBM open them
+//!   beside the render node), and the directories given: Mesa's shader cache and
 //!   `--capture-dir`.
 //! - Nothing else: no home directory, no /etc beyond those files, no other device, no TCP
 //!   bind or connect, no abstract Unix socket or signal outside the sandbox.
@@ -56,6 +60,55 @@ pub const READ_ONLY: &[&str] = &[
     "/dev/urandom",
 ];
 
+/// Environment variables that name where the loader, Mesa, GBM and glvnd look for what they
+/// load (colon-separated lists of directories or files).
+const LOAD_PATH_VARS: &[&str] = &[
+    "LD_LIBRARY_PATH",
+    "LIBGL_DRIVERS_PATH",
+    "GBM_BACKENDS_PATH",
+    "__EGL_VENDOR_LIBRARY_DIRS",
+    "__EGL_VENDOR_LIBRARY_FILENAMES",
+    "VK_DRIVER_FILES",
+    "VK_ICD_FILENAMES",
+];
+
+/// NVIDIA's device files, which its EGL and GBM libraries open beside the render node.
+const NVIDIA_DEVICES: &[&str] = &[
+    "/dev/nvidiactl",
+    "/dev/nvidia-modeset",
+    "/dev/nvidia-uvm",
+    "/dev/nvidia-uvm-tools",
+];
+
+/// Where this process's libraries come from beyond the usual trees: the directories of the
+/// shared objects mapped now (a library outside /usr, as under Nix or a custom prefix, loads
+/// its companions from beside it) and those the loading variables name. The executable is no
+/// shared object: its own directory is not added for it.
+pub fn load_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.starts_with('/') && p.contains(".so"))
+        .filter_map(|p| Path::new(p).parent().map(Path::to_path_buf))
+        .collect();
+    for var in LOAD_PATH_VARS {
+        if let Some(v) = std::env::var_os(var) {
+            for p in std::env::split_paths(&v).filter(|p| p.is_absolute()) {
+                let dir = if p.is_dir() {
+                    p
+                } else {
+                    p.parent().map_or(p.clone(), Path::to_path_buf)
+                };
+                dirs.push(dir);
+            }
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
 /// How far the confinement went, for the log.
 pub fn describe(status: RulesetStatus) -> &'static str {
     match status {
@@ -103,6 +156,14 @@ fn rule(
     }
 }
 
+/// NVIDIA's device files present on this host (`/dev/nvidiactl`, `/dev/nvidiaN`, ...).
+pub fn nvidia_devices() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = NVIDIA_DEVICES.iter().map(PathBuf::from).collect();
+    v.extend((0..16).map(|i| PathBuf::from(format!("/dev/nvidia{i}"))));
+    v.retain(|p| p.exists());
+    v
+}
+
 /// Confines this thread and every thread it creates from now on to the files above, plus
 /// `read_write` (directories that must exist). Threads that already run are not confined:
 /// call it before starting any.
@@ -112,9 +173,11 @@ pub fn confine(read_write: &[PathBuf]) -> Result<RulesetStatus, FilesError> {
     let device_rw = AccessFs::from_file(ABI_USED);
     let mut rules: Vec<Option<Result<PathBeneath<PathFd>, FilesError>>> = Vec::new();
     rules.extend(READ_ONLY.iter().map(|p| rule(Path::new(p), read)));
+    rules.extend(load_dirs().iter().map(|p| rule(p, read)));
     rules.push(rule(Path::new("/dev/dri"), AccessFs::ReadDir.into()));
     rules.push(rule(Path::new("/dev/null"), device_rw));
     rules.extend(render_nodes().iter().map(|p| rule(p, device_rw)));
+    rules.extend(nvidia_devices().iter().map(|p| rule(p, device_rw)));
     rules.extend(read_write.iter().map(|p| rule(p, all)));
     let status = Ruleset::default()
         .handle_access(all)?

@@ -107,7 +107,7 @@ fn a_call_outside_the_policy_is_named_and_exits_with_the_sandbox_status() {
                 unsafe { libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_STREAM, 0) };
                 0
             },
-            "system call 41 (socket)",
+            "system call 41 (socket) with arguments 0x2, 0x1, 0x0,",
         ),
         (
             || {
@@ -140,7 +140,7 @@ fn a_call_outside_the_policy_is_named_and_exits_with_the_sandbox_status() {
                 unsafe { libc::ioctl(2, libc::TIOCSTI, c"x".as_ptr()) };
                 0
             },
-            "system call 16 (ioctl)",
+            "system call 16 (ioctl) with arguments 0x2, 0x5412,",
         ),
         (
             || {

@@ -65,14 +65,29 @@ impl Line {
         self.push(&digits[i..])
     }
 
+    fn hex(&mut self, n: u64) -> &mut Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        self.push(b"0x");
+        let mut started = false;
+        for shift in (0..16).rev() {
+            let d = ((n >> (shift * 4)) & 0xf) as usize;
+            if d != 0 || started || shift == 0 {
+                started = true;
+                self.push(&DIGITS[d..=d]);
+            }
+        }
+        self
+    }
+
     fn bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
 }
 
-/// The report of one call: "thread 'NAME' made system call NR (NAME), which the sandbox's
-/// policy does not allow; " followed by `what_next`.
-fn report(nr: i64, what_next: &[u8]) -> Line {
+/// The report of one call: "thread 'NAME' made system call NR (NAME) with arguments A, B, C,
+/// which the sandbox's policy does not allow; " followed by `what_next`. (The first three
+/// arguments name what was asked: an ioctl's request, a socket's family, clone's flags.)
+fn report(nr: i64, args: [u64; 3], what_next: &[u8]) -> Line {
     let mut name = [0u8; 17];
     // SAFETY: PR_GET_NAME writes at most 16 bytes and a NUL into `name`, 17 bytes long.
     unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) };
@@ -84,7 +99,13 @@ fn report(nr: i64, what_next: &[u8]) -> Line {
         .num(nr as u64)
         .push(b" (")
         .push(syscalls::name(nr).as_bytes())
-        .push(b"), which the sandbox's policy does not allow; ")
+        .push(b") with arguments ")
+        .hex(args[0])
+        .push(b", ")
+        .hex(args[1])
+        .push(b", ")
+        .hex(args[2])
+        .push(b", which the sandbox's policy does not allow; ")
         .push(what_next);
     l
 }
@@ -127,12 +148,21 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
     // SAFETY: the kernel passes a valid siginfo_t for SIGSYS, whose layout SigsysInfo
     // describes (same size or smaller: siginfo_t is 128 bytes).
     let nr = i64::from(unsafe { (*info.cast::<SigsysInfo>()).syscall });
+    // SAFETY: `ctx` is the ucontext_t the kernel saved for this thread; its registers hold the
+    // trapped call's arguments (x86_64 ABI: rdi, rsi, rdx, r10, r8, r9).
+    let g = unsafe { &mut (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs };
+    let reg = |r: libc::c_int| g[r as usize];
+    let args = [
+        reg(libc::REG_RDI) as u64,
+        reg(libc::REG_RSI) as u64,
+        reg(libc::REG_RDX) as u64,
+    ];
     if !LOG_ONLY.load(Ordering::Relaxed) {
         let mut what = Line::new();
         what.push(b"exiting with status ")
             .num(SANDBOX_EXIT as u64)
             .push(b" (--sandbox log reports such calls and lets them run)");
-        tell(&report(nr, what.bytes()));
+        tell(&report(nr, args, what.bytes()));
         // SAFETY: exit_group ends the process; nothing is left to clean up that matters.
         unsafe { libc::syscall(libc::SYS_exit_group, SANDBOX_EXIT) };
         return;
@@ -142,16 +172,14 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
     if word.fetch_or(1 << (bit % 64), Ordering::Relaxed) & (1 << (bit % 64)) == 0 {
         tell(&report(
             nr,
+            args,
             b"allowed (--sandbox log; reported once per call)",
         ));
     }
-    // SAFETY: `ctx` is the ucontext_t the kernel saved for this thread; its registers hold
-    // the trapped call's arguments (x86_64 ABI: rdi, rsi, rdx, r10, r8, r9). The call is made
-    // again from `vhost_gpu_replay_syscall`, whose address the filter lets through, and its result put
+    // SAFETY: the call is made again, with the arguments it was made with, from
+    // `vhost_gpu_replay_syscall`, whose address the filter lets through, and its result put
     // where the interrupted code expects it (rax).
     unsafe {
-        let uc = &mut *ctx.cast::<libc::ucontext_t>();
-        let g = &mut uc.uc_mcontext.gregs;
         let r = vhost_gpu_replay_syscall(
             nr,
             g[libc::REG_RDI as usize],
