@@ -143,6 +143,12 @@ pub struct Cli {
     #[arg(long, value_name = "DIR|off")]
     pub shader_cache: Option<PathBuf>,
 
+    /// When started as root, become this user once the socket is up, before anything else is
+    /// made or loaded (its groups too: `render`/`video` for a render node). libvirt starts
+    /// backends as its own user already.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
     /// Send log lines to the system log (journald or syslog, through /dev/log) as well as
     /// stderr.
     #[arg(long, value_enum, default_value = "auto")]

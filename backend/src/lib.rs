@@ -13,6 +13,7 @@ pub mod display;
 pub mod edid;
 pub mod fences;
 pub mod logging;
+pub mod privileges;
 pub mod probe;
 pub mod protocol;
 pub mod ratelimit;

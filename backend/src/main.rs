@@ -15,7 +15,7 @@ use vhost_gpu::protocol::DecodeLimits;
 use vhost_gpu::sandbox::{self, files, Enforcement};
 use vhost_gpu::socket::ServingSocket;
 use vhost_gpu::vhost_user::serve;
-use vhost_gpu::{logging, probe, shader_cache};
+use vhost_gpu::{logging, privileges, probe, shader_cache};
 use virgl_bridge::{Renderer, Renderer2D, VirglOptions, VirglRenderer};
 
 /// Large pixel buffers aligned to a cache line (see `vhost_gpu::alloc`).
@@ -72,12 +72,13 @@ fn run(cli: &Cli) -> Result<Option<String>> {
         // Tell the truth for this host: virgl only when it initialises here, render-node only
         // when there is one it can use. The probe leaves nothing behind (no shader cache).
         shader_cache::disable();
-        let virgl_ok = probe::virgl(&virgl_opts).is_ok();
+        let user = cli.user.as_deref().map(privileges::lookup).transpose()?;
+        let virgl_ok = probe::virgl(&virgl_opts, user.as_ref()).is_ok();
         let node_ok = files::render_nodes().iter().any(|n| {
-            probe::virgl(&VirglOptions {
+            let opts = VirglOptions {
                 render_node: Some(n.clone()),
-            })
-            .is_ok()
+            };
+            probe::virgl(&opts, user.as_ref()).is_ok()
         });
         println!("{}", capabilities_json(virgl_ok, node_ok));
         return Ok(None);
@@ -89,7 +90,14 @@ fn run(cli: &Cli) -> Result<Option<String>> {
         (Some(_), None) => None,
         _ => bail!("give --socket-path PATH or --fd N"),
     };
-    let cache_dir = shader_cache::prepare(cli.shader_cache.as_deref());
+    let user = cli.user.as_deref().map(privileges::lookup).transpose()?;
+    match (&user, privileges::is_root()) {
+        (Some(_), false) => bail!(privileges::PrivilegeError::NotRoot),
+        (None, true) => warn!(
+            "running as root: --user NAME would drop to an unprivileged user after start-up (the sandbox confines root too, but root keeps its capabilities inside it)"
+        ),
+        _ => {}
+    }
     let choice = if cli.virgl {
         RendererChoice::Virgl
     } else {
@@ -107,13 +115,13 @@ fn run(cli: &Cli) -> Result<Option<String>> {
             false
         }
         RendererChoice::Virgl => {
-            probe::virgl(&virgl_opts)
+            probe::virgl(&virgl_opts, user.as_ref())
                 .map_err(anyhow::Error::msg)
                 .context("virgl was required (--virgl / --renderer virgl) but did not start")?;
             info!("renderer: virgl (asked for)");
             true
         }
-        RendererChoice::Auto => match probe::virgl(&virgl_opts) {
+        RendererChoice::Auto => match probe::virgl(&virgl_opts, user.as_ref()) {
             Ok(_) => {
                 info!("renderer auto: virgl");
                 true
@@ -140,6 +148,17 @@ fn run(cli: &Cli) -> Result<Option<String>> {
         (None, None) => bail!("give --socket-path PATH or --fd N"),
     };
     info!("serving {}", socket.describe());
+    // From here on as the user that serves: what is made next is its own.
+    if let Some(u) = &user {
+        privileges::become_user(u)?;
+        info!("running as user {} (uid {}, gid {})", u.name, u.uid, u.gid);
+    }
+    let default_cache = match &user {
+        Some(u) if u.home.is_absolute() => Some(u.home.join(".cache").join("vhost-gpu")),
+        Some(_) => None,
+        None => shader_cache::default_dir(),
+    };
+    let cache_dir = shader_cache::prepare(cli.shader_cache.as_deref(), default_cache);
     if let Some(dir) = &cli.capture_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("making --capture-dir {}", dir.display()))?;

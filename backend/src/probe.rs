@@ -12,10 +12,14 @@ use std::os::fd::FromRawFd;
 
 use virgl_bridge::{VirglOptions, VirglRenderer};
 
-/// Starts virgl with `options` in a child process; Ok when it came up, else why not.
+use crate::privileges::{become_user, User};
+
+/// Starts virgl with `options` in a child process, as `user` when given (what vhost-gpu will
+/// run as); Ok when it came up, else why not. The child leaves nothing behind: Mesa's shader
+/// cache is off in it.
 ///
 /// Call only while this process has one thread (at start-up): the child runs on a copy of it.
-pub fn virgl(options: &VirglOptions) -> Result<(), String> {
+pub fn virgl(options: &VirglOptions, user: Option<&User>) -> Result<(), String> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two new descriptors into the array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -26,9 +30,13 @@ pub fn virgl(options: &VirglOptions) -> Result<(), String> {
     // pipe and _exits without running destructors.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        let (code, msg) = match VirglRenderer::new(options) {
-            Ok(_) => (0, String::new()),
+        crate::shader_cache::disable();
+        let (code, msg) = match user.map_or(Ok(()), become_user) {
             Err(e) => (1, e.to_string()),
+            Ok(()) => match VirglRenderer::new(options) {
+                Ok(_) => (0, String::new()),
+                Err(e) => (1, e.to_string()),
+            },
         };
         // SAFETY: write of an initialised buffer to the pipe's write end, then _exit.
         unsafe {

@@ -34,16 +34,17 @@ pub fn disable() {
     std::env::remove_var(DIR_VAR);
 }
 
-/// Makes the cache directory `choice` (None: [`default_dir`]; "off": none) and points Mesa at
-/// it; returns it, or None with caching off. Call before any thread exists.
-pub fn prepare(choice: Option<&Path>) -> Option<PathBuf> {
+/// Makes the cache directory `choice` (None: `default`; "off": none) and points Mesa at it;
+/// returns it, or None with caching off. Call before any thread exists, as the user that will
+/// write to it.
+pub fn prepare(choice: Option<&Path>, default: Option<PathBuf>) -> Option<PathBuf> {
     if choice == Some(Path::new("off")) {
         info!("shader cache: off (--shader-cache off)");
         disable();
         return None;
     }
-    let Some(dir) = choice.map(Path::to_path_buf).or_else(default_dir) else {
-        warn!("shader cache: off: neither XDG_CACHE_HOME nor HOME is an absolute path (give --shader-cache DIR)");
+    let Some(dir) = choice.map(Path::to_path_buf).or(default) else {
+        warn!("shader cache: off: no home directory (neither XDG_CACHE_HOME nor HOME is an absolute path; give --shader-cache DIR)");
         disable();
         return None;
     };

@@ -232,3 +232,39 @@ fn sandbox_is_on_by_default_on_every_thread_and_off_on_request() {
         assert!(b.alive());
     }
 }
+
+/// Started as root with `--user nobody`, vhost-gpu serves as nobody, with no home to cache
+/// shaders in (said in its log). Not as root, `--user` is refused with its reason.
+#[test]
+fn user_drops_root_after_the_socket_is_up() {
+    use guest_tests::{Backend, BackendOptions};
+    let args = ["--user", "nobody", "--renderer", "2d"]
+        .map(String::from)
+        .to_vec();
+    // SAFETY: geteuid has no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        let out = Command::new(binary_path())
+            .args(&args)
+            .args(["--socket-path", "/tmp/vhost-gpu-user.sock"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("needs vhost-gpu to start as root"));
+        return;
+    }
+    let mut b = Backend::start(&BackendOptions { args });
+    let mut g = Gpu::connect(&b, &ConnectOptions::default());
+    assert_eq!(g.create_2d(1, B8G8R8X8, 8, 8), OK_NODATA);
+    let log = b.log_text();
+    assert!(log.contains("running as user nobody (uid 65534"), "{log}");
+    assert!(log.contains("shader cache: off"), "{log}");
+    for key in ["Uid", "Gid"] {
+        let ids = b.status_field(key);
+        assert!(
+            ids.split_whitespace().all(|id| id == "65534"),
+            "{key}: {ids}"
+        );
+    }
+    assert_eq!(b.status_field("Groups"), "65534");
+    assert!(b.alive());
+}
