@@ -68,6 +68,30 @@ fn allowed_calls_work_and_errno_calls_fail_without_a_kill() {
             if libc::syscall(libc::SYS_getpid) <= 0 {
                 return 2;
             }
+            // What Mesa's disk-cache thread and a Rust backtrace do (killed on fresh hosts by
+            // the old, traced list): getcwd, mkdir, flock, rmdir.
+            let mut cwd = [0u8; 256];
+            if libc::syscall(libc::SYS_getcwd, cwd.as_mut_ptr(), cwd.len()) <= 0 {
+                return 8;
+            }
+            let dir = c"/tmp/vhost-gpu-sandbox-test-dir";
+            libc::syscall(libc::SYS_rmdir, dir.as_ptr());
+            if libc::syscall(libc::SYS_mkdir, dir.as_ptr(), 0o700) != 0 {
+                return 9;
+            }
+            let fd = libc::syscall(
+                libc::SYS_openat,
+                libc::AT_FDCWD,
+                dir.as_ptr(),
+                libc::O_RDONLY,
+            );
+            if fd < 0 || libc::syscall(libc::SYS_flock, fd, libc::LOCK_EX) != 0 {
+                return 10;
+            }
+            libc::syscall(libc::SYS_close, fd);
+            if libc::syscall(libc::SYS_rmdir, dir.as_ptr()) != 0 {
+                return 11;
+            }
             // clone3 answers ENOSYS (glibc then uses clone).
             let r = libc::syscall(libc::SYS_clone3, 0, 0);
             if r != -1 || *libc::__errno_location() != libc::ENOSYS {
