@@ -68,11 +68,10 @@ fn run(cli: &Cli) -> Result<Option<String>> {
     let virgl_opts = VirglOptions {
         render_node: cli.render_node.clone(),
     };
+    let user = cli.user.as_deref().map(privileges::lookup).transpose()?;
     if cli.print_capabilities {
         // Tell the truth for this host: virgl only when it initialises here, render-node only
-        // when there is one it can use. The probe leaves nothing behind (no shader cache).
-        shader_cache::disable();
-        let user = cli.user.as_deref().map(privileges::lookup).transpose()?;
+        // when there is one it can use (each asked in a child that leaves nothing behind).
         let virgl_ok = probe::virgl(&virgl_opts, user.as_ref()).is_ok();
         let node_ok = files::render_nodes().iter().any(|n| {
             let opts = VirglOptions {
@@ -90,7 +89,6 @@ fn run(cli: &Cli) -> Result<Option<String>> {
         (Some(_), None) => None,
         _ => bail!("give --socket-path PATH or --fd N"),
     };
-    let user = cli.user.as_deref().map(privileges::lookup).transpose()?;
     match (&user, privileges::is_root()) {
         (Some(_), false) => bail!(privileges::PrivilegeError::NotRoot),
         (None, true) => warn!(
