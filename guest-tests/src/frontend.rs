@@ -42,6 +42,26 @@ pub fn binary_path() -> PathBuf {
     p
 }
 
+/// The `vhost-gpu` binary to run as on a fresh host: `home` (made, empty unless the caller
+/// filled it) as HOME, no XDG_CACHE_HOME, nothing Mesa-specific inherited.
+pub fn command_in(home: &Path) -> Command {
+    std::fs::create_dir_all(home).unwrap();
+    let mut c = Command::new(binary_path());
+    c.env("HOME", home)
+        .env_remove("XDG_CACHE_HOME")
+        .env_remove("MESA_SHADER_CACHE_DIR")
+        .env_remove("MESA_SHADER_CACHE_DISABLE")
+        .env_remove("MESA_GLSL_CACHE_DIR");
+    c
+}
+
+/// [`command_in`] with a new empty home under the system's temporary directory.
+pub fn fresh_command() -> Command {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    command_in(&std::env::temp_dir().join(format!("vhost-gpu-home-{}-{n}", std::process::id())))
+}
+
 /// Options for starting the backend.
 #[derive(Clone, Debug, Default)]
 pub struct BackendOptions {
@@ -80,10 +100,8 @@ impl Backend {
         let socket = dir.join("gpu.sock");
         let log = dir.join("backend.log");
         let logf = std::fs::File::create(&log).unwrap();
-        // A fresh host's state: an empty home, no cache, nothing Mesa-specific inherited.
         let home = home.map_or_else(|| dir.join("home"), Path::to_path_buf);
-        std::fs::create_dir_all(&home).unwrap();
-        let child = Command::new(binary_path())
+        let child = command_in(&home)
             .arg("--socket-path")
             .arg(&socket)
             .args(&opts.args)
@@ -94,11 +112,6 @@ impl Backend {
                     .unwrap_or_default()
                     .split_whitespace(),
             )
-            .env("HOME", &home)
-            .env_remove("XDG_CACHE_HOME")
-            .env_remove("MESA_SHADER_CACHE_DIR")
-            .env_remove("MESA_SHADER_CACHE_DISABLE")
-            .env_remove("MESA_GLSL_CACHE_DIR")
             .env(
                 "RUST_LOG",
                 std::env::var("VHOST_GPU_TEST_LOG").unwrap_or_else(|_| "info".into()),

@@ -2,9 +2,8 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::process::Command;
 
-use guest_tests::frontend::{binary_path, ConnectOptions, Connection};
+use guest_tests::frontend::{fresh_command, ConnectOptions, Connection};
 use guest_tests::wire::*;
 use guest_tests::Gpu;
 
@@ -17,7 +16,7 @@ fn starts(args: &[&str]) -> (bool, String) {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("s.sock");
-    let mut child = Command::new(binary_path())
+    let mut child = fresh_command()
         .args(args)
         .arg("--socket-path")
         .arg(&sock)
@@ -46,7 +45,7 @@ fn starts(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn print_capabilities_tells_the_truth() {
-    let out = Command::new(binary_path())
+    let out = fresh_command()
         .arg("--print-capabilities")
         .output()
         .unwrap();
@@ -91,13 +90,13 @@ fn bad_arguments_fail_at_start() {
         &[],
         &["--fd", "0"],
     ] {
-        let out = Command::new(binary_path()).args(args).output().unwrap();
+        let out = fresh_command().args(args).output().unwrap();
         assert!(!out.status.success(), "{args:?} was accepted");
     }
     let many: Vec<String> = (0..17)
         .flat_map(|_| ["--display".to_string(), "64x64".to_string()])
         .collect();
-    let out = Command::new(binary_path())
+    let out = fresh_command()
         .args(&many)
         .args(["-s", "/tmp/x.sock"])
         .output()
@@ -116,10 +115,7 @@ fn inherited_listening_socket() {
     // Let the child inherit it, as libvirt does.
     // SAFETY: clears FD_CLOEXEC on a listener this test owns.
     assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
-    let mut child = Command::new(binary_path())
-        .arg(format!("--fd={fd}"))
-        .spawn()
-        .unwrap();
+    let mut child = fresh_command().arg(format!("--fd={fd}")).spawn().unwrap();
     let conn = Connection::connect(&path, &ConnectOptions::default());
     let mut g = Gpu {
         conn: conn.unwrap(),
@@ -138,11 +134,9 @@ fn inherited_connected_socket_serves_one_frontend_then_exits() {
     let fd = theirs.as_raw_fd();
     // SAFETY: clears FD_CLOEXEC on a socket this test owns, so that the child inherits it.
     assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
-    let mut child = Command::new(binary_path())
+    let mut child = fresh_command()
         .arg(format!("--fd={fd}"))
         .args(["--renderer", "2d"])
-        .env("HOME", fresh_home("connected"))
-        .env_remove("XDG_CACHE_HOME")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -183,7 +177,7 @@ fn a_bad_fd_is_refused_with_its_reason() {
     ] {
         // SAFETY: clears FD_CLOEXEC on descriptors this test owns (999 is not open: EBADF).
         unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
-        let out = Command::new(binary_path())
+        let out = fresh_command()
             .arg(format!("--fd={fd}"))
             .args(["--renderer", "2d"])
             .output()
@@ -192,14 +186,6 @@ fn a_bad_fd_is_refused_with_its_reason() {
         assert_eq!(out.status.code(), Some(1), "{fd}: {err}");
         assert!(err.contains(want), "--fd {fd}: want {want:?} in {err}");
     }
-}
-
-/// An empty home directory for one test's backend (a fresh host's state).
-fn fresh_home(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("vhost-gpu-home-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]
@@ -243,7 +229,7 @@ fn user_drops_root_after_the_socket_is_up() {
         .to_vec();
     // SAFETY: geteuid has no arguments.
     if unsafe { libc::geteuid() } != 0 {
-        let out = Command::new(binary_path())
+        let out = fresh_command()
             .args(&args)
             .args(["--socket-path", "/tmp/vhost-gpu-user.sock"])
             .output()
