@@ -18,10 +18,34 @@ use guest_tests::{Backend, BackendOptions};
 
 const BOOT: Duration = Duration::from_secs(240);
 
+/// The Debian release a test's guest comes from (guest/build-guest's RELEASE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Release {
+    /// Debian 12: kernel 6.1, Mesa 22.3 (`VHOST_GPU_GUEST`).
+    Bookworm,
+    /// Debian 13: kernel 6.12, Mesa 25, glvnd 1.7 (`VHOST_GPU_GUEST_TRIXIE`).
+    Trixie,
+}
+
+thread_local! {
+    /// The guest this test thread boots (each test runs on its own thread).
+    static RELEASE: std::cell::Cell<Release> = const { std::cell::Cell::new(Release::Bookworm) };
+}
+
+/// Boots `release`'s guest in the tests run by `f` on this thread.
+fn on(release: Release, f: fn()) {
+    RELEASE.with(|r| r.set(release));
+    f();
+}
+
 fn guest_image() -> PathBuf {
-    let dir = PathBuf::from(std::env::var("VHOST_GPU_GUEST").expect(
-        "VHOST_GPU_GUEST unset: run scripts/test, or guest-tests/guest/build-guest DIR AGENT and point it there",
-    ));
+    let var = match RELEASE.with(|r| r.get()) {
+        Release::Bookworm => "VHOST_GPU_GUEST",
+        Release::Trixie => "VHOST_GPU_GUEST_TRIXIE",
+    };
+    let dir = PathBuf::from(std::env::var(var).unwrap_or_else(|_| panic!(
+        "{var} unset: run scripts/test, or guest-tests/guest/build-guest DIR AGENT [bookworm|trixie] and point it there"
+    )));
     assert!(
         dir.join("vmlinuz").exists() && dir.join("initrd").exists(),
         "no guest in {}",
@@ -418,6 +442,16 @@ fn guest_2d_console_reaches_the_frontend_and_a_killed_qemu_is_replaced() {
 #[test]
 #[ignore = "needs QEMU 10 and the test guest: run by scripts/test"]
 fn guest_2d_modetest_and_dumb_buffers_reach_two_scanouts() {
+    on(Release::Bookworm, modetest_and_dumb_buffers_on_two_scanouts);
+}
+
+#[test]
+#[ignore = "needs QEMU 10 and the Debian 13 test guest: run by scripts/test"]
+fn trixie_guest_2d_modetest_and_dumb_buffers_reach_two_scanouts() {
+    on(Release::Trixie, modetest_and_dumb_buffers_on_two_scanouts);
+}
+
+fn modetest_and_dumb_buffers_on_two_scanouts() {
     let t0 = Instant::now();
     let (mut backend, cap) = backend(
         "2d",
@@ -465,6 +499,16 @@ fn guest_2d_modetest_and_dumb_buffers_reach_two_scanouts() {
 #[test]
 #[ignore = "needs QEMU 10 and the test guest: run by scripts/test"]
 fn guest_virgl_renders_gles_through_mesa_and_runs_kmscube() {
+    on(Release::Bookworm, gles_and_kmscube_through_virgl);
+}
+
+#[test]
+#[ignore = "needs QEMU 10 and the Debian 13 test guest: run by scripts/test"]
+fn trixie_guest_virgl_renders_gles_through_mesa_and_runs_kmscube() {
+    on(Release::Trixie, gles_and_kmscube_through_virgl);
+}
+
+fn gles_and_kmscube_through_virgl() {
     let t0 = Instant::now();
     let (mut backend, cap) = backend("virgl", &["--virgl", "--display", "1024x768"]);
     let mut vm = Vm::boot(&backend, "virgl", 1, "3d", "vgt.hold=6 vgt.frames=120");
@@ -507,8 +551,24 @@ fn guest_virgl_renders_gles_through_mesa_and_runs_kmscube() {
         .line_after("GUEST: eglinfo EGL vendor string:")
         .unwrap_or_default();
     assert_eq!(egl, "Mesa Project", "{lines}");
+    // What this guest is and what its driver negotiated, for the record.
+    let text = vm.serial_text();
+    let kernel = text
+        .lines()
+        .find_map(|l| l.split("Linux version ").nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string();
+    let features: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split("[drm] ").nth(1))
+        .filter(|l| l.starts_with("features:"))
+        .collect();
     eprintln!(
-        "guest renderer: {renderer}; {}; wall time {:?}",
+        "{:?} guest: kernel {kernel}; {}; {}; renderer {renderer}; {}; wall time {:?}",
+        RELEASE.with(|r| r.get()),
+        features.join("; "),
+        vm.line_after("AGENT: gl version").unwrap_or_default(),
         vm.line_after("AGENT: gl frames").unwrap_or_default(),
         t0.elapsed()
     );
@@ -747,6 +807,16 @@ fn piglit_on_vtest(dir: &Path) -> Vec<(String, String)> {
 #[test]
 #[ignore = "needs QEMU 10, the test guest and piglit: run by scripts/test"]
 fn guest_piglit_matches_vtest_test_by_test() {
+    on(Release::Bookworm, piglit_matches_vtest);
+}
+
+#[test]
+#[ignore = "needs QEMU 10, the Debian 13 test guest and piglit: run by scripts/test"]
+fn trixie_guest_piglit_matches_vtest_test_by_test() {
+    on(Release::Trixie, piglit_matches_vtest);
+}
+
+fn piglit_matches_vtest() {
     let t0 = Instant::now();
     let (mut backend, _cap) = backend("piglit", &["--virgl", "--display", "1024x768"]);
     let host = piglit_on_vtest(backend.dir());
