@@ -387,6 +387,16 @@ fn read_ppm(p: &Path) -> (u32, u32, Vec<u8>) {
 #[test]
 #[ignore = "needs QEMU 10 and the test guest: run by scripts/test"]
 fn guest_2d_console_reaches_the_frontend_and_a_killed_qemu_is_replaced() {
+    on(Release::Bookworm, console_then_a_killed_qemu_replaced);
+}
+
+#[test]
+#[ignore = "needs QEMU 10 and the Debian 13 test guest: run by scripts/test"]
+fn trixie_guest_2d_console_reaches_the_frontend_and_a_killed_qemu_is_replaced() {
+    on(Release::Trixie, console_then_a_killed_qemu_replaced);
+}
+
+fn console_then_a_killed_qemu_replaced() {
     let (mut backend, _cap) = backend("console", &["--renderer", "2d", "--display", "1024x768"]);
     let dir = backend.dir().to_path_buf();
     let t0 = Instant::now();
