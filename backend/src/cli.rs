@@ -88,9 +88,10 @@ pub struct Cli {
     #[arg(short = 'v', long)]
     pub virgl: bool,
 
-    /// Renderer to use.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub renderer: RendererChoice,
+    /// Renderer to use. Default: `auto`; with `--fd` (a launcher such as libvirt, which asks
+    /// for 3D with `--virgl` alone, as for QEMU's own backend) `2d` unless `--virgl` is given.
+    #[arg(long, value_enum)]
+    pub renderer: Option<RendererChoice>,
 
     /// A scanout's mode, WIDTHxHEIGHT; repeat for more scanouts (1 to 16). Default: one
     /// 1280x800, or what the frontend reports.

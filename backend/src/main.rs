@@ -96,10 +96,18 @@ fn run(cli: &Cli) -> Result<Option<String>> {
         ),
         _ => {}
     }
-    let choice = if cli.virgl {
-        RendererChoice::Virgl
-    } else {
-        cli.renderer
+    let choice = match (cli.virgl, cli.renderer, cli.fd) {
+        (true, _, _) => RendererChoice::Virgl,
+        (false, Some(r), _) => r,
+        // libvirt asks for 3D with --virgl (accel3d='yes'), as QEMU's own backend expects;
+        // without it the domain is 2D.
+        (false, None, Some(_)) => {
+            info!(
+                "--fd without --virgl: 2D, as a launcher asks for a domain without 3D acceleration"
+            );
+            RendererChoice::TwoD
+        }
+        (false, None, None) => RendererChoice::Auto,
     };
     let use_virgl = match choice {
         RendererChoice::TwoD => {

@@ -391,6 +391,17 @@ fn libvirt_starts_vhost_gpu_for_2d_and_3d_domains() {
             "2",
             "sandbox off under libvirt"
         );
+        // 2D means 2D: without --virgl the guest is offered no virgl, as with QEMU's backend.
+        let want = if mode == "2d" {
+            "[drm] features: -virgl"
+        } else {
+            "[drm] features: +virgl"
+        };
+        assert!(
+            domain.serial_text().contains(want),
+            "{want}:\n{}",
+            domain.serial_text()
+        );
         if mode == "2d" {
             domain.screenshot_until(&dir, |img| smpte(img, (img.width, img.height)));
         } else {
