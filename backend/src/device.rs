@@ -254,6 +254,27 @@ struct Scanout {
     rect: Rect,
     /// Set by SET_SCANOUT_BLOB: the image lives in the blob's guest memory.
     blob: Option<BlobLayout>,
+    /// The next flush sends the whole scanout: it flipped to another resource without a
+    /// SCANOUT message (see [`announces`]).
+    whole: bool,
+}
+
+/// Whether the frontend hears of a scanout's new resource with a SCANOUT message: when the
+/// scanout was off or its size changes. A page flip to another resource of the same size is
+/// not announced: QEMU replaces its display surface on each SCANOUT, and its GTK GL window
+/// then keeps showing the first frame (every flip is a new resource). The flip reaches the
+/// frontend as a full-scanout UPDATE at the next flush instead.
+fn announces(old: &Scanout, rect: Rect) -> bool {
+    old.resource_id == 0 || old.rect.width != rect.width || old.rect.height != rect.height
+}
+
+/// The part of a flush of `rect` that goes to scanout `s`: all of it after an unannounced flip.
+fn flushed_part(s: &Scanout, rect: Rect) -> Rect {
+    if s.whole {
+        s.rect
+    } else {
+        intersect(rect, s.rect)
+    }
 }
 
 /// Intersection of two rectangles (empty when they do not overlap).
@@ -673,12 +694,14 @@ impl GpuDevice {
             )));
         }
         let old = self.scanouts[i];
+        let announce = announces(&old, rect);
         self.scanouts[i] = Scanout {
             resource_id: id,
             rect,
             blob: Some(l),
+            whole: !announce && old.resource_id != id,
         };
-        if old.rect.width != rect.width || old.rect.height != rect.height || old.resource_id != id {
+        if announce {
             self.display.scanout(scanout_id, rect.width, rect.height);
         }
         Ok(GpuResponse::OkNoData)
@@ -1042,12 +1065,14 @@ impl GpuDevice {
             )));
         }
         let old = self.scanouts[i];
+        let announce = announces(&old, rect);
         self.scanouts[i] = Scanout {
             resource_id: id,
             rect,
             blob: None,
+            whole: !announce && old.resource_id != id,
         };
-        if old.rect.width != rect.width || old.rect.height != rect.height || old.resource_id != id {
+        if announce {
             self.display.scanout(scanout_id, rect.width, rect.height);
         }
         Ok(GpuResponse::OkNoData)
@@ -1152,9 +1177,10 @@ impl GpuDevice {
                 let Some(l) = s.blob.filter(|_| s.resource_id == id) else {
                     continue;
                 };
-                let r = intersect(rect, s.rect);
+                let r = flushed_part(&s, rect);
                 if !r.is_empty() && self.display.wants_frames() {
                     self.flush_blob(i, s, l, r)?;
+                    self.scanouts[i].whole = false;
                 }
             }
             return Ok(GpuResponse::OkNoData);
@@ -1176,10 +1202,11 @@ impl GpuDevice {
             if s.resource_id != id {
                 continue;
             }
-            let r = intersect(rect, s.rect);
+            let r = flushed_part(&s, rect);
             if r.is_empty() || !self.display.wants_frames() {
                 continue;
             }
+            self.scanouts[i].whole = false;
             self.read_back(id, r)?;
             let row = r.width as usize * 4;
             let start = r.y as usize * stride + r.x as usize * 4;

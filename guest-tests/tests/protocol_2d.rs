@@ -432,3 +432,56 @@ fn guest_reset_drops_resources() {
     g.conn.start_queues(256).unwrap();
     assert_eq!(g.create_2d(1, B8G8R8X8, 64, 64), OK_NODATA);
 }
+
+/// A page flip to another resource of the same size is not announced with SCANOUT (QEMU
+/// replaces its surface on each SCANOUT and its GTK GL window then stops redrawing); the next
+/// flush sends the whole new frame, even when the guest flushes less. A size change, and
+/// turning a scanout on, are announced.
+#[test]
+fn a_flip_between_same_size_resources_is_a_full_update_not_a_scanout() {
+    let (w, h) = (320u32, 200u32);
+    let (_b, mut g) = start(&["--display", "320x200"]);
+    let scanout = |g: &Gpu| {
+        g.display()
+            .wait_for(std::time::Duration::from_millis(300), |e| match e {
+                DisplayEvent::Scanout { id, width, height } => Some((*id, *width, *height)),
+                _ => None,
+            })
+    };
+    let a = pattern(w, h, 1);
+    let b = pattern(w, h, 2);
+    resource_with(&mut g, 1, B8G8R8X8, w, h, &a);
+    resource_with(&mut g, 2, B8G8R8X8, w, h, &b);
+    assert_eq!(g.set_scanout(0, 1, (0, 0, w, h)), OK_NODATA);
+    assert_eq!(
+        scanout(&g),
+        Some((0, w, h)),
+        "turning the scanout on is announced"
+    );
+    assert_eq!(g.transfer(1, (0, 0, w, h), w * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, w, h)), OK_NODATA);
+    assert!(next_update(&g).5 == a);
+    for (id, px) in [(2, &b), (1, &a), (2, &b)] {
+        assert_eq!(g.set_scanout(0, id, (0, 0, w, h)), OK_NODATA);
+        assert_eq!(g.transfer(id, (0, 0, w, h), w * 4), OK_NODATA);
+        // The guest flushes a corner only; the frontend still gets the whole new frame.
+        assert_eq!(g.flush(id, (0, 0, 8, 8)), OK_NODATA);
+        let (sid, x, y, uw, uh, data) = next_update(&g);
+        assert_eq!((sid, x, y, uw, uh), (0, 0, 0, w, h), "flip to {id}");
+        assert!(data == *px, "flip to {id}: frame differs");
+        // After that, damage is sent as it comes.
+        assert_eq!(g.flush(id, (0, 0, 8, 8)), OK_NODATA);
+        let (_, x, y, uw, uh, _) = next_update(&g);
+        assert_eq!(
+            (x, y, uw, uh),
+            (0, 0, 8, 8),
+            "damage after the flip to {id}"
+        );
+    }
+    assert_eq!(scanout(&g), None, "a same-size flip sent SCANOUT");
+    // Another size is announced.
+    let c = pattern(160, 100, 3);
+    resource_with(&mut g, 3, B8G8R8X8, 160, 100, &c);
+    assert_eq!(g.set_scanout(0, 3, (0, 0, 160, 100)), OK_NODATA);
+    assert_eq!(scanout(&g), Some((0, 160, 100)));
+}
