@@ -48,9 +48,12 @@ pub fn prepare(choice: Option<&Path>, default: Option<PathBuf>) -> Option<PathBu
         disable();
         return None;
     };
-    if let Err(e) = std::fs::create_dir_all(&dir) {
+    // A directory that is there already may still not be this user's to write in (libvirt's
+    // user started with root's HOME, say): then Mesa would fail on every write, unseen.
+    let usable = std::fs::create_dir_all(&dir).and_then(|()| writable(&dir));
+    if let Err(e) = usable {
         warn!(
-            "shader cache: off: cannot make {}: {e} (give --shader-cache DIR, or off)",
+            "shader cache: off: cannot use {}: {e} (give --shader-cache DIR, or off)",
             dir.display()
         );
         disable();
@@ -60,4 +63,17 @@ pub fn prepare(choice: Option<&Path>, default: Option<PathBuf>) -> Option<PathBu
     std::env::set_var(DIR_VAR, &dir);
     std::env::remove_var(DISABLE_VAR);
     Some(dir)
+}
+
+/// Whether this process may make files in `dir`.
+fn writable(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: access reads a NUL-terminated path and takes plain flags.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
