@@ -262,21 +262,31 @@ pub fn allow_replays(prog: BpfProgram) -> BpfProgram {
     out
 }
 
-/// Installs [`on_sigsys`] for the whole process.
-pub fn install_handler(enforcement: Enforcement) -> std::io::Result<()> {
-    LOG_ONLY.store(enforcement == Enforcement::Log, Ordering::Relaxed);
-    // SAFETY: a zeroed sigaction with a valid handler function and an empty mask; sigaction
-    // only copies it into the kernel.
+/// Sets `handler` (address of an `extern "C"` function of the right kind for `flags`) as the
+/// process-wide action for `sig`.
+fn set_handler(sig: libc::c_int, handler: usize, flags: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: a zeroed sigaction with a handler function of this module and an empty mask;
+    // sigaction only copies it into the kernel.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_sigsys as *const () as usize;
-        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+        sa.sa_sigaction = handler;
+        sa.sa_flags = flags;
         libc::sigemptyset(&mut sa.sa_mask);
-        if libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) != 0 {
+        if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
             return Err(std::io::Error::last_os_error());
         }
     }
     Ok(())
+}
+
+/// Installs [`on_sigsys`] for the whole process.
+pub fn install_handler(enforcement: Enforcement) -> std::io::Result<()> {
+    LOG_ONLY.store(enforcement == Enforcement::Log, Ordering::Relaxed);
+    set_handler(
+        libc::SIGSYS,
+        on_sigsys as *const () as usize,
+        libc::SA_SIGINFO | libc::SA_ONSTACK,
+    )
 }
 
 extern "C" fn on_term(sig: libc::c_int) {
@@ -297,16 +307,7 @@ extern "C" fn on_term(sig: libc::c_int) {
 /// too names its reason, in the system log as well.
 pub fn report_termination() -> std::io::Result<()> {
     for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: a zeroed sigaction with a valid handler function and an empty mask;
-        // sigaction only copies it into the kernel.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_term as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
+        set_handler(sig, on_term as *const () as usize, 0)?;
     }
     Ok(())
 }
