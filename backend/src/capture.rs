@@ -1,8 +1,7 @@
 //! Headless capture (`--capture-dir`): what each scanout shows, written as PNG files.
 //!
-//! The device hands every SCANOUT and UPDATE it sends to the frontend (or would send, when
-//! there is none) to [`Capture`], which keeps one host copy of each scanout's picture. A
-//! capture thread writes `scanout-N.png` for each scanout that changed, at most once per
+//! The pictures come from [`Screens`], the host copy of each scanout that the device keeps
+//! up to date from every SCANOUT and UPDATE it sends (or would send). A capture thread writes `scanout-N.png` for each scanout that changed, at most once per
 //! interval (the latest picture wins), and `shot-K-scanout-N.png` for every shown scanout each
 //! time the process gets SIGUSR1: a screenshot at a moment a test or a user chooses.
 //! Files are written to a temporary name and renamed, so a reader never sees half a PNG.
@@ -14,6 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
+
+use crate::screens::Screens;
 
 /// Why capture could not start or a file could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -28,42 +29,20 @@ pub enum CaptureError {
     Thread(std::io::Error),
 }
 
-/// One scanout's picture, B8G8R8X8 rows packed.
-struct Frame {
-    width: u32,
-    height: u32,
-    pixels: Vec<u8>,
-    /// Changed since `scanout-N.png` was last written.
-    dirty: bool,
-    written: Option<Instant>,
+/// What was last written for one scanout.
+#[derive(Clone, Copy, Default)]
+struct Written {
+    serial: u64,
+    at: Option<Instant>,
 }
 
-/// The pictures of all scanouts, shared by the device threads and the capture thread.
+/// Writes the pictures of [`Screens`] as PNG files.
 pub struct Capture {
     dir: PathBuf,
     interval: Duration,
-    frames: Mutex<Vec<Option<Frame>>>,
+    screens: Arc<Screens>,
+    written: Mutex<Vec<Written>>,
 }
-
-/// A handle to the process's capture, comparable so that configs stay comparable.
-#[derive(Clone)]
-pub struct CaptureHandle(pub Arc<Capture>);
-
-impl PartialEq for CaptureHandle {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-impl Eq for CaptureHandle {}
-
-impl std::fmt::Debug for CaptureHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Capture({})", self.0.dir.display())
-    }
-}
-
-/// Largest scanout side captured (EDID's limit is 4095): at most 64 MiB a scanout.
-pub const MAX_CAPTURE_SIDE: u32 = 4096;
 
 /// The signal that asks for a screenshot.
 pub const SHOT_SIGNAL: libc::c_int = libc::SIGUSR1;
@@ -101,8 +80,12 @@ fn wait_shot_signal(timeout: Duration) -> bool {
 impl Capture {
     /// Creates `dir` if needed and starts the capture thread, which writes changed scanouts at
     /// most once per `interval` and a screenshot on each SIGUSR1 (see [`block_shot_signal`]).
-    pub fn start(dir: &Path, interval: Duration) -> Result<Arc<Capture>, CaptureError> {
-        let c = Arc::new(Capture::new(dir, interval)?);
+    pub fn start(
+        dir: &Path,
+        interval: Duration,
+        screens: Arc<Screens>,
+    ) -> Result<Arc<Capture>, CaptureError> {
+        let c = Arc::new(Capture::new(dir, interval, screens)?);
         let worker = Arc::clone(&c);
         std::thread::Builder::new()
             .name("capture".into())
@@ -119,96 +102,63 @@ impl Capture {
 
     /// A capture with no thread: nothing is written until [`Capture::write_due`] or
     /// [`Capture::shot`] is called.
-    pub fn new(dir: &Path, interval: Duration) -> Result<Capture, CaptureError> {
+    pub fn new(
+        dir: &Path,
+        interval: Duration,
+        screens: Arc<Screens>,
+    ) -> Result<Capture, CaptureError> {
         std::fs::create_dir_all(dir).map_err(|e| CaptureError::Dir(dir.into(), e))?;
         Ok(Capture {
             dir: dir.to_path_buf(),
             interval,
-            frames: Mutex::new(Vec::new()),
+            screens,
+            written: Mutex::new(Vec::new()),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Option<Frame>>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<Written>> {
         // A poisoned lock means a panic elsewhere, and panics abort this process.
-        self.frames.lock().unwrap_or_else(|p| p.into_inner())
+        self.written.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A scanout got a new size (0 x 0: disabled). The picture starts black. A scanout wider
-    /// or taller than [`MAX_CAPTURE_SIDE`] is not captured: the guest picks scanout sizes (up to
-    /// its biggest resource), and the copy kept here is host memory on top of it.
-    pub fn scanout(&self, scanout_id: u32, width: u32, height: u32) {
-        let mut frames = self.lock();
-        let i = scanout_id as usize;
-        if frames.len() <= i {
-            frames.resize_with(i + 1, || None);
-        }
-        let too_big = width > MAX_CAPTURE_SIDE || height > MAX_CAPTURE_SIDE;
-        if too_big {
-            crate::guest_warn!("capture: scanout {scanout_id} is {width}x{height}; not captured");
-        }
-        frames[i] = if width == 0 || height == 0 || too_big {
-            None
-        } else {
-            let bytes = width as usize * height as usize * 4;
-            Some(Frame {
-                width,
-                height,
-                pixels: vec![0; bytes],
-                dirty: true,
-                written: None,
-            })
-        };
-    }
-
-    /// Packed B8G8R8X8 pixels for a rectangle of a scanout; the part outside the scanout's
-    /// picture (or all of it, for a scanout not set up) is ignored.
-    pub fn update(&self, scanout_id: u32, x: u32, y: u32, width: u32, height: u32, data: &[u8]) {
-        let mut frames = self.lock();
-        let Some(Some(f)) = frames.get_mut(scanout_id as usize) else {
-            return;
-        };
-        if width == 0 {
-            return;
-        }
-        let (x, y) = (x as usize, y as usize);
-        let (fw, fh) = (f.width as usize, f.height as usize);
-        if x >= fw || y >= fh {
-            return;
-        }
-        let w = (width as usize).min(fw - x);
-        let h = (height as usize).min(fh - y);
-        let src_row = width as usize * 4;
-        for (row, src) in data.chunks_exact(src_row).take(h).enumerate() {
-            let at = ((y + row) * fw + x) * 4;
-            if let (Some(dst), Some(src)) = (f.pixels.get_mut(at..at + w * 4), src.get(..w * 4)) {
-                dst.copy_from_slice(src);
-            }
-        }
-        f.dirty = true;
+    /// A copy of a scanout's picture: (width, height, pixels).
+    fn picture(&self, i: usize) -> Option<(u32, u32, Vec<u8>)> {
+        self.screens
+            .with_picture(i as u32, |p| (p.width, p.height, p.pixels.clone()))
     }
 
     /// Writes `scanout-N.png` for each scanout that changed and was not written within the
     /// interval.
     pub fn write_due(&self) {
         let now = Instant::now();
-        let due: Vec<(usize, u32, u32, Vec<u8>)> = {
-            let mut frames = self.lock();
-            frames
-                .iter_mut()
+        let serials = self.screens.serials();
+        let due: Vec<usize> = {
+            let mut written = self.lock();
+            if written.len() < serials.len() {
+                written.resize(serials.len(), Written::default());
+            }
+            serials
+                .iter()
                 .enumerate()
-                .filter_map(|(i, f)| {
-                    let f = f.as_mut()?;
-                    let ready = f.written.is_none_or(|t| now - t >= self.interval);
-                    if !f.dirty || !ready {
+                .filter_map(|(i, s)| {
+                    let s = (*s)?;
+                    let w = &mut written[i];
+                    let ready = w.at.is_none_or(|t| now - t >= self.interval);
+                    if s <= w.serial || !ready {
                         return None;
                     }
-                    f.dirty = false;
-                    f.written = Some(now);
-                    Some((i, f.width, f.height, f.pixels.clone()))
+                    *w = Written {
+                        serial: s,
+                        at: Some(now),
+                    };
+                    Some(i)
                 })
                 .collect()
         };
-        for (i, w, h, px) in due {
+        for i in due {
+            let Some((w, h, px)) = self.picture(i) else {
+                continue;
+            };
             if let Err(e) = write_png(&self.dir.join(format!("scanout-{i}.png")), w, h, &px) {
                 warn!("capture: {e}");
             }
@@ -217,14 +167,11 @@ impl Capture {
 
     /// Writes `shot-{n}-scanout-N.png` for every scanout shown now; returns the files written.
     pub fn shot(&self, n: u64) -> Vec<PathBuf> {
-        let frames: Vec<(usize, u32, u32, Vec<u8>)> = self
-            .lock()
-            .iter()
-            .enumerate()
-            .filter_map(|(i, f)| f.as_ref().map(|f| (i, f.width, f.height, f.pixels.clone())))
-            .collect();
         let mut written = Vec::new();
-        for (i, w, h, px) in frames {
+        for i in 0..self.screens.serials().len() {
+            let Some((w, h, px)) = self.picture(i) else {
+                continue;
+            };
             let path = self.dir.join(format!("shot-{n}-scanout-{i}.png"));
             match write_png(&path, w, h, &px) {
                 Ok(()) => written.push(path),
@@ -285,14 +232,15 @@ mod tests {
     #[test]
     fn updates_compose_and_clip_and_files_are_rate_limited() {
         let dir = std::env::temp_dir().join(format!("vhost-gpu-capture-{}", std::process::id()));
-        let c = Capture::new(&dir, Duration::from_secs(3600)).unwrap();
-        c.scanout(1, 4, 2);
+        let s = Arc::new(Screens::new());
+        let c = Capture::new(&dir, Duration::from_secs(3600), Arc::clone(&s)).unwrap();
+        s.scanout(1, 4, 2);
         // A 2x1 red rect (BGRX) at (3, 1): one pixel lands, one is clipped.
-        c.update(1, 3, 1, 2, 1, &[0, 0, 255, 0, 0, 0, 255, 0]);
+        s.update(1, 3, 1, 2, 1, &[0, 0, 255, 0, 0, 0, 255, 0]);
         // Rects outside, short data and unknown scanouts are ignored.
-        c.update(1, 4, 0, 1, 1, &[255; 4]);
-        c.update(1, 0, 0, 4, 2, &[255; 4]);
-        c.update(7, 0, 0, 1, 1, &[255; 4]);
+        s.update(1, 4, 0, 1, 1, &[255; 4]);
+        s.update(1, 0, 0, 4, 2, &[255; 4]);
+        s.update(7, 0, 0, 1, 1, &[255; 4]);
         c.write_due();
         let (w, h, rgb) = read(&dir.join("scanout-1.png"));
         assert_eq!((w, h), (4, 2));
@@ -300,7 +248,7 @@ mod tests {
         want[21..24].copy_from_slice(&[255, 0, 0]);
         assert_eq!(rgb, want);
         // Within the interval a change is not written again; a shot is.
-        c.update(1, 0, 1, 1, 1, &[0, 255, 0, 0]);
+        s.update(1, 0, 1, 1, 1, &[0, 255, 0, 0]);
         std::fs::remove_file(dir.join("scanout-1.png")).unwrap();
         c.write_due();
         assert!(!dir.join("scanout-1.png").exists());
@@ -308,10 +256,10 @@ mod tests {
         let (_, _, rgb) = read(&dir.join("shot-1-scanout-1.png"));
         assert_eq!(&rgb[12..15], &[0, 255, 0]);
         // A disabled scanout is not in a shot, nor one too big to keep a copy of.
-        c.scanout(1, 0, 0);
+        s.scanout(1, 0, 0);
         assert!(c.shot(2).is_empty());
-        c.scanout(1, MAX_CAPTURE_SIDE + 1, 1);
-        c.update(1, 0, 0, 0, 1, &[]);
+        s.scanout(1, crate::screens::MAX_SIDE + 1, 1);
+        s.update(1, 0, 0, 0, 1, &[]);
         assert!(c.shot(3).is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -128,6 +128,29 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub capture_dir: Option<PathBuf>,
 
+    /// Serve the guest's screen to VNC viewers on `unix:PATH` or `HOST:PORT` (loopback unless
+    /// --vnc-password-file is given). Works with and without the frontend's display.
+    #[arg(long, value_name = "LISTEN")]
+    pub vnc: Option<crate::vnc::Listen>,
+
+    /// VNC authentication with the first line of this file (VNC uses its first 8 bytes).
+    #[arg(long, value_name = "PATH", requires = "vnc")]
+    pub vnc_password_file: Option<PathBuf>,
+
+    /// Forward VNC keys and pointer to the VM through QEMU's QMP socket at PATH (QEMU started
+    /// with `-qmp unix:PATH,server=on,wait=off`, and an absolute pointer such as
+    /// `-device virtio-tablet-pci`). Without it VNC is view only.
+    #[arg(long, value_name = "PATH", requires = "vnc")]
+    pub vnc_input_qmp: Option<PathBuf>,
+
+    /// The scanout VNC shows.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "vnc", value_parser = clap::value_parser!(u32).range(0..16))]
+    pub vnc_scanout: u32,
+
+    /// Most VNC clients at once (more are refused in the handshake, with a reason).
+    #[arg(long, value_name = "N", default_value_t = 8, requires = "vnc", value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub vnc_max_clients: u64,
+
     /// Least time between two writes of one scanout's PNG.
     #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub capture_interval_ms: u64,

@@ -1,8 +1,8 @@
 //! Device configuration: scanout modes and limits, parsed from the command line.
 
-use crate::capture::CaptureHandle;
 use crate::edid::MAX_EDID_DIMENSION;
 use crate::protocol::{DecodeLimits, MAX_SCANOUTS};
+use crate::screens::ScreensHandle;
 
 /// Why a configuration value was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -74,8 +74,8 @@ pub struct DeviceConfig {
     pub max_resources: u32,
     /// Most rendering contexts one guest may have at once.
     pub max_contexts: u32,
-    /// `--capture-dir`: where scanouts are written as PNG.
-    pub capture: Option<CaptureHandle>,
+    /// The host copy of the scanouts, kept when `--capture-dir` or `--vnc` looks at it.
+    pub screens: Option<ScreensHandle>,
     /// Per-command allocation limits (`--max-backing-entries`, `--max-submit-size`).
     pub decode: DecodeLimits,
 }
@@ -92,7 +92,7 @@ impl Default for DeviceConfig {
             poll_us: 0,
             max_resources: 65_536,
             max_contexts: 256,
-            capture: None,
+            screens: None,
             decode: DecodeLimits::default(),
         }
     }

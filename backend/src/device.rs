@@ -319,7 +319,7 @@ impl GpuDevice {
     /// A fresh device with no resources.
     pub fn new(config: DeviceConfig, renderer: Box<dyn Renderer>) -> Self {
         let n = config.modes.len();
-        let display = Display::new(config.capture.as_ref().map(|c| Arc::clone(&c.0)));
+        let display = Display::new(config.screens.as_ref().map(|c| Arc::clone(&c.0)));
         GpuDevice {
             modes: config.modes.clone(),
             config,

@@ -17,8 +17,8 @@ use vhost::vhost_user::gpu_message::{
 use vhost::vhost_user::message::VhostUserU64;
 use vhost::vhost_user::GpuBackend;
 
-use crate::capture::Capture;
 use crate::protocol::{DisplayMode, EDID_BLOB_SIZE};
+use crate::screens::Screens;
 
 /// Display-channel protocol feature: the frontend answers GET_EDID.
 pub const PROTOCOL_F_EDID: u64 = 1 << 0;
@@ -28,8 +28,8 @@ pub const PROTOCOL_F_EDID: u64 = 1 << 0;
 pub struct Display {
     pending: Option<GpuBackend>,
     active: Option<Active>,
-    /// `--capture-dir`: scanouts and updates are also kept for PNG capture.
-    capture: Option<Arc<Capture>>,
+    /// `--capture-dir` and `--vnc`: scanouts, updates and the cursor are also kept here.
+    screens: Option<Arc<Screens>>,
 }
 
 struct Active {
@@ -41,17 +41,17 @@ struct Active {
 pub const CURSOR_BYTES: usize = 64 * 64 * 4;
 
 impl Display {
-    /// A display with no channel yet, capturing into `capture` when given.
-    pub fn new(capture: Option<Arc<Capture>>) -> Self {
+    /// A display with no channel yet, keeping a copy in `screens` when given.
+    pub fn new(screens: Option<Arc<Screens>>) -> Self {
         Display {
-            capture,
+            screens,
             ..Default::default()
         }
     }
 
-    /// True when someone looks at the pixels: a frontend channel or the capture.
+    /// True when someone looks at the pixels: a frontend channel, the capture or VNC.
     pub fn wants_frames(&self) -> bool {
-        self.present() || self.capture.is_some()
+        self.present() || self.screens.is_some()
     }
 
     /// Takes a socket from the frontend; negotiation happens on first use.
@@ -104,7 +104,7 @@ impl Display {
             width,
             height,
         };
-        if let Some(c) = &self.capture {
+        if let Some(c) = &self.screens {
             c.scanout(scanout_id, width, height);
         }
         self.with("scanout", |a| a.backend.set_scanout(&msg));
@@ -127,7 +127,7 @@ impl Display {
             width,
             height,
         };
-        if let Some(c) = &self.capture {
+        if let Some(c) = &self.screens {
             c.update(scanout_id, x, y, width, height, data);
         }
         self.with("update", |a| a.backend.update_scanout(&msg, data));
@@ -142,6 +142,9 @@ impl Display {
     /// Hides the cursor.
     pub fn cursor_hide(&mut self, scanout_id: u32, x: u32, y: u32) {
         let msg = VhostUserGpuCursorPos { scanout_id, x, y };
+        if let Some(s) = &self.screens {
+            s.cursor(None, false);
+        }
         self.with("cursor hide", |a| a.backend.cursor_pos_hide(&msg));
     }
 
@@ -161,6 +164,9 @@ impl Display {
             hot_x: hot.0,
             hot_y: hot.1,
         };
+        if let Some(s) = &self.screens {
+            s.cursor(Some((hot.0, hot.1, &image[..])), true);
+        }
         self.with("cursor update", |a| a.backend.cursor_update(&msg, image));
     }
 

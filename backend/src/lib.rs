@@ -18,6 +18,8 @@ pub mod probe;
 pub mod protocol;
 pub mod ratelimit;
 pub mod sandbox;
+pub mod screens;
 pub mod shader_cache;
 pub mod socket;
 pub mod vhost_user;
+pub mod vnc;

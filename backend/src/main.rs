@@ -8,13 +8,17 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use log::{error, info, warn};
 
-use vhost_gpu::capture::{block_shot_signal, Capture, CaptureHandle};
+use std::sync::Arc;
+
+use vhost_gpu::capture::{block_shot_signal, Capture};
 use vhost_gpu::cli::{capabilities_json, Cli, RendererChoice, Sandbox};
 use vhost_gpu::config::DeviceConfig;
 use vhost_gpu::protocol::DecodeLimits;
 use vhost_gpu::sandbox::{self, files, Enforcement};
+use vhost_gpu::screens::{Screens, ScreensHandle};
 use vhost_gpu::socket::ServingSocket;
 use vhost_gpu::vhost_user::serve;
+use vhost_gpu::vnc::{auth::Password, VncOptions, VncServer};
 use vhost_gpu::{logging, privileges, probe, shader_cache};
 use virgl_bridge::{Renderer, Renderer2D, VirglOptions, VirglRenderer};
 
@@ -169,6 +173,24 @@ fn run(cli: &Cli) -> Result<Option<String>> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("making --capture-dir {}", dir.display()))?;
     }
+    // VNC's socket and password before the sandbox: neither can be had inside it.
+    let vnc = match &cli.vnc {
+        Some(listen) => {
+            let password = match &cli.vnc_password_file {
+                Some(p) => {
+                    let (pw, len) = Password::from_file(p)?;
+                    if len > 8 {
+                        warn!("--vnc-password-file: VNC authentication uses only the first 8 of its {len} bytes");
+                    }
+                    Some(pw)
+                }
+                None => None,
+            };
+            let server = VncServer::bind(listen, password.is_some())?;
+            Some((server, password))
+        }
+        None => None,
+    };
     let enforcement = match cli.sandbox {
         Sandbox::On => Some(Enforcement::Kill),
         Sandbox::Log => Some(Enforcement::Log),
@@ -193,9 +215,26 @@ fn run(cli: &Cli) -> Result<Option<String>> {
             }
         );
     }
-    if let Some(dir) = &cli.capture_dir {
+    if cli.capture_dir.is_some() || vnc.is_some() {
+        config.screens = Some(ScreensHandle(Arc::new(Screens::new())));
+    }
+    let screens = config.screens.as_ref().map(|s| Arc::clone(&s.0));
+    if let (Some(dir), Some(screens)) = (&cli.capture_dir, &screens) {
         let interval = Duration::from_millis(cli.capture_interval_ms);
-        config.capture = Some(CaptureHandle(Capture::start(dir, interval)?));
+        Capture::start(dir, interval, Arc::clone(screens))?;
+    }
+    if let (Some((server, password)), Some(screens)) = (vnc, &screens) {
+        let first = config.modes[cli.vnc_scanout.min(config.num_scanouts() - 1) as usize];
+        server.start(
+            Arc::clone(screens),
+            VncOptions {
+                password,
+                input_qmp: cli.vnc_input_qmp.clone(),
+                scanout: cli.vnc_scanout,
+                max_clients: cli.vnc_max_clients as usize,
+                default_size: (first.width, first.height),
+            },
+        )?;
     }
     info!(
         "vhost-gpu serving: {} scanout(s) {:?}, max host memory {} bytes",
@@ -216,7 +255,7 @@ fn run(cli: &Cli) -> Result<Option<String>> {
     };
     match enforcement {
         Some(e) => {
-            sandbox::install(e)
+            sandbox::install(e, cli.vnc_input_qmp.is_some())
                 .context("installing the seccomp sandbox (--sandbox off skips it)")?;
             let (allowed, conditional, errno) = sandbox::counts();
             info!(

@@ -202,7 +202,8 @@ pub const CONDITIONAL: &[(&str, libc::c_long, &str)] = &[
     (
         "socket",
         libc::SYS_socket,
-        "AF_UNIX only, and that fails with EPERM (ERRNO); any other family is fatal",
+        "AF_UNIX only, and that fails with EPERM (ERRNO) unless --vnc-input-qmp needs to \
+         connect to QEMU's QMP socket; any other family is fatal",
     ),
 ];
 
@@ -385,10 +386,15 @@ pub fn policy(mismatch: SeccompAction, pid: u32) -> Result<BpfProgram, SandboxEr
 
 /// One filter per errno value of [`ERRNO`]: its calls (with their argument checks) fail with
 /// it; every other call passes. The kernel runs every installed filter and takes the
-/// strictest answer, so these and [`policy`] together give each call its class.
-pub fn errno_filters() -> Result<Vec<BpfProgram>, SandboxError> {
+/// strictest answer, so these and [`policy`] together give each call its class. With
+/// `unix_sockets`, AF_UNIX sockets do not fail (`--vnc-input-qmp` connects to QMP's socket;
+/// Landlock already keeps abstract sockets to this process, and the policy any other family).
+pub fn errno_filters(unix_sockets: bool) -> Result<Vec<BpfProgram>, SandboxError> {
     let mut by_errno: BTreeMap<i32, BTreeMap<i64, Vec<SeccompRule>>> = BTreeMap::new();
     for &(_, nr, errno, _) in ERRNO {
+        if unix_sockets && nr == libc::SYS_socket {
+            continue;
+        }
         by_errno
             .entry(errno)
             .or_default()
@@ -408,7 +414,8 @@ pub fn errno_filters() -> Result<Vec<BpfProgram>, SandboxError> {
 
 /// Installs the SIGSYS handler and the filters on every thread of the process. From here on
 /// a call outside the policy is reported and, with [`Enforcement::Kill`], ends the process.
-pub fn install(enforcement: Enforcement) -> Result<(), SandboxError> {
+/// `unix_sockets`: see [`errno_filters`].
+pub fn install(enforcement: Enforcement, unix_sockets: bool) -> Result<(), SandboxError> {
     trap::install_handler(enforcement).map_err(SandboxError::Handler)?;
     let mut policy = policy(SeccompAction::Trap, std::process::id())?;
     if enforcement == Enforcement::Log {
@@ -416,7 +423,7 @@ pub fn install(enforcement: Enforcement) -> Result<(), SandboxError> {
     }
     // The errno filters first: installing a filter needs prctl and seccomp, which the policy
     // filter, once in place, no longer allows.
-    for f in errno_filters()? {
+    for f in errno_filters(unix_sockets)? {
         seccompiler::apply_filter_all_threads(&f)?;
     }
     seccompiler::apply_filter_all_threads(&policy)?;

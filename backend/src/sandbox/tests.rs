@@ -9,7 +9,7 @@ fn in_sandboxed_child(enforcement: Enforcement, f: fn() -> i32) -> (libc::c_int,
     if enforcement == Enforcement::Log {
         policy = trap::allow_replays(policy);
     }
-    let errnos = errno_filters().unwrap();
+    let errnos = errno_filters(false).unwrap();
     let mut pipe = [0; 2];
     // SAFETY: pipe writes two descriptors into the array.
     assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);

@@ -1,0 +1,425 @@
+//! One VNC client: the handshake, then a reader thread (the client's messages, its input) and
+//! a writer (this thread: framebuffer updates when the client asked and something changed).
+
+use std::io::{BufWriter, Read, Write};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use log::{debug, info};
+
+use super::auth;
+use super::qmp::{self, Input, ABS_MAX};
+use super::rfb::{self, ClientMessage, PixelFormat, Zrle};
+use super::{Conn, Shared};
+use crate::screens::Area;
+
+/// Time a client has for each step of the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that does not take an update within this is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a wrong password.
+const AUTH_FAIL_DELAY: Duration = Duration::from_millis(500);
+
+/// Why a client's session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Rfb(#[from] rfb::RfbError),
+    #[error("client speaks {0:?}, not RFB 3.x")]
+    Version(String),
+    #[error("client chose security type {0}, which was not offered")]
+    SecurityType(u8),
+    #[error("wrong password")]
+    Password,
+    #[error("too many clients")]
+    Full,
+}
+
+/// What the reader tells the writer.
+struct State {
+    format: PixelFormat,
+    zrle: bool,
+    desktop_size: bool,
+    cursor: bool,
+    /// The pending FramebufferUpdateRequest: (incremental, area).
+    request: Option<(bool, Area)>,
+    closed: bool,
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    state: Mutex<State>,
+}
+
+impl Session {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Serves one connection to its end; `admitted` is false when the server is full (the client
+/// is told so in the handshake).
+pub fn serve(conn: Conn, shared: Arc<Shared>, admitted: bool) -> Result<(), SessionError> {
+    conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    conn.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let mut c = conn.try_clone()?;
+    let minor = handshake(&mut c, &shared, admitted)?;
+    // ClientInit: the shared flag; every client shares the screen.
+    let mut flag = [0u8; 1];
+    c.read_exact(&mut flag)?;
+    let (w, h) = shared.size();
+    let mut init = Vec::new();
+    init.extend_from_slice(&(w as u16).to_be_bytes());
+    init.extend_from_slice(&(h as u16).to_be_bytes());
+    init.extend_from_slice(&PixelFormat::NATIVE.to_bytes());
+    c.write_all(&init)?;
+    rfb::write_string(&mut c, &shared.name)?;
+    debug!("VNC client: RFB 3.{minor}, session up at {w}x{h}");
+    conn.set_read_timeout(None)?;
+    conn.set_write_timeout(Some(WRITE_TIMEOUT))?;
+
+    let session = Arc::new(Session {
+        shared: Arc::clone(&shared),
+        state: Mutex::new(State {
+            format: PixelFormat::NATIVE,
+            zrle: false,
+            desktop_size: false,
+            cursor: false,
+            request: None,
+            closed: false,
+        }),
+    });
+    let reader_conn = conn.try_clone()?;
+    let reader_session = Arc::clone(&session);
+    let reader = std::thread::Builder::new()
+        .name("vnc-client-in".into())
+        .spawn(move || {
+            let r = read_loop(reader_conn, &reader_session);
+            reader_session.lock().closed = true;
+            reader_session.shared.screens.poke();
+            r
+        })?;
+    let written = write_loop(&conn, &session, (w, h));
+    // Whichever side ends first ends the other.
+    session.lock().closed = true;
+    let _ = conn.shutdown();
+    let read = reader.join().unwrap_or(Ok(()));
+    match (written, read) {
+        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn handshake(c: &mut Conn, shared: &Shared, admitted: bool) -> Result<u8, SessionError> {
+    c.write_all(b"RFB 003.008\n")?;
+    let mut v = [0u8; 12];
+    c.read_exact(&mut v)?;
+    let text = String::from_utf8_lossy(&v).into_owned();
+    let minor = match (&v[..8], &v[11..]) {
+        (b"RFB 003.", b"\n") => {
+            let m: u32 = text[8..11]
+                .parse()
+                .map_err(|_| SessionError::Version(text.clone()))?;
+            // 3.8 and anything newer speak 3.8; 3.7; everything older 3.3.
+            if m >= 8 {
+                8
+            } else if m == 7 {
+                7
+            } else {
+                3
+            }
+        }
+        _ => return Err(SessionError::Version(text)),
+    };
+    let security: u8 = if shared.password.is_some() { 2 } else { 1 };
+    if minor == 3 {
+        // The server picks; 0 and a reason refuses.
+        if !admitted {
+            c.write_all(&0u32.to_be_bytes())?;
+            rfb::write_string(c, "too many VNC clients")?;
+            return Err(SessionError::Full);
+        }
+        c.write_all(&u32::from(security).to_be_bytes())?;
+    } else {
+        if !admitted {
+            c.write_all(&[0])?;
+            rfb::write_string(c, "too many VNC clients")?;
+            return Err(SessionError::Full);
+        }
+        c.write_all(&[1, security])?;
+        let mut chosen = [0u8; 1];
+        c.read_exact(&mut chosen)?;
+        if chosen[0] != security {
+            if minor == 8 {
+                c.write_all(&1u32.to_be_bytes())?;
+                rfb::write_string(c, "security type not offered")?;
+            }
+            return Err(SessionError::SecurityType(chosen[0]));
+        }
+    }
+    if let Some(pw) = &shared.password {
+        let challenge = auth::challenge()?;
+        c.write_all(&challenge)?;
+        let mut answer = [0u8; 16];
+        c.read_exact(&mut answer)?;
+        if !pw.check(&challenge, &answer) {
+            std::thread::sleep(AUTH_FAIL_DELAY);
+            c.write_all(&1u32.to_be_bytes())?;
+            if minor == 8 {
+                rfb::write_string(c, "authentication failed")?;
+            }
+            return Err(SessionError::Password);
+        }
+        c.write_all(&0u32.to_be_bytes())?;
+    } else if minor == 8 {
+        // RFB 3.8 reports the result of "None" too.
+        c.write_all(&0u32.to_be_bytes())?;
+    }
+    Ok(minor)
+}
+
+fn read_loop(mut conn: Conn, s: &Session) -> Result<(), SessionError> {
+    let mut buttons = 0u8;
+    let mut told_view_only = false;
+    loop {
+        let msg = match rfb::read_message(&mut conn) {
+            Ok(m) => m,
+            Err(rfb::RfbError::Io(e)) if is_hangup(&e) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let input = |e: Input| {
+            if let Some(sink) = &s.shared.input {
+                if !sink.send(e) {
+                    crate::guest_warn!("VNC input: queue full; event dropped");
+                }
+            }
+        };
+        if s.shared.input.is_none()
+            && matches!(
+                msg,
+                ClientMessage::Key { .. } | ClientMessage::Pointer { .. }
+            )
+            && !told_view_only
+        {
+            told_view_only = true;
+            info!("VNC client sent input; view only (no --vnc-input-qmp)");
+        }
+        match msg {
+            ClientMessage::SetPixelFormat(f) => s.lock().format = f,
+            ClientMessage::SetEncodings(encs) => {
+                let mut st = s.lock();
+                // The client lists encodings in its order of preference.
+                st.zrle = encs
+                    .iter()
+                    .find(|&&e| e == rfb::ENC_ZRLE || e == rfb::ENC_RAW)
+                    .is_some_and(|&e| e == rfb::ENC_ZRLE);
+                st.desktop_size = encs.contains(&rfb::ENC_DESKTOP_SIZE);
+                st.cursor = encs.contains(&rfb::ENC_CURSOR);
+            }
+            ClientMessage::UpdateRequest {
+                incremental,
+                x,
+                y,
+                width,
+                height,
+            } => {
+                let area = Area {
+                    x: x.into(),
+                    y: y.into(),
+                    width: width.into(),
+                    height: height.into(),
+                };
+                {
+                    let mut st = s.lock();
+                    // A full request wins over an incremental one still pending.
+                    let keep_full = st.request.is_some_and(|(inc, _)| !inc);
+                    st.request = Some((incremental && !keep_full, area));
+                }
+                s.shared.screens.poke();
+            }
+            ClientMessage::Key { down, keysym } => match qmp::qcode(keysym) {
+                Some(qcode) => input(Input::Key { qcode, down }),
+                None => debug!("VNC key {keysym:#x} has no QEMU key code; dropped"),
+            },
+            ClientMessage::Pointer { buttons: b, x, y } => {
+                if s.shared.input.is_some() {
+                    let (w, h) = s.shared.size();
+                    let scale = |v: u16, n: u32| {
+                        u32::from(v).min(n.saturating_sub(1)) * ABS_MAX / n.saturating_sub(1).max(1)
+                    };
+                    input(Input::Move {
+                        x: scale(x, w),
+                        y: scale(y, h),
+                    });
+                    for (bit, button) in qmp::BUTTONS {
+                        if (b ^ buttons) & bit != 0 {
+                            input(Input::Button {
+                                button,
+                                down: b & bit != 0,
+                            });
+                        }
+                    }
+                }
+                buttons = b;
+            }
+            ClientMessage::CutText => {}
+        }
+    }
+}
+
+fn is_hangup(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        UnexpectedEof | ConnectionReset | BrokenPipe | ConnectionAborted
+    )
+}
+
+/// What the writer knows of the client's picture.
+struct Seen {
+    /// Serial of the picture last sent from.
+    serial: u64,
+    cursor: u64,
+    size: (u32, u32),
+}
+
+fn write_loop(conn: &Conn, s: &Session, size: (u32, u32)) -> Result<(), SessionError> {
+    let shared = &s.shared;
+    let mut seen = Seen {
+        serial: 0,
+        cursor: 0,
+        size,
+    };
+    let mut zrle = Zrle::default();
+    let mut out = BufWriter::with_capacity(1 << 16, conn);
+    let mut msg = Vec::new();
+    loop {
+        let now = shared.screens.serial();
+        let (format, use_zrle, desktop_size, cursor, request) = {
+            let st = s.lock();
+            if st.closed {
+                return Ok(());
+            }
+            (st.format, st.zrle, st.desktop_size, st.cursor, st.request)
+        };
+        let Some((incremental, area)) = request else {
+            shared.screens.wait(now, Duration::from_millis(500));
+            continue;
+        };
+        msg.clear();
+        let sent = build_update(
+            shared,
+            &mut seen,
+            (format, use_zrle, desktop_size, cursor),
+            incremental,
+            area,
+            &mut zrle,
+            &mut msg,
+        )?;
+        if !sent {
+            shared.screens.wait(now, Duration::from_millis(500));
+            continue;
+        }
+        {
+            let mut st = s.lock();
+            // Only this request was answered; one that came meanwhile stays.
+            if st.request == request {
+                st.request = None;
+            }
+        }
+        out.write_all(&msg)?;
+        out.flush()?;
+        shared.stats.updates.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Builds a FramebufferUpdate for the client's request into `msg`; false when there is
+/// nothing to send yet (an incremental request waits for a change).
+#[allow(clippy::too_many_arguments)]
+fn build_update(
+    shared: &Shared,
+    seen: &mut Seen,
+    (format, use_zrle, desktop_size, cursor): (PixelFormat, bool, bool, bool),
+    incremental: bool,
+    area: Area,
+    zrle: &mut Zrle,
+    msg: &mut Vec<u8>,
+) -> Result<bool, SessionError> {
+    let screens = &shared.screens;
+    let mut rects: Vec<(Area, Vec<u8>)> = Vec::new();
+    let mut pseudo = 0u16;
+    let mut body = Vec::new();
+    if let Some((w, h)) = screens.size(shared.scanout) {
+        if (w, h) != seen.size && desktop_size {
+            // The new size alone; the client then asks for the whole picture.
+            seen.size = (w, h);
+            seen.serial = 0;
+            update_and_rect(msg, 1, (0, 0, w, h), rfb::ENC_DESKTOP_SIZE);
+            return Ok(true);
+        }
+        let client = Area {
+            x: 0,
+            y: 0,
+            width: seen.size.0,
+            height: seen.size.1,
+        };
+        let within = area.clip(&client);
+        let since = if incremental { seen.serial } else { 0 };
+        if let Some(within) = within {
+            if let Some(ch) = screens.changes(shared.scanout, since, Some(within)) {
+                seen.serial = ch.serial;
+                rects = ch.rects;
+            }
+        }
+    }
+    if cursor {
+        if let Some(c) = screens.cursor_since(seen.cursor) {
+            seen.cursor = c.serial;
+            let (w, h) = if c.visible { (64, 64) } else { (0, 0) };
+            rfb::rect_header(
+                &mut body,
+                c.hot_x.min(63),
+                c.hot_y.min(63),
+                w,
+                h,
+                rfb::ENC_CURSOR,
+            );
+            if c.visible {
+                rfb::cursor_body(&format, &c.pixels, 64, 64, &mut body);
+            }
+            pseudo = 1;
+        }
+    }
+    if incremental && rects.is_empty() && pseudo == 0 {
+        return Ok(false);
+    }
+    rfb::update_header(msg, rects.len() as u16 + pseudo);
+    msg.extend_from_slice(&body);
+    for (a, px) in &rects {
+        if use_zrle {
+            rfb::rect_header(msg, a.x, a.y, a.width, a.height, rfb::ENC_ZRLE);
+            zrle.encode(&format, a.width, a.height, px, msg)?;
+        } else {
+            rfb::rect_header(msg, a.x, a.y, a.width, a.height, rfb::ENC_RAW);
+            format.convert(px, msg);
+        }
+    }
+    Ok(true)
+}
+
+fn update_and_rect(msg: &mut Vec<u8>, n: u16, (x, y, w, h): (u32, u32, u32, u32), enc: i32) {
+    rfb::update_header(msg, n);
+    rfb::rect_header(msg, x, y, w, h, enc);
+}
+
+/// Counts a client in and out of the server's total.
+pub struct Admission<'a>(pub &'a Shared);
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.0.stats.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
