@@ -11,6 +11,7 @@ pub mod driver;
 pub mod frontend;
 pub mod memory;
 pub mod virtqueue;
+pub mod vnc;
 pub mod wire;
 
 pub use display::{DisplayEvent, DisplayServer};

@@ -172,6 +172,17 @@ pub const ALLOWED: &[(&str, libc::c_long)] = &[
 /// Calls allowed only with some arguments ([`conditional_rules`] holds the checks).
 pub const CONDITIONAL: &[(&str, libc::c_long, &str)] = &[
     (
+        "setsockopt",
+        libc::SYS_setsockopt,
+        "VNC connections' timeouts (SO_RCVTIMEO, SO_SNDTIMEO) and TCP_NODELAY only",
+    ),
+    (
+        "connect",
+        libc::SYS_connect,
+        "only with --vnc-input-qmp (to QMP's Unix socket: no other family can be made); \
+         fatal otherwise",
+    ),
+    (
         "clone",
         libc::SYS_clone,
         "threads only (CLONE_THREAD); a new process (fork, posix_spawn) is fatal",
@@ -292,8 +303,28 @@ fn rule(conds: Vec<SeccompCondition>) -> Result<SeccompRule, SandboxError> {
 }
 
 /// The argument checks of [`CONDITIONAL`]: a call passes when one of its rules matches.
-fn conditional_rules(pid: u64) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SandboxError> {
+fn conditional_rules(
+    pid: u64,
+    unix_sockets: bool,
+) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SandboxError> {
     let mut m = BTreeMap::new();
+    let sockopt = |level: i32, name: i32| -> Result<SeccompRule, SandboxError> {
+        rule(vec![
+            cond(1, ArgLen::Dword, Op::Eq, level as u64)?,
+            cond(2, ArgLen::Dword, Op::Eq, name as u64)?,
+        ])
+    };
+    m.insert(
+        libc::SYS_setsockopt,
+        vec![
+            sockopt(libc::SOL_SOCKET, libc::SO_RCVTIMEO)?,
+            sockopt(libc::SOL_SOCKET, libc::SO_SNDTIMEO)?,
+            sockopt(libc::IPPROTO_TCP, libc::TCP_NODELAY)?,
+        ],
+    );
+    if unix_sockets {
+        m.insert(libc::SYS_connect, Vec::new());
+    }
     let thread = libc::CLONE_THREAD as u64;
     m.insert(
         libc::SYS_clone,
@@ -372,9 +403,14 @@ fn compile(
 }
 
 /// The policy filter: [`ALLOWED`], [`CONDITIONAL`] (with their checks) and the [`ERRNO`]
-/// calls pass (the errno filters decide those); any other call gets `mismatch`.
-pub fn policy(mismatch: SeccompAction, pid: u32) -> Result<BpfProgram, SandboxError> {
-    let mut rules = conditional_rules(u64::from(pid))?;
+/// calls pass (the errno filters decide those); any other call gets `mismatch`. `connect`
+/// passes only with `unix_sockets` (see [`errno_filters`]).
+pub fn policy(
+    mismatch: SeccompAction,
+    pid: u32,
+    unix_sockets: bool,
+) -> Result<BpfProgram, SandboxError> {
+    let mut rules = conditional_rules(u64::from(pid), unix_sockets)?;
     for &(_, nr) in ALLOWED {
         rules.insert(nr, Vec::new());
     }
@@ -417,7 +453,7 @@ pub fn errno_filters(unix_sockets: bool) -> Result<Vec<BpfProgram>, SandboxError
 /// `unix_sockets`: see [`errno_filters`].
 pub fn install(enforcement: Enforcement, unix_sockets: bool) -> Result<(), SandboxError> {
     trap::install_handler(enforcement).map_err(SandboxError::Handler)?;
-    let mut policy = policy(SeccompAction::Trap, std::process::id())?;
+    let mut policy = policy(SeccompAction::Trap, std::process::id(), unix_sockets)?;
     if enforcement == Enforcement::Log {
         policy = trap::allow_replays(policy);
     }

@@ -5,7 +5,7 @@ use super::*;
 fn in_sandboxed_child(enforcement: Enforcement, f: fn() -> i32) -> (libc::c_int, String) {
     // (tgkill's check is for process 0 here: the child's id is not known before the fork,
     // and the child must not allocate.)
-    let mut policy = policy(SeccompAction::Trap, 0).unwrap();
+    let mut policy = policy(SeccompAction::Trap, 0, false).unwrap();
     if enforcement == Enforcement::Log {
         policy = trap::allow_replays(policy);
     }

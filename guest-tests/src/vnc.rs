@@ -1,0 +1,334 @@
+//! A VNC client for the tests, written from RFC 6143 apart from the server's code: the
+//! handshake (None or VNC authentication), SetPixelFormat, SetEncodings, update requests,
+//! input, and Raw, ZRLE, DesktopSize and Cursor decoding into a B8G8R8X8 framebuffer.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use des::cipher::generic_array::GenericArray;
+use des::cipher::{BlockEncrypt, KeyInit};
+use flate2::{Decompress, FlushDecompress};
+
+pub const RAW: i32 = 0;
+pub const ZRLE: i32 = 16;
+pub const CURSOR: i32 = -239;
+pub const DESKTOP_SIZE: i32 = -223;
+
+/// A rectangle the server sent: (x, y, width, height, encoding).
+pub type Rect = (u16, u16, u16, u16, i32);
+
+/// A connected client.
+pub struct VncClient {
+    s: UnixStream,
+    pub width: u32,
+    pub height: u32,
+    /// B8G8R8X8, `width * height`.
+    pub fb: Vec<u8>,
+    pub name: String,
+    /// The last cursor shape: (hot x, hot y, width, height, pixels, mask).
+    pub cursor: Option<(u16, u16, u16, u16, Vec<u8>, Vec<u8>)>,
+    zlib: Decompress,
+}
+
+fn rd<const N: usize>(s: &mut impl Read) -> std::io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    s.read_exact(&mut b)?;
+    Ok(b)
+}
+
+fn be16(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// The RFB "VNC authentication" answer.
+pub fn vnc_response(password: &[u8], challenge: &[u8; 16]) -> [u8; 16] {
+    let mut key = [0u8; 8];
+    for (k, p) in key.iter_mut().zip(password) {
+        // Each byte with its bits mirrored.
+        let mut r = 0u8;
+        for i in 0..8 {
+            if p & (1 << i) != 0 {
+                r |= 0x80 >> i;
+            }
+        }
+        *k = r;
+    }
+    let des = des::Des::new(GenericArray::from_slice(&key));
+    let mut out = *challenge;
+    for b in out.chunks_exact_mut(8) {
+        des.encrypt_block(GenericArray::from_mut_slice(b));
+    }
+    out
+}
+
+impl VncClient {
+    /// Connects over a Unix socket and runs the RFB 3.8 handshake.
+    pub fn connect(path: &Path, password: Option<&[u8]>) -> Result<VncClient, String> {
+        let s = UnixStream::connect(path).map_err(|e| format!("connect: {e}"))?;
+        Self::handshake(s, password)
+    }
+
+    pub fn handshake(mut s: UnixStream, password: Option<&[u8]>) -> Result<VncClient, String> {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        fn e(w: &str) -> impl Fn(std::io::Error) -> String + '_ {
+            move |err| format!("{w}: {err}")
+        }
+        let v: [u8; 12] = rd(&mut s).map_err(e("version"))?;
+        if &v != b"RFB 003.008\n" {
+            return Err(format!("server version {v:?}"));
+        }
+        s.write_all(b"RFB 003.008\n").map_err(e("version"))?;
+        let [n] = rd::<1>(&mut s).map_err(e("security types"))?;
+        if n == 0 {
+            let len = be32(&rd::<4>(&mut s).map_err(e("reason"))?) as usize;
+            let mut r = vec![0; len.min(4096)];
+            s.read_exact(&mut r).map_err(e("reason"))?;
+            return Err(format!("refused: {}", String::from_utf8_lossy(&r)));
+        }
+        let mut types = vec![0; n as usize];
+        s.read_exact(&mut types).map_err(e("security types"))?;
+        let want = if password.is_some() { 2 } else { 1 };
+        if !types.contains(&want) {
+            return Err(format!("security types {types:?}"));
+        }
+        s.write_all(&[want]).map_err(e("security"))?;
+        if let Some(pw) = password {
+            let c: [u8; 16] = rd(&mut s).map_err(e("challenge"))?;
+            s.write_all(&vnc_response(pw, &c)).map_err(e("response"))?;
+        }
+        let result = be32(&rd::<4>(&mut s).map_err(e("security result"))?);
+        if result != 0 {
+            let len = be32(&rd::<4>(&mut s).map_err(e("reason"))?) as usize;
+            let mut r = vec![0; len.min(4096)];
+            s.read_exact(&mut r).map_err(e("reason"))?;
+            return Err(format!("security failed: {}", String::from_utf8_lossy(&r)));
+        }
+        s.write_all(&[1]).map_err(e("client init"))?;
+        let init: [u8; 24] = rd(&mut s).map_err(e("server init"))?;
+        let (w, h) = (be16(&init[0..]) as u32, be16(&init[2..]) as u32);
+        let len = be32(&init[20..]) as usize;
+        let mut name = vec![0; len.min(4096)];
+        s.read_exact(&mut name).map_err(e("name"))?;
+        // The server's format must be what this client decodes: 32 bpp, X8R8G8B8 LE.
+        if init[4..17] != [32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0] {
+            return Err(format!("server pixel format {:?}", &init[4..20]));
+        }
+        Ok(VncClient {
+            s,
+            width: w,
+            height: h,
+            fb: vec![0; (w * h * 4) as usize],
+            name: String::from_utf8_lossy(&name).into(),
+            cursor: None,
+            zlib: Decompress::new(true),
+        })
+    }
+
+    pub fn stream(&self) -> &UnixStream {
+        &self.s
+    }
+
+    pub fn set_encodings(&mut self, encs: &[i32]) {
+        let mut m = vec![2, 0];
+        m.extend_from_slice(&(encs.len() as u16).to_be_bytes());
+        for e in encs {
+            m.extend_from_slice(&e.to_be_bytes());
+        }
+        self.s.write_all(&m).unwrap();
+    }
+
+    /// Sends a raw SetPixelFormat body (16 bytes).
+    pub fn set_pixel_format(&mut self, pf: [u8; 16]) {
+        let mut m = vec![0, 0, 0, 0];
+        m.extend_from_slice(&pf);
+        self.s.write_all(&m).unwrap();
+    }
+
+    pub fn request(&mut self, incremental: bool) {
+        let mut m = vec![3, incremental as u8, 0, 0, 0, 0];
+        m.extend_from_slice(&(self.width as u16).to_be_bytes());
+        m.extend_from_slice(&(self.height as u16).to_be_bytes());
+        self.s.write_all(&m).unwrap();
+    }
+
+    pub fn key(&mut self, down: bool, keysym: u32) {
+        let mut m = vec![4, down as u8, 0, 0];
+        m.extend_from_slice(&keysym.to_be_bytes());
+        self.s.write_all(&m).unwrap();
+    }
+
+    pub fn pointer(&mut self, buttons: u8, x: u16, y: u16) {
+        let mut m = vec![5, buttons];
+        m.extend_from_slice(&x.to_be_bytes());
+        m.extend_from_slice(&y.to_be_bytes());
+        self.s.write_all(&m).unwrap();
+    }
+
+    /// Reads one FramebufferUpdate (skipping other server messages) and applies it.
+    pub fn read_update(&mut self) -> Result<Vec<Rect>, String> {
+        let e = |err: std::io::Error| format!("update: {err}");
+        loop {
+            let [t] = rd::<1>(&mut self.s).map_err(e)?;
+            match t {
+                0 => break,
+                2 => continue, // Bell.
+                other => return Err(format!("server message type {other}")),
+            }
+        }
+        let h: [u8; 3] = rd(&mut self.s).map_err(e)?;
+        let n = be16(&h[1..]);
+        let mut rects = Vec::new();
+        for _ in 0..n {
+            let r: [u8; 12] = rd(&mut self.s).map_err(e)?;
+            let (x, y, w, hh) = (be16(&r[0..]), be16(&r[2..]), be16(&r[4..]), be16(&r[6..]));
+            let enc = be32(&r[8..]) as i32;
+            rects.push((x, y, w, hh, enc));
+            match enc {
+                RAW => {
+                    let mut px = vec![0u8; w as usize * hh as usize * 4];
+                    self.s.read_exact(&mut px).map_err(e)?;
+                    self.put(x, y, w, hh, &px)?;
+                }
+                ZRLE => {
+                    let len = be32(&rd::<4>(&mut self.s).map_err(e)?) as usize;
+                    let mut z = vec![0u8; len];
+                    self.s.read_exact(&mut z).map_err(e)?;
+                    let px = self.zrle(&z, w as usize, hh as usize)?;
+                    self.put(x, y, w, hh, &px)?;
+                }
+                DESKTOP_SIZE => {
+                    self.width = w.into();
+                    self.height = hh.into();
+                    self.fb = vec![0; w as usize * hh as usize * 4];
+                }
+                CURSOR => {
+                    let mut px = vec![0u8; w as usize * hh as usize * 4];
+                    self.s.read_exact(&mut px).map_err(e)?;
+                    let mut mask = vec![0u8; (w as usize).div_ceil(8) * hh as usize];
+                    self.s.read_exact(&mut mask).map_err(e)?;
+                    self.cursor = Some((x, y, w, hh, px, mask));
+                }
+                other => return Err(format!("encoding {other}")),
+            }
+        }
+        Ok(rects)
+    }
+
+    fn put(&mut self, x: u16, y: u16, w: u16, h: u16, px: &[u8]) -> Result<(), String> {
+        let (x, y, w, h) = (x as u32, y as u32, w as u32, h as u32);
+        if x + w > self.width || y + h > self.height {
+            return Err(format!(
+                "rect {x},{y} {w}x{h} outside {}x{}",
+                self.width, self.height
+            ));
+        }
+        for row in 0..h {
+            let at = (((y + row) * self.width + x) * 4) as usize;
+            let from = (row * w * 4) as usize;
+            self.fb[at..at + (w * 4) as usize].copy_from_slice(&px[from..from + (w * 4) as usize]);
+        }
+        Ok(())
+    }
+
+    /// Decodes ZRLE (all subencodings of RFC 6143 7.7.6) with 3-byte CPIXELs.
+    fn zrle(&mut self, z: &[u8], w: usize, h: usize) -> Result<Vec<u8>, String> {
+        let mut plain = Vec::with_capacity(w * h * 4 + 1024);
+        let before = self.zlib.total_in();
+        loop {
+            let used = (self.zlib.total_in() - before) as usize;
+            if plain.capacity() - plain.len() < 1024 {
+                plain.reserve(plain.capacity());
+            }
+            self.zlib
+                .decompress_vec(&z[used..], &mut plain, FlushDecompress::Sync)
+                .map_err(|e| format!("zlib: {e}"))?;
+            if (self.zlib.total_in() - before) as usize == z.len()
+                && plain.capacity() - plain.len() >= 1024
+            {
+                break;
+            }
+        }
+        let mut out = vec![0u8; w * h * 4];
+        let mut p = 0usize;
+        let mut take = |n: usize| -> Result<&[u8], String> {
+            let s = plain.get(p..p + n).ok_or("ZRLE data short")?;
+            p += n;
+            Ok(s)
+        };
+        for ty in (0..h).step_by(64) {
+            for tx in (0..w).step_by(64) {
+                let (tw, th) = ((w - tx).min(64), (h - ty).min(64));
+                let sub = take(1)?[0];
+                let mut tile: Vec<[u8; 3]> = Vec::with_capacity(tw * th);
+                match sub {
+                    0 => {
+                        for _ in 0..tw * th {
+                            let c = take(3)?;
+                            tile.push([c[0], c[1], c[2]]);
+                        }
+                    }
+                    1 => {
+                        let c = take(3)?;
+                        tile = vec![[c[0], c[1], c[2]]; tw * th];
+                    }
+                    2..=16 => {
+                        let n = sub as usize;
+                        let pal: Vec<[u8; 3]> = (0..n)
+                            .map(|_| take(3).map(|c| [c[0], c[1], c[2]]))
+                            .collect::<Result<_, _>>()?;
+                        let bits = match n {
+                            2 => 1,
+                            3..=4 => 2,
+                            _ => 4,
+                        };
+                        for _ in 0..th {
+                            let row = take((tw * bits).div_ceil(8))?.to_vec();
+                            for x in 0..tw {
+                                let bit = x * bits;
+                                let v = (row[bit / 8] >> (8 - bits - bit % 8)) & ((1 << bits) - 1);
+                                tile.push(*pal.get(v as usize).ok_or("palette index")?);
+                            }
+                        }
+                    }
+                    128 => {
+                        while tile.len() < tw * th {
+                            let c = take(3)?;
+                            let c = [c[0], c[1], c[2]];
+                            let mut run = 1usize;
+                            loop {
+                                let b = take(1)?[0];
+                                run += b as usize;
+                                if b != 255 {
+                                    break;
+                                }
+                            }
+                            tile.extend(std::iter::repeat_n(c, run));
+                        }
+                    }
+                    other => return Err(format!("ZRLE subencoding {other}")),
+                }
+                if tile.len() != tw * th {
+                    return Err("ZRLE tile size".into());
+                }
+                for (i, c) in tile.iter().enumerate() {
+                    let (x, y) = (tx + i % tw, ty + i / tw);
+                    out[(y * w + x) * 4..(y * w + x) * 4 + 3].copy_from_slice(c);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The framebuffer without the X bytes, as (B, G, R) triples.
+    pub fn bgr(&self) -> Vec<u8> {
+        self.fb
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect()
+    }
+}

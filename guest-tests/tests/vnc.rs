@@ -1,0 +1,356 @@
+//! The built-in VNC server (`--vnc`) against the harness's own RFB client: what a client sees
+//! is what the guest flushed (Raw and ZRLE, damage only, DesktopSize, the cursor), several
+//! clients and a stalled one, and hostile clients that get a clean close while the guest keeps
+//! running.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use guest_tests::frontend::ConnectOptions;
+use guest_tests::vnc::{VncClient, CURSOR, DESKTOP_SIZE, RAW, ZRLE};
+use guest_tests::wire::*;
+use guest_tests::{Backend, Gpu};
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vhost-gpu-vnc-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A 2D backend serving VNC on `dir/vnc.sock`, and a guest with no display channel (as a
+/// generic vhost-user frontend has none).
+fn start_vnc(dir: &Path, args: &[&str]) -> (Backend, Gpu, PathBuf) {
+    let sock = dir.join("vnc.sock");
+    let mut a = vec!["--vnc".to_string(), format!("unix:{}", sock.display())];
+    a.extend(args.iter().map(|s| s.to_string()));
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let b = Backend::start(&opts_2d(&a));
+    let g = Gpu::connect(
+        &b,
+        &ConnectOptions {
+            display: None,
+            ..Default::default()
+        },
+    );
+    (b, g, sock)
+}
+
+fn bgr(px: &[u8]) -> Vec<u8> {
+    px.chunks_exact(4)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect()
+}
+
+#[test]
+fn clients_see_what_the_guest_flushed_raw_and_zrle_damage_resize_and_cursor() {
+    let dir = temp_dir("picture");
+    let (b, mut g, sock) = start_vnc(&dir, &["--display", "64x48"]);
+    let (w, h) = (96u32, 48u32);
+    let px = pattern(w, h, 3);
+    let entries = resource_with(&mut g, 1, B8G8R8X8, w, h, &px);
+    // Before the guest shows anything the client gets the configured size.
+    let mut raw = VncClient::connect(&sock, None).unwrap();
+    assert_eq!((raw.width, raw.height), (64, 48));
+    assert_eq!(raw.name, "vhost-gpu");
+    raw.set_encodings(&[RAW]);
+    let mut z = VncClient::connect(&sock, None).unwrap();
+    z.set_encodings(&[ZRLE, RAW, DESKTOP_SIZE, CURSOR]);
+
+    assert_eq!(g.set_scanout(0, 1, (16, 0, 64, 48)), OK_NODATA);
+    assert_eq!(g.transfer(1, (0, 0, w, h), w * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, w, h)), OK_NODATA);
+    let want = crop(&px, w * 4, (16, 0, 64, 48));
+    for (c, enc) in [(&mut raw, RAW), (&mut z, ZRLE)] {
+        // A full request is answered with the whole picture; keep asking until the flush is
+        // in (the first answer may come before it).
+        let deadline = Instant::now() + WAIT;
+        loop {
+            c.request(false);
+            let rects = c.read_update().unwrap();
+            assert!(rects.iter().all(|r| r.4 == enc), "{rects:?}");
+            if c.bgr() == bgr(&want) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "picture never matched ({enc})");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    // A damage rect: only it comes, to both.
+    let px2 = pattern(w, h, 77);
+    g.write_backing(&entries, &px2);
+    assert_eq!(g.transfer(1, (24, 8, 4, 4), w * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (24, 8, 4, 4)), OK_NODATA);
+    let mut want2 = want.clone();
+    for y in 8..12usize {
+        let at = (y * 64 + 8) * 4;
+        want2[at..at + 16].copy_from_slice(&crop(&px2, w * 4, (24, y as u32, 4, 1)));
+    }
+    for (c, enc) in [(&mut raw, RAW), (&mut z, ZRLE)] {
+        c.request(true);
+        assert_eq!(c.read_update().unwrap(), vec![(8, 8, 4, 4, enc)]);
+        assert_eq!(c.bgr(), bgr(&want2));
+    }
+
+    // The cursor: a 64x64 B8G8R8A8 image, left half opaque.
+    let mut cur = pattern(64, 64, 5);
+    for (i, p) in cur.chunks_exact_mut(4).enumerate() {
+        p[3] = if i % 64 < 32 { 0xff } else { 0 };
+    }
+    let _ = resource_with(&mut g, 2, B8G8R8A8, 64, 64, &cur);
+    assert_eq!(g.transfer(2, (0, 0, 64, 64), 64 * 4), OK_NODATA);
+    assert_eq!(g.update_cursor(0, 10, 10, 2, (3, 4)), OK_NODATA);
+    z.request(true);
+    let rects = z.read_update().unwrap();
+    assert_eq!(rects, vec![(3, 4, 64, 64, CURSOR)]);
+    let (_, _, _, _, cpx, mask) = z.cursor.clone().unwrap();
+    assert_eq!(bgr(&cpx), bgr(&cur));
+    assert!(mask
+        .chunks(8)
+        .all(|row| row == [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]));
+
+    // A new mode: DesktopSize alone to the client that knows it, then the whole picture;
+    // the other keeps its size and gets the part that fits.
+    let px3 = pattern(32, 32, 9);
+    let _ = resource_with(&mut g, 3, B8G8R8X8, 32, 32, &px3);
+    assert_eq!(g.transfer(3, (0, 0, 32, 32), 32 * 4), OK_NODATA);
+    assert_eq!(g.set_scanout(0, 3, (0, 0, 32, 32)), OK_NODATA);
+    assert_eq!(g.flush(3, (0, 0, 32, 32)), OK_NODATA);
+    z.request(true);
+    assert_eq!(z.read_update().unwrap(), vec![(0, 0, 32, 32, DESKTOP_SIZE)]);
+    z.request(false);
+    assert_eq!(z.read_update().unwrap(), vec![(0, 0, 32, 32, ZRLE)]);
+    assert_eq!(z.bgr(), bgr(&px3));
+    raw.request(true);
+    assert_eq!(raw.read_update().unwrap(), vec![(0, 0, 32, 32, RAW)]);
+    assert_eq!((raw.width, raw.height), (64, 48));
+    assert_eq!(&raw.fb[..32 * 4], &px3[..32 * 4]);
+
+    // A client in another pixel format: RGB565 big endian.
+    let mut c16 = VncClient::connect(&sock, None).unwrap();
+    c16.set_pixel_format([16, 16, 1, 1, 0, 31, 0, 63, 0, 31, 11, 5, 0, 0, 0, 0]);
+    c16.set_encodings(&[RAW]);
+    c16.request(false);
+    // The 565 pixels land in the 4-byte framebuffer as raw bytes; read them by hand.
+    let mut head = [0u8; 4 + 12];
+    c16.stream().set_read_timeout(Some(WAIT)).unwrap();
+    (&mut &*c16.stream()).read_exact(&mut head).unwrap();
+    assert_eq!((c16.width, c16.height), (32, 32));
+    assert_eq!(&head[4..12], &[0, 0, 0, 0, 0, 32, 0, 32]);
+    let mut p565 = vec![0u8; 32 * 32 * 2];
+    (&mut &*c16.stream()).read_exact(&mut p565).unwrap();
+    let p = &px3[..4];
+    let v = u16::from_be_bytes([p565[0], p565[1]]);
+    let scale = |c: u8, max: u32| (c as u32 * max + 127) / 255;
+    assert_eq!(
+        v as u32,
+        (scale(p[2], 31) << 11) | (scale(p[1], 63) << 5) | scale(p[0], 31)
+    );
+    assert!(b.log_text().contains("VNC on unix:"), "{}", b.log_text());
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Transfers and flushes a full 640x480 frame again and again for `secs`; returns flushes
+/// per second.
+fn flush_rate(g: &mut Gpu, secs: f64) -> f64 {
+    let t = Instant::now();
+    let mut n = 0u32;
+    while t.elapsed().as_secs_f64() < secs {
+        assert_eq!(g.transfer(1, (0, 0, 640, 480), 640 * 4), OK_NODATA);
+        assert_eq!(g.flush(1, (0, 0, 640, 480)), OK_NODATA);
+        n += 1;
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+#[test]
+fn a_stalled_client_does_not_slow_the_guest_and_others_keep_getting_frames() {
+    let dir = temp_dir("stall");
+    let (b, mut g, sock) = start_vnc(&dir, &["--display", "640x480"]);
+    let px = pattern(640, 480, 1);
+    let _ = resource_with(&mut g, 1, B8G8R8X8, 640, 480, &px);
+    assert_eq!(g.set_scanout(0, 1, (0, 0, 640, 480)), OK_NODATA);
+    flush_rate(&mut g, 0.2);
+    let alone = flush_rate(&mut g, 1.5);
+    let rss_before = b.rss_anon_kib();
+
+    // A client that asks for the whole picture, then never reads.
+    let mut stalled = VncClient::connect(&sock, None).unwrap();
+    stalled.set_encodings(&[RAW]);
+    for _ in 0..50 {
+        stalled.request(false);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let with_stalled = flush_rate(&mut g, 1.5);
+
+    // And one that keeps up, on its own thread.
+    let sock2 = sock.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = std::sync::Arc::clone(&stop);
+    let reader = std::thread::spawn(move || {
+        let mut c = VncClient::connect(&sock2, None).unwrap();
+        c.set_encodings(&[ZRLE, RAW]);
+        let mut updates = 0u32;
+        c.request(false);
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            c.read_update().unwrap();
+            updates += 1;
+            c.request(true);
+        }
+        updates
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let with_both = flush_rate(&mut g, 1.5);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // One more flush so the reader's last request is answered.
+    flush_rate(&mut g, 0.1);
+    let updates = reader.join().unwrap();
+    let rss_after = b.rss_anon_kib();
+    eprintln!(
+        "flushes/s: alone {alone:.0}, with a stalled client {with_stalled:.0} ({:.2}x), with a stalled and a reading client {with_both:.0} ({:.2}x); reading client got {updates} updates; RssAnon {rss_before} -> {rss_after} KiB",
+        with_stalled / alone,
+        with_both / alone
+    );
+    assert!(
+        with_stalled >= 0.7 * alone,
+        "a stalled client slowed the guest: {with_stalled:.0} vs {alone:.0} flushes/s"
+    );
+    assert!(updates >= 10, "the reading client got {updates} updates");
+    // The stalled client holds at most one update's copy (1.2 MB here) and socket buffers.
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "RssAnon {rss_before} -> {rss_after} KiB"
+    );
+    drop(stalled);
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn closes_within(mut s: UnixStream, t: Duration) -> bool {
+    s.set_read_timeout(Some(t)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn threads(b: &Backend) -> u32 {
+    b.status_field("Threads").trim().parse().unwrap()
+}
+
+#[test]
+fn hostile_clients_get_a_clean_close_and_the_guest_keeps_running() {
+    let dir = temp_dir("hostile");
+    let pw = dir.join("password");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let pwa = pw.to_str().unwrap().to_string();
+    let (mut b, mut g, sock) = start_vnc(
+        &dir,
+        &[
+            "--display",
+            "64x48",
+            "--vnc-password-file",
+            &pwa,
+            "--vnc-max-clients",
+            "3",
+        ],
+    );
+    let px = pattern(64, 48, 2);
+    let _ = resource_with(&mut g, 1, B8G8R8X8, 64, 48, &px);
+    assert_eq!(g.set_scanout(0, 1, (0, 0, 64, 48)), OK_NODATA);
+    assert_eq!(g.transfer(1, (0, 0, 64, 48), 64 * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, 64, 48)), OK_NODATA);
+
+    // Silence after connecting: closed by the handshake timeout (10 s).
+    let silent = UnixStream::connect(&sock).unwrap();
+    let silent = std::thread::spawn(move || closes_within(silent, Duration::from_secs(20)));
+    // Garbage instead of a version.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(closes_within(s, WAIT));
+    // A truncated handshake: version, then gone.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.write_all(b"RFB 003.008\n").unwrap();
+    drop(s);
+    // No password, and a wrong one.
+    assert!(VncClient::connect(&sock, None)
+        .err()
+        .unwrap()
+        .contains("security types"));
+    let e = VncClient::connect(&sock, Some(b"wrong")).err().unwrap();
+    assert!(e.contains("authentication failed"), "{e}");
+    // The right one; then an unknown message type and a colour-map pixel format each end
+    // their session.
+    let mut ok = VncClient::connect(&sock, Some(b"s3cret")).unwrap();
+    ok.set_encodings(&[RAW]);
+    ok.request(false);
+    ok.read_update().unwrap();
+    assert_eq!(ok.bgr(), bgr(&px));
+    std::thread::sleep(Duration::from_millis(300));
+    let bad = VncClient::connect(&sock, Some(b"s3cret")).unwrap();
+    (&*bad.stream()).write_all(&[99, 0, 0, 0]).unwrap();
+    assert!(closes_within(bad.stream().try_clone().unwrap(), WAIT));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut cmap = VncClient::connect(&sock, Some(b"s3cret")).unwrap();
+    cmap.set_pixel_format([8, 8, 0, 0, 0, 7, 0, 7, 0, 3, 0, 3, 6, 0, 0, 0]);
+    assert!(closes_within(cmap.stream().try_clone().unwrap(), WAIT));
+    // Over --vnc-max-clients (3: the silent one, `ok` and this one): refused with a reason.
+    std::thread::sleep(Duration::from_millis(300));
+    let _second = VncClient::connect(&sock, Some(b"s3cret")).unwrap();
+    let e = VncClient::connect(&sock, Some(b"s3cret")).err().unwrap();
+    assert!(e.contains("too many VNC clients"), "{e}");
+    drop(_second);
+    assert!(silent.join().unwrap(), "a silent client was never closed");
+
+    // 10,000 connect/disconnect cycles: memory and threads come back.
+    let cycle = |n: u32| {
+        for _ in 0..n {
+            let mut s = UnixStream::connect(&sock).unwrap();
+            let mut v = [0u8; 12];
+            s.read_exact(&mut v).unwrap();
+            drop(s);
+        }
+    };
+    cycle(500);
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss0, th0) = (b.rss_anon_kib(), threads(&b));
+    let t = Instant::now();
+    cycle(10_000);
+    let took = t.elapsed();
+    let deadline = Instant::now() + WAIT;
+    while threads(&b) > th0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (rss1, th1) = (b.rss_anon_kib(), threads(&b));
+    eprintln!(
+        "10,000 VNC connect/disconnect cycles in {took:.1?}: RssAnon {rss0} -> {rss1} KiB, threads {th0} -> {th1}"
+    );
+    assert!(th1 <= th0, "threads {th0} -> {th1}");
+    assert!(rss1 < rss0 + 4096, "RssAnon {rss0} -> {rss1} KiB");
+
+    // The guest and a good client still work.
+    assert!(b.alive());
+    let px2 = pattern(64, 48, 50);
+    let entries = g.scattered_backing(&px2);
+    assert_eq!(g.detach_backing(1), OK_NODATA);
+    assert_eq!(g.attach_backing(1, &entries), OK_NODATA);
+    assert_eq!(g.transfer(1, (0, 0, 64, 48), 64 * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, 64, 48)), OK_NODATA);
+    ok.request(true);
+    ok.read_update().unwrap();
+    assert_eq!(ok.bgr(), bgr(&px2));
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
