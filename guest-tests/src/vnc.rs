@@ -3,6 +3,7 @@
 //! input, and Raw, ZRLE, DesktopSize and Cursor decoding into a B8G8R8X8 framebuffer.
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -19,16 +20,19 @@ pub const DESKTOP_SIZE: i32 = -223;
 /// A rectangle the server sent: (x, y, width, height, encoding).
 pub type Rect = (u16, u16, u16, u16, i32);
 
+/// A cursor shape: (hot x, hot y, width, height, pixels, mask).
+pub type CursorShape = (u16, u16, u16, u16, Vec<u8>, Vec<u8>);
+
 /// A connected client.
-pub struct VncClient {
-    s: UnixStream,
+pub struct VncClient<S = UnixStream> {
+    s: S,
     pub width: u32,
     pub height: u32,
     /// B8G8R8X8, `width * height`.
     pub fb: Vec<u8>,
     pub name: String,
-    /// The last cursor shape: (hot x, hot y, width, height, pixels, mask).
-    pub cursor: Option<(u16, u16, u16, u16, Vec<u8>, Vec<u8>)>,
+    /// The last cursor shape.
+    pub cursor: Option<CursorShape>,
     zlib: Decompress,
 }
 
@@ -66,15 +70,26 @@ pub fn vnc_response(password: &[u8], challenge: &[u8; 16]) -> [u8; 16] {
     out
 }
 
-impl VncClient {
+impl VncClient<UnixStream> {
     /// Connects over a Unix socket and runs the RFB 3.8 handshake.
-    pub fn connect(path: &Path, password: Option<&[u8]>) -> Result<VncClient, String> {
+    pub fn connect(path: &Path, password: Option<&[u8]>) -> Result<Self, String> {
         let s = UnixStream::connect(path).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         Self::handshake(s, password)
     }
+}
 
-    pub fn handshake(mut s: UnixStream, password: Option<&[u8]>) -> Result<VncClient, String> {
+impl VncClient<TcpStream> {
+    /// Connects over TCP and runs the RFB 3.8 handshake.
+    pub fn connect_tcp(addr: &str, password: Option<&[u8]>) -> Result<Self, String> {
+        let s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Self::handshake(s, password)
+    }
+}
+
+impl<S: Read + Write> VncClient<S> {
+    pub fn handshake(mut s: S, password: Option<&[u8]>) -> Result<Self, String> {
         fn e(w: &str) -> impl Fn(std::io::Error) -> String + '_ {
             move |err| format!("{w}: {err}")
         }
@@ -129,7 +144,7 @@ impl VncClient {
         })
     }
 
-    pub fn stream(&self) -> &UnixStream {
+    pub fn stream(&self) -> &S {
         &self.s
     }
 

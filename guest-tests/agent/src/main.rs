@@ -384,6 +384,54 @@ fn wait_flip(card: &Card) -> Result<(), String> {
     }
 }
 
+/// Prints the key and absolute-pointer events of every input device for `hold`: how a test
+/// sees that input sent from outside (VNC, through QMP) reached the guest's devices.
+fn input(hold: Duration) -> Result<(), String> {
+    let mut devices = Vec::new();
+    for e in std::fs::read_dir("/dev/input").map_err(|e| format!("/dev/input: {e}"))? {
+        let p = e.map_err(|e| e.to_string())?.path();
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if !name.starts_with("event") {
+            continue;
+        }
+        let dev_name = std::fs::read_to_string(format!("/sys/class/input/{name}/device/name"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        say(format!("input device {name} {dev_name}"));
+        devices.push((name, p));
+    }
+    if devices.is_empty() {
+        return Err("no input devices".into());
+    }
+    say("input ready");
+    for (name, p) in devices {
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let Ok(mut f) = std::fs::File::open(&p) else {
+                return;
+            };
+            // struct input_event: 16 bytes of time, u16 type, u16 code, i32 value.
+            let mut ev = [0u8; 24];
+            while f.read_exact(&mut ev).is_ok() {
+                let t = u16::from_ne_bytes([ev[16], ev[17]]);
+                let c = u16::from_ne_bytes([ev[18], ev[19]]);
+                let v = i32::from_ne_bytes([ev[20], ev[21], ev[22], ev[23]]);
+                // EV_KEY (keys and buttons) and EV_ABS.
+                if t == 1 || t == 3 {
+                    say(format!("input event {name} type {t} code {c} value {v}"));
+                }
+            }
+        });
+    }
+    std::thread::sleep(hold);
+    Ok(())
+}
+
 fn run() -> Result<(), String> {
     let mut what = "all".to_string();
     let mut frames = 60u32;
@@ -404,9 +452,12 @@ fn run() -> Result<(), String> {
                         .ok_or("--hold SECONDS")?,
                 )
             }
-            "dumb" | "gl" | "all" => what = a,
+            "dumb" | "gl" | "all" | "input" => what = a,
             _ => return Err(format!("unknown argument {a}")),
         }
+    }
+    if what == "input" {
+        return input(hold);
     }
     let card = open_card()?;
     let outs = outputs(&card)?;
