@@ -217,7 +217,34 @@ pub struct ConnectOptions {
     pub display: Option<DisplayConfig>,
     /// Ack VIRTIO_RING_F_EVENT_IDX when the device offers it, as Linux's virtio_ring does.
     pub event_idx: bool,
+    /// Which frontend's vhost-user set-up to play.
+    pub profile: Profile,
 }
+
+/// The vhost-user frontend a connection plays.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Profile {
+    /// QEMU 10's vhost-user-gpu-pci (hw/display/vhost-user-gpu.c, hw/virtio/vhost-user.c).
+    #[default]
+    Qemu,
+    /// cloud-hypervisor's `--generic-vhost-user` (virtio-devices/src/vhost_user/
+    /// generic_vhost_user.rs and vu_common_ctrl.rs at commit ae44c29, August 2026): it offers
+    /// the guest only its DEFAULT_VIRTIO_FEATURES (no device feature bits: no VIRGL, no EDID),
+    /// offers CONFIG | MQ | CONFIGURE_MEM_SLOTS | REPLY_ACK | INFLIGHT_SHMFD | LOG_SHMFD |
+    /// DEVICE_STATE | BACKEND_REQ, asks GET_QUEUE_NUM under MQ, reads the config space with
+    /// GET_CONFIG at the guest's own offsets (flags empty), sets every message NEED_REPLY
+    /// under REPLY_ACK, enables the vrings after all are set, and never sends a display
+    /// channel.
+    CloudHypervisorGeneric,
+    /// A generic frontend that passes the device's feature bits through (QEMU >= 11.1's
+    /// vhost-user-device-pci): QEMU's set-up, all device features, no display channel.
+    GenericPassThrough,
+}
+
+/// cloud-hypervisor's DEFAULT_VIRTIO_FEATURES: INDIRECT_DESC, EVENT_IDX, VERSION_1, IN_ORDER,
+/// ORDER_PLATFORM, NOTIFICATION_DATA, PROTOCOL_FEATURES, LOG_ALL.
+pub const CLOUD_HYPERVISOR_FEATURES: u64 =
+    (1 << 28) | (1 << 29) | (1 << 32) | (1 << 35) | (1 << 36) | (1 << 38) | (1 << 30) | (1 << 26);
 
 impl Default for ConnectOptions {
     fn default() -> Self {
@@ -229,6 +256,7 @@ impl Default for ConnectOptions {
                 ..Default::default()
             }),
             event_idx: true,
+            profile: Profile::Qemu,
         }
     }
 }
@@ -243,6 +271,8 @@ pub struct Connection {
     pub display: Option<DisplayServer>,
     /// Virtio features the device offered.
     pub device_features: u64,
+    /// Virtio features the frontend offered the guest (the profile's mask of the above).
+    pub guest_features: u64,
     /// Config space as read at connect: events_read, events_clear, num_scanouts, num_capsets.
     pub config: [u32; 4],
 }
@@ -260,6 +290,9 @@ impl Connection {
 
     /// Brings the device up over an already connected socket (libvirt's socket pair).
     pub fn over_stream(stream: UnixStream, opts: &ConnectOptions) -> Result<Self, String> {
+        if opts.profile == Profile::CloudHypervisorGeneric {
+            return Self::cloud_hypervisor(stream, opts);
+        }
         let raw = stream.try_clone().map_err(|e| sock_err("clone", e))?;
         let mut fe = Frontend::from_stream(stream, 2);
         fe.set_owner().map_err(|e| sock_err("set_owner", e))?;
@@ -285,6 +318,7 @@ impl Connection {
         let config = [0, 4, 8, 12].map(|o| crate::wire::le32(&cfg, o));
 
         let display = match &opts.display {
+            Some(_) if opts.profile == Profile::GenericPassThrough => None,
             Some(dc) => {
                 let (ours, theirs) = UnixStream::pair().map_err(|e| sock_err("socketpair", e))?;
                 let hdr = crate::wire::Msg::default()
@@ -322,9 +356,126 @@ impl Connection {
             event_idx: acked & F_RING_EVENT_IDX != 0,
             display,
             device_features,
+            guest_features: device_features,
             config,
         };
         conn.start_queues(opts.queue_size)?;
+        Ok(conn)
+    }
+
+    /// cloud-hypervisor's generic vhost-user set-up (see [`Profile::CloudHypervisorGeneric`]).
+    fn cloud_hypervisor(stream: UnixStream, opts: &ConnectOptions) -> Result<Self, String> {
+        let mut fe = Frontend::from_stream(stream, 2);
+        // connect_vhost_user: SET_OWNER, GET_FEATURES.
+        fe.set_owner().map_err(|e| sock_err("set_owner", e))?;
+        let device_features = fe.get_features().map_err(|e| sock_err("get_features", e))?;
+        // negotiate_features_vhost_user.
+        let acked = CLOUD_HYPERVISOR_FEATURES & device_features;
+        let mut acked_pf = VhostUserProtocolFeatures::empty();
+        if acked & F_PROTOCOL_FEATURES != 0 {
+            let offered = VhostUserProtocolFeatures::CONFIG
+                | VhostUserProtocolFeatures::MQ
+                | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+                | VhostUserProtocolFeatures::REPLY_ACK
+                | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+                | VhostUserProtocolFeatures::LOG_SHMFD
+                | VhostUserProtocolFeatures::DEVICE_STATE
+                | VhostUserProtocolFeatures::BACKEND_REQ;
+            let pf = fe
+                .get_protocol_features()
+                .map_err(|e| sock_err("get_protocol_features", e))?;
+            acked_pf = offered & pf;
+            fe.set_protocol_features(acked_pf)
+                .map_err(|e| sock_err("set_protocol_features", e))?;
+            if acked_pf.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                fe.set_hdr_flags(vhost::vhost_user::message::VhostUserHeaderFlag::NEED_REPLY);
+            }
+        }
+        if acked_pf.contains(VhostUserProtocolFeatures::MQ) {
+            let nq = fe
+                .get_queue_num()
+                .map_err(|e| sock_err("get_queue_num", e))?;
+            if nq < 2 {
+                return Err(format!("device has {nq} queues; queue_sizes has 2"));
+            }
+        }
+        // The guest's driver reads the config fields one by one; each read is a GET_CONFIG.
+        if !acked_pf.contains(VhostUserProtocolFeatures::CONFIG) {
+            return Err("no CONFIG protocol feature: the guest would read 0xff".into());
+        }
+        let mut config = [0u32; 4];
+        for (i, c) in config.iter_mut().enumerate() {
+            let off = (i * 4) as u32;
+            let (_, v) = fe
+                .get_config(off, 4, VhostUserConfigFlags::empty(), &[0u8; 4])
+                .map_err(|e| sock_err("get_config", e))?;
+            *c = crate::wire::le32(&v, 0);
+        }
+        // The guest acks what it was offered (Linux: VERSION_1, EVENT_IDX, INDIRECT_DESC);
+        // activate sends them with the frontend's own bits, masked by the device's.
+        let ring = if opts.event_idx { F_RING_EVENT_IDX } else { 0 };
+        let guest_acked = acked & (F_VERSION_1 | ring | (1 << 28));
+        let set = (guest_acked | (acked & F_PROTOCOL_FEATURES)) & device_features;
+        fe.set_features(set)
+            .map_err(|e| sock_err("set_features", e))?;
+        let mem = GuestMemory::new(opts.mem_size).map_err(|e| sock_err("memfd", e))?;
+        let region = VhostUserMemoryRegionInfo {
+            guest_phys_addr: crate::memory::BASE,
+            memory_size: opts.mem_size,
+            userspace_addr: mem.host_addr(crate::memory::BASE),
+            mmap_offset: 0,
+            mmap_handle: mem.raw_fd(),
+        };
+        fe.set_mem_table(&[region])
+            .map_err(|e| sock_err("set_mem_table", e))?;
+        let mut conn = Connection {
+            frontend: fe,
+            mem,
+            queues: Vec::new(),
+            event_idx: set & F_RING_EVENT_IDX != 0,
+            display: None,
+            device_features,
+            guest_features: acked,
+            config,
+        };
+        // setup_vhost_user: SET_VRING_NUM for all, then per queue ADDR, BASE (the avail
+        // index), CALL, KICK; then every queue enabled.
+        let (fe, mem) = (&mut conn.frontend, &conn.mem);
+        let size = opts.queue_size;
+        let vqs: Vec<Virtqueue> = (0..2usize)
+            .map(|q| {
+                let base = crate::memory::BASE + (q as u64) * (256 << 10);
+                Virtqueue::new(mem, base, size, conn.event_idx)
+            })
+            .collect();
+        for q in 0..2 {
+            fe.set_vring_num(q, size)
+                .map_err(|e| sock_err("set_vring_num", e))?;
+        }
+        for (q, vq) in vqs.iter().enumerate() {
+            let addrs = VringConfigData {
+                queue_max_size: size,
+                queue_size: size,
+                flags: 0,
+                desc_table_addr: mem.host_addr(vq.desc),
+                used_ring_addr: mem.host_addr(vq.used),
+                avail_ring_addr: mem.host_addr(vq.avail),
+                log_addr: None,
+            };
+            fe.set_vring_addr(q, &addrs)
+                .map_err(|e| sock_err("set_vring_addr", e))?;
+            fe.set_vring_base(q, 0)
+                .map_err(|e| sock_err("set_vring_base", e))?;
+            fe.set_vring_call(q, &vq.call)
+                .map_err(|e| sock_err("set_vring_call", e))?;
+            fe.set_vring_kick(q, &vq.kick)
+                .map_err(|e| sock_err("set_vring_kick", e))?;
+        }
+        for q in 0..2 {
+            fe.set_vring_enable(q, true)
+                .map_err(|e| sock_err("set_vring_enable", e))?;
+        }
+        conn.queues = vqs;
         Ok(conn)
     }
 

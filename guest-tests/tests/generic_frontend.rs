@@ -1,0 +1,171 @@
+//! Generic vhost-user frontends, which know nothing of GPUs and send no display channel:
+//! cloud-hypervisor's `--generic-vhost-user` (played exactly, see
+//! `frontend::Profile::CloudHypervisorGeneric`) and a frontend that passes device features
+//! through (QEMU >= 11.1's vhost-user-device-pci). vhost-gpu is then the only party with the
+//! picture: it reaches `--vnc` and `--capture-dir`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+use guest_tests::frontend::{ConnectOptions, Profile};
+use guest_tests::vnc::{VncClient, RAW, ZRLE};
+use guest_tests::wire::virgl::*;
+use guest_tests::wire::*;
+use guest_tests::{capture, Backend, BackendOptions, Gpu};
+
+fn dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vhost-gpu-generic-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn start(d: &std::path::Path, args: &[&str], profile: Profile) -> (Backend, Gpu, PathBuf) {
+    let sock = d.join("vnc.sock");
+    let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    a.extend([
+        "--vnc".into(),
+        format!("unix:{}", sock.display()),
+        "--capture-dir".into(),
+        d.join("cap").display().to_string(),
+        "--capture-interval-ms".into(),
+        "50".into(),
+    ]);
+    let b = Backend::start(&BackendOptions { args: a });
+    let g = Gpu::connect(
+        &b,
+        &ConnectOptions {
+            profile,
+            display: None,
+            ..Default::default()
+        },
+    );
+    (b, g, sock)
+}
+
+/// Asks for the whole picture until `want` (B, G, R, X rows) shows.
+fn vnc_shows(c: &mut VncClient, want: &[u8]) {
+    let deadline = Instant::now() + WAIT;
+    let bgr = |px: &[u8]| -> Vec<u8> {
+        px.chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect()
+    };
+    loop {
+        c.request(false);
+        c.read_update().unwrap();
+        if c.bgr() == bgr(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "VNC never showed the picture");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn cloud_hypervisor_generic_frontend_gets_a_2d_device_whose_picture_reaches_vnc_and_capture() {
+    let d = dir("ch");
+    // What a cloud-hypervisor user runs: the default renderer (virgl where it starts).
+    let (b, mut g, sock) = start(
+        &d,
+        &["--display", "320x200"],
+        Profile::CloudHypervisorGeneric,
+    );
+    let conn = &g.conn;
+    // cloud-hypervisor offers the guest no device feature bits (its DEFAULT_VIRTIO_FEATURES):
+    // the guest's driver runs 2D, without EDID, whatever vhost-gpu offers.
+    assert_eq!(
+        conn.guest_features & 0xff_ffff,
+        0,
+        "{:#x}",
+        conn.guest_features
+    );
+    assert_ne!(conn.guest_features & F_VERSION_1, 0);
+    // The config space through GET_CONFIG: 1 scanout.
+    assert_eq!(conn.config[2], 1);
+    let (w, h) = (320u32, 200u32);
+    let px = pattern(w, h, 11);
+    let _ = resource_with(&mut g, 1, B8G8R8X8, w, h, &px);
+    assert_eq!(g.set_scanout(0, 1, (0, 0, w, h)), OK_NODATA);
+    assert_eq!(g.transfer(1, (0, 0, w, h), w * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, w, h)), OK_NODATA);
+    let mut c = VncClient::connect(&sock, None).unwrap();
+    c.set_encodings(&[ZRLE, RAW]);
+    vnc_shows(&mut c, &px);
+    let shots = capture::screenshot(&b, &d.join("cap"), 1, &[0], WAIT).unwrap();
+    let rgb: Vec<u8> = px.chunks(4).flat_map(|p| [p[2], p[1], p[0]]).collect();
+    assert_eq!(shots[0].rgb, rgb);
+    drop(b);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_pass_through_generic_frontend_runs_virgl_and_vnc_shows_the_rendered_picture() {
+    let d = dir("virgl");
+    let (b, mut g, sock) = start(
+        &d,
+        &["--virgl", "--display", "64x64"],
+        Profile::GenericPassThrough,
+    );
+    assert_ne!(g.conn.guest_features & F_VIRGL, 0);
+    assert!(g.conn.display.is_none());
+    const W: u32 = 64;
+    assert_eq!(g.ctx_create(1, 0, "generic"), OK_NODATA);
+    for id in [10, 11] {
+        let bind = BIND_RENDER_TARGET | BIND_SAMPLER_VIEW;
+        assert_eq!(
+            g.create_3d(id, PIPE_TEXTURE_2D, FORMAT_B8G8R8A8_UNORM, bind, W, W, 1, 0),
+            OK_NODATA
+        );
+        let e = g.scattered_backing(&vec![0u8; (W * W * 4) as usize]);
+        assert_eq!(g.attach_backing(id, &e), OK_NODATA);
+        assert_eq!(g.ctx_attach(1, id), OK_NODATA);
+    }
+    let mut cmds = clear(1, 10, [1.0, 0.5, 0.25, 1.0]);
+    cmds.extend(clear(2, 11, [0.0, 0.0, 1.0, 1.0]));
+    cmds.extend(blit(11, 10, (0, 0, 16, 16), (8, 40)));
+    let r = g.ctrl(
+        Gpu::submit_msg(Msg::hdr(SUBMIT_3D, FLAG_FENCE, 9, 1, 0), &cmds),
+        24,
+    );
+    assert_eq!(resp_hdr(&r.0), (OK_NODATA, FLAG_FENCE, 9, 1, 0));
+    assert_eq!(g.set_scanout(0, 11, (0, 0, W, W)), OK_NODATA);
+    assert_eq!(g.flush(11, (0, 0, W, W)), OK_NODATA);
+    // Blue, with the orange square blitted at (8, 40).
+    let mut want = Vec::new();
+    for y in 0..W {
+        for x in 0..W {
+            let inside = (8..24).contains(&x) && (40..56).contains(&y);
+            want.extend_from_slice(if inside {
+                &[0x40, 0x80, 0xff, 0]
+            } else {
+                &[0xff, 0, 0, 0]
+            });
+        }
+    }
+    let mut c = VncClient::connect(&sock, None).unwrap();
+    c.set_encodings(&[ZRLE]);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        c.request(false);
+        c.read_update().unwrap();
+        // llvmpipe's 0.5 and 0.25 may round either way: within 1.
+        let ok =
+            c.fb.chunks_exact(4)
+                .zip(want.chunks_exact(4))
+                .all(|(a, b)| (0..3).all(|i| a[i].abs_diff(b[i]) <= 1));
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "VNC never showed the virgl picture"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(b);
+    std::fs::remove_dir_all(&d).unwrap();
+}
