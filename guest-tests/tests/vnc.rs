@@ -140,11 +140,11 @@ fn clients_see_what_the_guest_flushed_raw_and_zrle_damage_resize_and_cursor() {
     // The 565 pixels land in the 4-byte framebuffer as raw bytes; read them by hand.
     let mut head = [0u8; 4 + 12];
     c16.stream().set_read_timeout(Some(WAIT)).unwrap();
-    (&mut &*c16.stream()).read_exact(&mut head).unwrap();
+    (&mut c16.stream()).read_exact(&mut head).unwrap();
     assert_eq!((c16.width, c16.height), (32, 32));
     assert_eq!(&head[4..12], &[0, 0, 0, 0, 0, 32, 0, 32]);
     let mut p565 = vec![0u8; 32 * 32 * 2];
-    (&mut &*c16.stream()).read_exact(&mut p565).unwrap();
+    (&mut c16.stream()).read_exact(&mut p565).unwrap();
     let p = &px3[..4];
     let v = u16::from_be_bytes([p565[0], p565[1]]);
     let scale = |c: u8, max: u32| (c as u32 * max + 127) / 255;
@@ -300,7 +300,7 @@ fn hostile_clients_get_a_clean_close_and_the_guest_keeps_running() {
     assert_eq!(ok.bgr(), bgr(&px));
     std::thread::sleep(Duration::from_millis(300));
     let bad = VncClient::connect(&sock, Some(b"s3cret")).unwrap();
-    (&*bad.stream()).write_all(&[99, 0, 0, 0]).unwrap();
+    bad.stream().write_all(&[99, 0, 0, 0]).unwrap();
     assert!(closes_within(bad.stream().try_clone().unwrap(), WAIT));
     std::thread::sleep(Duration::from_millis(300));
     let mut cmap = VncClient::connect(&sock, Some(b"s3cret")).unwrap();

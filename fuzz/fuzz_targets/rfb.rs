@@ -1,0 +1,35 @@
+//! The VNC server's reading of a client: arbitrary bytes as a stream of RFB client messages,
+//! each SetPixelFormat then used to convert and ZRLE-encode a small picture, as the server's
+//! writer would for that client.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use vhost_gpu::vnc::rfb::{self, ClientMessage, PixelFormat, Zrle};
+
+fuzz_target!(|data: &[u8]| {
+    let mut r = data;
+    let mut format = PixelFormat::NATIVE;
+    let mut zrle = Zrle::default();
+    // A 70 x 3 picture: two ZRLE tiles, one solid and one not.
+    let mut px = vec![0x20u8; 70 * 3 * 4];
+    px[4] = 0x99;
+    for _ in 0..64 {
+        match rfb::read_message(&mut r) {
+            Ok(ClientMessage::SetPixelFormat(f)) => {
+                format = f;
+                let mut out = Vec::new();
+                format.convert(&px, &mut out);
+                assert_eq!(out.len(), 70 * 3 * usize::from(f.bits_per_pixel / 8));
+                out.clear();
+                zrle.encode(&format, 70, 3, &px, &mut out)
+                    .expect("zlib into a Vec");
+                let len = u32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize;
+                assert_eq!(len + 4, out.len());
+            }
+            Ok(ClientMessage::SetEncodings(e)) => assert!(e.len() <= 64),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = format;
+});
