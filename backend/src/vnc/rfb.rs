@@ -148,6 +148,9 @@ impl PixelFormat {
     /// ZRLE's compressed pixel: 3 bytes where the colours fit in 3 of a 32-bit pixel's bytes
     /// (which 3, and in which order, per RFC 6143 section 7.7.6); else the whole pixel.
     fn cpixel(&self) -> CPixel {
+        if *self == Self::NATIVE {
+            return CPixel::Native;
+        }
         if self.bits_per_pixel != 32 || self.depth > 24 {
             return CPixel::Whole;
         }
@@ -166,9 +169,14 @@ impl PixelFormat {
     }
 
     fn put_cpixel(&self, cp: CPixel, p: &[u8], out: &mut Vec<u8>) {
+        if let CPixel::Native = cp {
+            out.extend_from_slice(&p[..3]);
+            return;
+        }
         let v = self.value(p);
         match cp {
             CPixel::Whole => self.put(v, self.bytes(), out),
+            CPixel::Native => {}
             CPixel::Bytes(from) => {
                 let b = if self.big_endian {
                     v.to_be_bytes()
@@ -183,6 +191,8 @@ impl PixelFormat {
 
 #[derive(Clone, Copy)]
 enum CPixel {
+    /// [`PixelFormat::NATIVE`]: the device's B, G, R bytes as they are.
+    Native,
     Whole,
     /// Three bytes of the pixel starting at this byte.
     Bytes(usize),
@@ -270,8 +280,13 @@ impl Zrle {
                 } else {
                     self.tile.push(0);
                     for y in 0..th {
-                        for p in row(y).chunks_exact(4) {
-                            fmt.put_cpixel(cp, p, &mut self.tile);
+                        if let CPixel::Native = cp {
+                            self.tile
+                                .extend(row(y).chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]));
+                        } else {
+                            for p in row(y).chunks_exact(4) {
+                                fmt.put_cpixel(cp, p, &mut self.tile);
+                            }
                         }
                     }
                 }

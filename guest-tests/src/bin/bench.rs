@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use guest_tests::driver::{Gpu, CONTROLQ};
 use guest_tests::frontend::{binary_path, ConnectOptions};
+use guest_tests::vnc::{self, VncClient};
 use guest_tests::wire::*;
 use guest_tests::{Backend, BackendOptions, DisplayEvent};
 
@@ -331,6 +332,140 @@ fn display_path(t: &Target, n: usize) -> Vec<f64> {
     secs.into_iter().map(|s| 1.0 / s).collect()
 }
 
+/// A 1080p frame with varied content (ZRLE has real work: few solid tiles).
+fn busy_frame(seed: u8) -> Vec<u8> {
+    let mut v = Vec::with_capacity((FW * FH * 4) as usize);
+    for y in 0..FH {
+        for x in 0..FW {
+            v.extend_from_slice(&[(x ^ y) as u8 ^ seed, (x / 3) as u8, (y / 5) as u8, 0]);
+        }
+    }
+    v
+}
+
+/// Our backend serving `--vnc` on a Unix socket, with or without a display channel, and a
+/// 1080p scanout uploaded once.
+fn vnc_backend(display: bool) -> (Backend, Gpu, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("vhost-gpu-bench-vnc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("vnc.sock");
+    std::env::set_var("VHOST_GPU_BIN", binary_path_ours());
+    let b = Backend::start(&BackendOptions {
+        args: vec![
+            "--renderer".into(),
+            "2d".into(),
+            "--display".into(),
+            format!("{FW}x{FH}"),
+            "--vnc".into(),
+            format!("unix:{}", sock.display()),
+        ],
+    });
+    pin(b.pid(), 1);
+    let mut opts = ConnectOptions {
+        mem_size: 256 << 20,
+        ..Default::default()
+    };
+    if !display {
+        opts.display = None;
+    }
+    let mut g = Gpu::connect(&b, &opts);
+    let px = busy_frame(1);
+    assert_eq!(g.create_2d(1, B8G8R8X8, FW, FH), OK_NODATA);
+    let e = g.scattered_backing(&px);
+    assert_eq!(g.attach_backing(1, &e), OK_NODATA);
+    assert_eq!(g.transfer(1, (0, 0, FW, FH), FW * 4), OK_NODATA);
+    assert_eq!(g.set_scanout(0, 1, (0, 0, FW, FH)), OK_NODATA);
+    (b, g, sock)
+}
+
+/// From a 1080p flush to a VNC client holding the whole update (ms), for `encoding`; and, as
+/// the baseline, the same flush to the display channel's UPDATE (what QEMU's window gets).
+fn vnc_latency(n: usize, encoding: i32) -> (Stat, Stat) {
+    let (_b, mut g, sock) = vnc_backend(true);
+    let mut c = VncClient::connect(&sock, None).expect("VNC client");
+    c.set_encodings(&[encoding]);
+    c.request(false);
+    c.read_update().expect("first update");
+    let mut vnc = Vec::new();
+    let mut chan = Vec::new();
+    for i in 0..n + 3 {
+        c.request(true);
+        // Let the request arrive before the clock starts.
+        std::thread::sleep(Duration::from_millis(2));
+        let t = Instant::now();
+        assert_eq!(g.flush(1, (0, 0, FW, FH)), OK_NODATA);
+        g.display()
+            .wait_for(Duration::from_secs(10), |e| {
+                matches!(e, DisplayEvent::Update { .. }).then_some(())
+            })
+            .expect("UPDATE");
+        let to_channel = t.elapsed().as_secs_f64();
+        let rects = c.read_update().expect("VNC update");
+        let to_vnc = t.elapsed().as_secs_f64();
+        assert!(!rects.is_empty());
+        if i >= 3 {
+            vnc.push(to_vnc * 1e3);
+            chan.push(to_channel * 1e3);
+        }
+    }
+    (stat(vnc), stat(chan))
+}
+
+/// The backend's CPU time (user + system) in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = s.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf only reads a constant.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// vhost-gpu's CPU per 1080p frame (ms) with `clients` VNC clients (ZRLE) keeping up, no
+/// display channel: what VNC costs the host.
+fn vnc_cpu(n: usize, clients: usize) -> Stat {
+    let (b, mut g, sock) = vnc_backend(false);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..clients)
+        .map(|_| {
+            let sock = sock.clone();
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut c = VncClient::connect(&sock, None).expect("VNC client");
+                c.set_encodings(&[vnc::ZRLE]);
+                c.request(false);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if c.read_update().is_err() {
+                        break;
+                    }
+                    c.request(true);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut per_frame = Vec::new();
+    // Frames at 30 per second, so that clients can keep up; CPU per frame over each batch.
+    for _ in 0..n.div_ceil(10).max(3) {
+        let c0 = cpu_secs(b.pid());
+        for _ in 0..10 {
+            let t = Instant::now();
+            assert_eq!(g.flush(1, (0, 0, FW, FH)), OK_NODATA);
+            std::thread::sleep(Duration::from_millis(33).saturating_sub(t.elapsed()));
+        }
+        // Let the clients' updates finish before reading the clock.
+        std::thread::sleep(Duration::from_millis(100));
+        per_frame.push((cpu_secs(b.pid()) - c0) / 10.0 * 1e3);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(g.flush(1, (0, 0, FW, FH)), OK_NODATA);
+    for r in readers {
+        let _ = r.join();
+    }
+    stat(per_frame)
+}
+
 /// Idle RSS after start, and RSS after creating and freeing 1 GiB of resources (KiB).
 fn memory(t: &Target) -> (Stat, Stat) {
     let (b, mut g) = start(t);
@@ -603,6 +738,32 @@ fn main() {
             baseline: None,
             higher_better: true,
         });
+    }
+    if run("vnc") {
+        eprintln!("vnc...");
+        let nv = (n / 20).max(10);
+        for (enc, name) in [(vnc::ZRLE, "ZRLE"), (vnc::RAW, "Raw")] {
+            let (v, chan) = vnc_latency(nv, enc);
+            rows.push(Row {
+                name: format!("VNC: 1080p flush to client has it ({name}, Unix socket)"),
+                unit: "ms",
+                ours: v,
+                theirs: None,
+                baseline: Some(("flush to display-channel UPDATE", chan)),
+                higher_better: false,
+            });
+        }
+        let none = vnc_cpu(nv, 0);
+        for k in [1, 2] {
+            rows.push(Row {
+                name: format!("VNC: vhost-gpu CPU per 1080p frame, {k} ZRLE client(s)"),
+                unit: "ms",
+                ours: vnc_cpu(nv, k),
+                theirs: None,
+                baseline: Some(("no client", none)),
+                higher_better: false,
+            });
+        }
     }
     if run("memory") {
         eprintln!("memory...");
