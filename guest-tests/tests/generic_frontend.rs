@@ -169,3 +169,66 @@ fn a_pass_through_generic_frontend_runs_virgl_and_vnc_shows_the_rendered_picture
     drop(b);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+#[test]
+fn a_blob_scanout_on_the_second_scanout_reaches_vnc_through_a_pass_through_frontend() {
+    let d = dir("blob");
+    let (b, mut g, sock) = start(
+        &d,
+        &[
+            "--virgl",
+            "--display",
+            "64x48",
+            "--display",
+            "128x64",
+            "--vnc-scanout",
+            "1",
+        ],
+        Profile::GenericPassThrough,
+    );
+    assert_ne!(g.conn.guest_features & F_RESOURCE_BLOB, 0);
+    // A 128x64 image with a 600-byte stride, 64 bytes into a blob of scattered pages.
+    let (w, h, stride, offset) = (128u32, 64u32, 600u32, 64u32);
+    let size = offset + stride * h;
+    let img = pattern(w, h, 21);
+    let mut bytes = vec![0u8; size as usize];
+    for y in 0..h as usize {
+        let s = offset as usize + y * stride as usize;
+        bytes[s..s + (w * 4) as usize]
+            .copy_from_slice(&img[y * (w * 4) as usize..][..(w * 4) as usize]);
+    }
+    let entries = g.scattered_backing(&bytes);
+    assert_eq!(
+        g.create_blob(0, 30, BLOB_MEM_GUEST, 2, 0, u64::from(size), &entries),
+        OK_NODATA
+    );
+    // VNC shows scanout 1 (--vnc-scanout 1): its configured size before the guest sets it.
+    let mut c = VncClient::connect(&sock, None).unwrap();
+    assert_eq!((c.width, c.height), (128, 64));
+    c.set_encodings(&[ZRLE, RAW]);
+    assert_eq!(
+        g.set_scanout_blob(1, 30, (0, 0, w, h), w, h, B8G8R8X8, stride, offset),
+        OK_NODATA
+    );
+    assert_eq!(g.flush(30, (0, 0, w, h)), OK_NODATA);
+    vnc_shows(&mut c, &img);
+    // The guest writes its memory; a flush alone shows it, and only that rectangle comes.
+    for yy in 20..23u32 {
+        for xx in 10..15u32 {
+            let i = (offset + yy * stride + xx * 4) as usize;
+            bytes[i..i + 4].copy_from_slice(&[1, 2, 3, 0]);
+        }
+    }
+    g.write_backing(&entries, &bytes);
+    assert_eq!(g.flush(30, (10, 20, 5, 3)), OK_NODATA);
+    c.request(true);
+    let rects = c.read_update().unwrap();
+    assert_eq!(rects.len(), 1);
+    assert_eq!(
+        (rects[0].0, rects[0].1, rects[0].2, rects[0].3),
+        (10, 20, 5, 3)
+    );
+    assert_eq!(&c.fb[(20 * 128 + 10) * 4..][..3], &[1, 2, 3]);
+    drop(b);
+    std::fs::remove_dir_all(&d).unwrap();
+}
