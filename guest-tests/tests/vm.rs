@@ -1008,6 +1008,67 @@ fn guest_animation_shows_in_a_gtk_gl_window() {
     assert!(backend.alive());
 }
 
+/// Issue 14 in 2D: modetest's page flips (SMPTE bars and a plain frame, on dumb buffers) show
+/// in QEMU's `-display gtk,gl=on` window. Screenshots of the screen taken over a second must
+/// not all be one picture.
+#[test]
+#[ignore = "needs QEMU 10, the test guest, Xvfb and weston: run by scripts/test"]
+fn guest_2d_page_flips_show_in_a_gtk_gl_window() {
+    let t0 = Instant::now();
+    let (mut backend, _cap) = backend("window2d", &["--renderer", "2d", "--display", "800x600"]);
+    let desk = Desktop::start(backend.dir());
+    let env = desk.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let qemu = ["-display".to_string(), "gtk,gl=on".to_string()];
+    let mut vm = Vm::boot_with(
+        &backend,
+        "window2d",
+        1,
+        "flip2d",
+        "vgt.hold=20",
+        &qemu,
+        &env,
+    );
+    vm.wait_for(&mut backend, "GUEST: modetest flipping", BOOT);
+    std::thread::sleep(Duration::from_secs(5));
+    let shots: Vec<Vec<u8>> = (0..10)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(130));
+            desk.screenshot()
+        })
+        .collect();
+    let most_changed = shots
+        .iter()
+        .skip(1)
+        .map(|s| {
+            s.chunks(4)
+                .zip(shots[0].chunks(4))
+                .filter(|(x, y)| x != y)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        most_changed > 10_000,
+        "the window did not show the flips: at most {most_changed} pixels differ from the first of 10 screenshots\nserial:\n{}",
+        vm.guest_lines()
+    );
+    vm.wait_for(&mut backend, "GUEST: done", BOOT);
+    let rates = vm.guest_lines();
+    let rates: Vec<&str> = rates
+        .lines()
+        .filter(|l| l.contains("modetest flips"))
+        .collect();
+    eprintln!(
+        "gtk,gl=on window, 2D flips: up to {most_changed} pixels differ between screenshots; guest: {}; wall time {:?}",
+        rates.join("; "),
+        t0.elapsed()
+    );
+    assert!(!rates.is_empty(), "modetest printed no flip rate");
+    vm.quit();
+    assert!(backend.alive());
+}
+
 /// A free TCP port on loopback (asked of the kernel, then let go).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
