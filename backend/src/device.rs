@@ -971,10 +971,12 @@ impl GpuDevice {
 
     fn get_edid(&mut self, scanout_id: u32) -> GpuResult {
         let i = self.check_scanout(scanout_id)?;
-        if !self.config.modes_from_user {
-            if let Some(e) = self.display.edid(scanout_id) {
-                return Ok(GpuResponse::OkEdid(e));
-            }
+        // Always our EDID, with the full list of modes (QEMU's lacks 1280x800 and
+        // 2560x1440). Without --display its preferred mode is the frontend's (its window's)
+        // size now: Linux asks for the EDIDs before the display info after a display change,
+        // so the frontend is asked here.
+        if !self.config.modes_from_user && self.display.present() {
+            self.display_info();
         }
         let m = self.modes[i];
         Ok(GpuResponse::OkEdid(

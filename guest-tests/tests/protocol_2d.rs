@@ -42,7 +42,7 @@ fn display_info_and_edid_follow_display_flags() {
     let e = g.edid(0);
     assert_eq!(e.code(), OK_EDID);
     assert_eq!(e.0.len(), 24 + 8 + 1024);
-    assert_eq!(le32(&e.0, 24), 128);
+    assert_eq!(le32(&e.0, 24), 256);
     let edid = &e.0[32..160];
     assert_eq!(&edid[..8], &[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0]);
     assert_eq!(
@@ -54,14 +54,41 @@ fn display_info_and_edid_follow_display_flags() {
     let hactive = u32::from(dtd[2]) | (u32::from(dtd[4] >> 4) << 8);
     let vactive = u32::from(dtd[5]) | (u32::from(dtd[7] >> 4) << 8);
     assert_eq!((hactive, vactive), (1024, 768));
+    // The CTA extension block: its own checksum, and the large modes as detailed timings.
+    let ext = &e.0[160..288];
+    assert_eq!((ext[0], ext[1]), (0x02, 0x03));
+    assert_eq!(ext.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+    let dtds: Vec<(u32, u32)> = (0..3)
+        .map(|i| {
+            let d = &ext[4 + i * 18..];
+            (
+                u32::from(d[2]) | (u32::from(d[4] >> 4) << 8),
+                u32::from(d[5]) | (u32::from(d[7] >> 4) << 8),
+            )
+        })
+        .collect();
+    assert_eq!(dtds, vec![(2560, 1440), (2560, 1600), (3840, 2160)]);
+    // Standard timings hold 1280x800 (16:10) and 1920x1080 (16:9).
+    let std: Vec<(u32, u8)> = (0..8)
+        .map(|i| {
+            (
+                (u32::from(edid[38 + i * 2]) + 31) * 8,
+                edid[39 + i * 2] >> 6,
+            )
+        })
+        .collect();
     assert!(
-        e.0[160..].iter().all(|&b| b == 0),
+        std.contains(&(1280, 0)) && std.contains(&(1920, 3)),
+        "{std:?}"
+    );
+    assert!(
+        e.0[288..].iter().all(|&b| b == 0),
         "bytes past the EDID are zero"
     );
 }
 
 #[test]
-fn frontend_display_info_and_edid_are_used_without_display_flag() {
+fn frontend_display_info_sets_the_preferred_mode_without_display_flag() {
     let b = Backend::start(&opts_2d(&[]));
     let mut opts = ConnectOptions::default();
     let dc = opts.display.as_mut().unwrap();
@@ -71,10 +98,15 @@ fn frontend_display_info_and_edid_are_used_without_display_flag() {
     let r = g.display_info();
     assert_eq!(r.code(), OK_DISPLAY_INFO);
     assert_eq!([8, 12, 16].map(|o| le32(&r.0, 24 + o)), [1920, 1080, 1]);
+    // The EDID is ours (the full mode list), its preferred mode the frontend's.
     let e = g.edid(0);
     assert_eq!(e.code(), OK_EDID);
     assert_eq!(le32(&e.0, 24), 256);
-    assert!(e.0[32..288].iter().all(|&b| b == 7));
+    let dtd = &e.0[32 + 54..32 + 72];
+    let hactive = u32::from(dtd[2]) | (u32::from(dtd[4] >> 4) << 8);
+    let vactive = u32::from(dtd[5]) | (u32::from(dtd[7] >> 4) << 8);
+    assert_eq!((hactive, vactive), (1920, 1080));
+    assert!(!e.0[32..288].iter().all(|&b| b == 7));
     // The display channel negotiated EDID.
     let feats = g.display().wait_for(WAIT, |e| match e {
         DisplayEvent::SetProtocolFeatures(f) => Some(*f),
@@ -484,4 +516,34 @@ fn a_flip_between_same_size_resources_is_a_full_update_not_a_scanout() {
     resource_with(&mut g, 3, B8G8R8X8, 160, 100, &c);
     assert_eq!(g.set_scanout(0, 3, (0, 0, 160, 100)), OK_NODATA);
     assert_eq!(scanout(&g), Some((0, 160, 100)));
+}
+
+#[test]
+fn a_4k_desktop_fits_the_default_host_memory_and_reaches_capture() {
+    let dir = std::env::temp_dir().join(format!("vhost-gpu-4k-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    // Default --max-host-memory (1G); the mode a user picks from the EDID.
+    let b = Backend::start(&opts_2d(&["--display", "3840x2160", "--capture-dir", d]));
+    let mut g = Gpu::connect(
+        &b,
+        &ConnectOptions {
+            mem_size: 256 << 20,
+            ..Default::default()
+        },
+    );
+    let (w, h) = (3840u32, 2160u32);
+    let px = pattern(w, h, 40);
+    let _ = resource_with(&mut g, 1, B8G8R8X8, w, h, &px);
+    // Double-buffered, as a compositor does.
+    assert_eq!(g.create_2d(2, B8G8R8X8, w, h), OK_NODATA);
+    assert_eq!(g.set_scanout(0, 1, (0, 0, w, h)), OK_NODATA);
+    assert_eq!(g.transfer(1, (0, 0, w, h), w * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, w, h)), OK_NODATA);
+    let shots = capture::screenshot(&b, &dir, 1, &[0], WAIT).unwrap();
+    assert_eq!((shots[0].width, shots[0].height), (w, h));
+    let rgb: Vec<u8> = px.chunks(4).flat_map(|p| [p[2], p[1], p[0]]).collect();
+    assert!(shots[0].rgb == rgb, "4K picture differs");
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -417,6 +417,22 @@ fn console_then_a_killed_qemu_replaced() {
         serial.contains("GUEST: connector card0-Virtual-1 connected 1024x768"),
         "EDID mode:\n{serial}"
     );
+    // The EDID's other modes, as the guest's DRM parsed them: what a desktop user can pick.
+    let modes = vm
+        .line_after("GUEST: modes card0-Virtual-1")
+        .unwrap_or_default();
+    let modes: Vec<&str> = modes.split_whitespace().collect();
+    for m in [
+        "1280x800",
+        "1920x1080",
+        "2560x1440",
+        "3840x2160",
+        "1280x720",
+        "800x600",
+    ] {
+        assert!(modes.contains(&m), "mode {m} not offered: {modes:?}");
+    }
+    eprintln!("guest modes: {}", modes.join(" "));
     assert!(serial.contains("renderD128"), "{serial}");
 
     // What QEMU shows is what arrived over the display channel as SCANOUT + UPDATE messages.
