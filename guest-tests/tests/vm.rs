@@ -124,8 +124,27 @@ impl Vm {
         qemu: &[String],
         env: &[(&str, &str)],
     ) -> Vm {
+        let device = [
+            "-chardev".to_string(),
+            format!("socket,id=vgpu,path={}", backend.socket.display()),
+            "-device".to_string(),
+            format!("vhost-user-gpu-pci,chardev=vgpu,max_outputs={outputs}"),
+        ];
+        Self::boot_device(backend.dir(), tag, &device, run, extra, qemu, env)
+    }
+
+    /// Boots the guest with `device` as its GPU's QEMU arguments (a vhost-user GPU, or one of
+    /// QEMU's own for comparison), files in `dir`.
+    fn boot_device(
+        dir: &Path,
+        tag: &str,
+        device: &[String],
+        run: &str,
+        extra: &str,
+        qemu: &[String],
+        env: &[(&str, &str)],
+    ) -> Vm {
         let guest = guest_image();
-        let dir = backend.dir();
         let serial = dir.join(format!("serial-{tag}.log"));
         let qmp = dir.join(format!("qmp-{tag}.sock"));
         let child = Command::new("qemu-system-x86_64")
@@ -136,12 +155,7 @@ impl Vm {
                 "-numa",
                 "node,memdev=mem",
             ])
-            .arg("-chardev")
-            .arg(format!("socket,id=vgpu,path={}", backend.socket.display()))
-            .arg("-device")
-            .arg(format!(
-                "vhost-user-gpu-pci,chardev=vgpu,max_outputs={outputs}"
-            ))
+            .args(device)
             .arg("-kernel")
             .arg(guest.join("vmlinuz"))
             .arg("-initrd")
@@ -1256,5 +1270,246 @@ fn guest_virgl_picture_through_vnc_with_display_none() {
         vm.agent_passed(&mut backend);
         vm.quit();
         assert!(backend.alive());
+    });
+}
+
+/// Waits for `marker` on a VM's serial console (no vhost-gpu to watch: QEMU's own devices).
+fn wait_serial(vm: &mut Vm, marker: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = vm.serial_text();
+        if text.contains(marker) {
+            return Ok(());
+        }
+        if let Ok(Some(st)) = vm.child.try_wait() {
+            let mut err = String::new();
+            let _ = vm
+                .child
+                .stderr
+                .take()
+                .map(|mut e| e.read_to_string(&mut err));
+            return Err(format!(
+                "QEMU exited ({st}) before '{marker}': {err}\n{}",
+                vm_lines(&text)
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no '{marker}' within {timeout:?}\n{}",
+                vm_lines(&text)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What a desktop-bench round runs against.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum DesktopGpu {
+    /// vhost-user-gpu-pci on vhost-gpu.
+    Ours,
+    /// vhost-user-gpu-pci on QEMU's C backend (/usr/lib/qemu/vhost-user-gpu).
+    QemuBackend,
+    /// QEMU's in-process device: virtio-gpu-pci (2D) or virtio-gpu-gl-pci (3D).
+    InProcess,
+}
+
+/// One round: boots the guest in QEMU's `gtk,gl=on` window on `gpu`, runs `run`, returns the
+/// guest's figure: kmscube's frames per second (3D) or modetest's median page flips per second
+/// (2D), and the host CPU seconds per second of vhost-gpu/the backend and of QEMU.
+fn desktop_round(gpu: DesktopGpu, three_d: bool, round: usize) -> (f64, f64, f64) {
+    let tag = format!("desk-{gpu:?}-{}-{round}", if three_d { "3d" } else { "2d" });
+    let dir = std::env::temp_dir().join(format!("vhost-gpu-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let backend = match gpu {
+        DesktopGpu::InProcess => None,
+        DesktopGpu::Ours => Some(Backend::start(&BackendOptions {
+            args: if three_d {
+                vec!["--virgl".into(), "--display".into(), "800x600".into()]
+            } else {
+                vec![
+                    "--renderer".into(),
+                    "2d".into(),
+                    "--display".into(),
+                    "800x600".into(),
+                ]
+            },
+        })),
+        DesktopGpu::QemuBackend => {
+            std::env::set_var("VHOST_GPU_BIN", "/usr/lib/qemu/vhost-user-gpu");
+            let b = Backend::start(&BackendOptions {
+                args: if three_d {
+                    vec!["--virgl".into()]
+                } else {
+                    vec![]
+                },
+            });
+            std::env::remove_var("VHOST_GPU_BIN");
+            Some(b)
+        }
+    };
+    let device: Vec<String> = match (&backend, three_d) {
+        (Some(b), _) => vec![
+            "-chardev".into(),
+            format!("socket,id=vgpu,path={}", b.socket.display()),
+            "-device".into(),
+            "vhost-user-gpu-pci,chardev=vgpu,xres=800,yres=600".into(),
+        ],
+        (None, true) => vec![
+            "-device".into(),
+            "virtio-gpu-gl-pci,xres=800,yres=600".into(),
+        ],
+        (None, false) => vec!["-device".into(), "virtio-gpu-pci,xres=800,yres=600".into()],
+    };
+    let desk = Desktop::start(&dir);
+    let env = desk.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let qemu = ["-display".to_string(), "gtk,gl=on".to_string()];
+    let (run, extra) = if three_d {
+        ("kmscube", "vgt.frames=300")
+    } else {
+        ("flip2d", "vgt.hold=22")
+    };
+    let mut vm = Vm::boot_device(&dir, &tag, &device, run, extra, &qemu, &env);
+    let started = if three_d {
+        "GUEST: kmscube started"
+    } else {
+        "GUEST: modetest flipping"
+    };
+    wait_serial(&mut vm, started, BOOT).unwrap();
+    let cpu = |pid: u32| -> f64 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let f: Vec<f64> = s
+            .rsplit_once(')')
+            .map(|r| {
+                r.1.split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        // utime and stime are fields 14 and 15; after ')' they are the 12th and 13th.
+        (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+    };
+    let backend_pid = backend.as_ref().map(|b| b.pid());
+    let (t0, b0, q0) = (
+        Instant::now(),
+        backend_pid.map_or(0.0, cpu),
+        cpu(vm.child.id()),
+    );
+    wait_serial(&mut vm, "GUEST: done", BOOT).unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    let b_cpu = (backend_pid.map_or(0.0, cpu) - b0) / secs;
+    let q_cpu = (cpu(vm.child.id()) - q0) / secs;
+    let text = vm.guest_lines();
+    let figure = if three_d {
+        let ms: f64 = vm
+            .line_after("GUEST: kmscube frames 300 in")
+            .and_then(|l| l.trim_end_matches(" ms").parse().ok())
+            .unwrap_or_else(|| panic!("no kmscube time:\n{text}"));
+        300.0 / (ms / 1000.0)
+    } else {
+        let mut rates: Vec<f64> = text
+            .lines()
+            .filter_map(|l| l.split("freq: ").nth(1))
+            .filter_map(|v| v.trim_end_matches("Hz").trim().parse().ok())
+            .collect();
+        assert!(!rates.is_empty(), "no flip rate:\n{text}");
+        rates.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        rates[rates.len() / 2]
+    };
+    vm.quit();
+    drop(desk);
+    drop(backend);
+    let _ = std::fs::remove_dir_all(&dir);
+    (figure, b_cpu, q_cpu)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// `scripts/bench --desktop` (issue 14): frame rates in QEMU's `gtk,gl=on` window on weston
+/// (Xvfb, llvmpipe), the same guest, alternating rounds: kmscube through vhost-gpu's virgl vs
+/// QEMU's in-process virtio-gpu-gl-pci; modetest's 2D page flips through vhost-gpu vs QEMU's
+/// in-process virtio-gpu-pci vs QEMU's C vhost-user-gpu. Medians and ratios are printed and
+/// written to `$VHOST_GPU_DESKTOP_JSON` (default target/desktop-bench.json). Not a test:
+/// `scripts/test` skips it.
+#[test]
+#[ignore = "a benchmark: scripts/bench --desktop"]
+fn desktop_bench() {
+    on(Release::Bookworm, || {
+        let rounds: usize = std::env::var("VHOST_GPU_DESKTOP_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
+        let mut rows = Vec::new();
+        for (three_d, gpus) in [
+            (true, vec![DesktopGpu::Ours, DesktopGpu::InProcess]),
+            (
+                false,
+                vec![
+                    DesktopGpu::Ours,
+                    DesktopGpu::InProcess,
+                    DesktopGpu::QemuBackend,
+                ],
+            ),
+        ] {
+            let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); gpus.len()];
+            for r in 0..rounds {
+                for (i, g) in gpus.iter().enumerate() {
+                    let x = desktop_round(*g, three_d, r);
+                    eprintln!(
+                        "{} {g:?} round {r}: {:.1}/s, backend CPU {:.2}, QEMU CPU {:.2}",
+                        if three_d { "3D" } else { "2D" },
+                        x.0,
+                        x.1,
+                        x.2
+                    );
+                    results[i].push(x);
+                }
+            }
+            let ours = median(results[0].iter().map(|x| x.0).collect());
+            for (i, g) in gpus.iter().enumerate() {
+                let m = median(results[i].iter().map(|x| x.0).collect());
+                let bc = median(results[i].iter().map(|x| x.1).collect());
+                let qc = median(results[i].iter().map(|x| x.2).collect());
+                let all: Vec<String> = results[i].iter().map(|x| format!("{:.1}", x.0)).collect();
+                rows.push((
+                    if three_d {
+                        "3D kmscube fps"
+                    } else {
+                        "2D page flips/s"
+                    },
+                    format!("{g:?}"),
+                    m,
+                    all.join(" "),
+                    ours / m,
+                    bc,
+                    qc,
+                ));
+            }
+        }
+        println!("| workload | GPU | median | rounds | vhost-gpu / this | backend CPU (cores) | QEMU CPU (cores) |");
+        println!("|---|---|---|---|---|---|---|");
+        let mut json = String::from("[\n");
+        for (i, r) in rows.iter().enumerate() {
+            println!(
+                "| {} | {} | {:.1} | {} | {:.2} | {:.2} | {:.2} |",
+                r.0, r.1, r.2, r.3, r.4, r.5, r.6
+            );
+            json.push_str(&format!(
+                "  {{\"workload\": \"{}\", \"gpu\": \"{}\", \"median\": {}, \"rounds\": [{}], \"ours_over_this\": {}, \"backend_cpu\": {}, \"qemu_cpu\": {}}}{}\n",
+                r.0, r.1, r.2, r.3.replace(' ', ", "), r.4, r.5, r.6,
+                if i + 1 < rows.len() { "," } else { "" }
+            ));
+        }
+        json.push_str("]\n");
+        let path = std::env::var("VHOST_GPU_DESKTOP_JSON").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../target/desktop-bench.json").into()
+        });
+        std::fs::write(&path, json).unwrap();
+        println!("JSON: {path}");
     });
 }
