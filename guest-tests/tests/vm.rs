@@ -1444,6 +1444,8 @@ fn desktop_bench() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(3);
+        // VHOST_GPU_DESKTOP_ONLY=3d or 2d runs one half.
+        let only = std::env::var("VHOST_GPU_DESKTOP_ONLY").unwrap_or_default();
         let mut rows = Vec::new();
         for (three_d, gpus) in [
             (true, vec![DesktopGpu::Ours, DesktopGpu::InProcess]),
@@ -1456,6 +1458,9 @@ fn desktop_bench() {
                 ],
             ),
         ] {
+            if !only.is_empty() && only != if three_d { "3d" } else { "2d" } {
+                continue;
+            }
             let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); gpus.len()];
             for r in 0..rounds {
                 for (i, g) in gpus.iter().enumerate() {
