@@ -1380,16 +1380,14 @@ fn desktop_round(gpu: DesktopGpu, three_d: bool, round: usize) -> (f64, f64, f64
     wait_serial(&mut vm, started, BOOT).unwrap();
     let cpu = |pid: u32| -> f64 {
         let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let f: Vec<f64> = s
+        // After the ')' that ends the command name: state, ppid, ... utime (12th), stime (13th).
+        let f: Vec<&str> = s
             .rsplit_once(')')
-            .map(|r| {
-                r.1.split_whitespace()
-                    .filter_map(|v| v.parse().ok())
-                    .collect()
-            })
+            .map(|r| r.1.split_whitespace().collect())
             .unwrap_or_default();
-        // utime and stime are fields 14 and 15; after ')' they are the 12th and 13th.
-        (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // SAFETY: sysconf only reads a constant.
+        (ticks(11) + ticks(12)) / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
     };
     let backend_pid = backend.as_ref().map(|b| b.pid());
     let (t0, b0, q0) = (
