@@ -17,7 +17,7 @@ use guest_tests::capture::{gl_picture, smpte, Image};
 
 const VIRSH: &str = "qemu:///system";
 const BOOT: Duration = Duration::from_secs(240);
-/// How long screenshots are retried for the expected picture (see vm.rs's SETTLE).
+/// How long screenshots are retried for the expected picture (see the VM tests' SETTLE, tests/vm/infra.rs).
 const SETTLE: Duration = Duration::from_secs(6);
 
 fn repo() -> PathBuf {
