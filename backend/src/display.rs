@@ -11,16 +11,16 @@ use std::sync::Arc;
 
 use log::{info, warn};
 use vhost::vhost_user::gpu_message::{
-    VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuEdidRequest, VhostUserGpuScanout,
-    VhostUserGpuUpdate,
+    VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuScanout, VhostUserGpuUpdate,
 };
 use vhost::vhost_user::message::VhostUserU64;
 use vhost::vhost_user::GpuBackend;
 
-use crate::protocol::{DisplayMode, EDID_BLOB_SIZE};
+use crate::protocol::DisplayMode;
 use crate::screens::Screens;
 
-/// Display-channel protocol feature: the frontend answers GET_EDID.
+/// Display-channel protocol feature: the frontend answers GET_EDID. Negotiated as QEMU
+/// expects; the device sends its own EDIDs (see `edid.rs`), so it never asks.
 pub const PROTOCOL_F_EDID: u64 = 1 << 0;
 
 /// The channel's state.
@@ -34,7 +34,6 @@ pub struct Display {
 
 struct Active {
     backend: GpuBackend,
-    features: u64,
 }
 
 /// Size of a cursor image in bytes (64 x 64, 4 bytes a pixel).
@@ -73,7 +72,7 @@ impl Display {
                     match backend.set_protocol_features(&VhostUserU64::new(features)) {
                         Ok(()) => {
                             info!("display channel up, protocol features {features:#x}");
-                            self.active = Some(Active { backend, features });
+                            self.active = Some(Active { backend });
                         }
                         Err(e) => warn!("display channel: set protocol features: {e}; headless"),
                     }
@@ -184,16 +183,5 @@ impl Display {
                 })
                 .collect(),
         )
-    }
-
-    /// The frontend's EDID for a scanout, when it negotiated the EDID feature.
-    pub fn edid(&mut self, scanout_id: u32) -> Option<Vec<u8>> {
-        if self.active()?.features & PROTOCOL_F_EDID == 0 {
-            return None;
-        }
-        let req = VhostUserGpuEdidRequest { scanout_id };
-        let r = self.with("get edid", |a| a.backend.get_edid(&req))?;
-        let len = (r.size as usize).min(EDID_BLOB_SIZE);
-        Some(r.edid[..len].to_vec())
     }
 }
