@@ -176,6 +176,13 @@ fn run(cli: &Cli) -> Result<Option<String>> {
     // VNC's socket and password before the sandbox: neither can be had inside it.
     let vnc = match &cli.vnc {
         Some(listen) => {
+            if cli.vnc_scanout >= config.num_scanouts() {
+                bail!(
+                    "--vnc-scanout {} names no scanout: the device has {} (one per --display)",
+                    cli.vnc_scanout,
+                    config.num_scanouts()
+                );
+            }
             let password = match &cli.vnc_password_file {
                 Some(p) => {
                     let (pw, len) = Password::from_file(p)?;
@@ -224,7 +231,7 @@ fn run(cli: &Cli) -> Result<Option<String>> {
         Capture::start(dir, interval, Arc::clone(screens))?;
     }
     if let (Some((server, password)), Some(screens)) = (vnc, &screens) {
-        let first = config.modes[cli.vnc_scanout.min(config.num_scanouts() - 1) as usize];
+        let first = config.modes[cli.vnc_scanout as usize];
         server.start(
             Arc::clone(screens),
             VncOptions {

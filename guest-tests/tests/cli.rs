@@ -102,6 +102,25 @@ fn bad_arguments_fail_at_start() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "17 scanouts accepted");
+    // VNC: a scanout the device does not have, and an open address without a password.
+    for (args, why) in [
+        (
+            &["--vnc", "127.0.0.1:0", "--vnc-scanout", "1"][..],
+            "--vnc-scanout 1 names no scanout",
+        ),
+        (&["--vnc", "0.0.0.0:0"], "is not a loopback address"),
+    ] {
+        let out = fresh_command()
+            .args(["-s", "/tmp/x-vnc.sock", "--renderer", "2d"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 #[test]

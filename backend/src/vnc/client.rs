@@ -295,7 +295,7 @@ fn write_loop(conn: &Conn, s: &Session, size: (u32, u32)) -> Result<(), SessionE
     };
     let mut zrle = Zrle::default();
     let mut out = BufWriter::with_capacity(1 << 16, conn);
-    let mut msg = Vec::new();
+    let mut scratch = Vec::new();
     loop {
         let now = shared.screens.serial();
         let (format, use_zrle, desktop_size, cursor, request) = {
@@ -309,20 +309,11 @@ fn write_loop(conn: &Conn, s: &Session, size: (u32, u32)) -> Result<(), SessionE
             shared.screens.wait(now, Duration::from_millis(500));
             continue;
         };
-        msg.clear();
-        let sent = build_update(
-            shared,
-            &mut seen,
-            (format, use_zrle, desktop_size, cursor),
-            incremental,
-            area,
-            &mut zrle,
-            &mut msg,
-        )?;
-        if !sent {
+        let wants = (format, desktop_size, cursor);
+        let Some(update) = build_update(shared, &mut seen, wants, incremental, area) else {
             shared.screens.wait(now, Duration::from_millis(500));
             continue;
-        }
+        };
         {
             let mut st = s.lock();
             // Only this request was answered; one that came meanwhile stays.
@@ -330,24 +321,49 @@ fn write_loop(conn: &Conn, s: &Session, size: (u32, u32)) -> Result<(), SessionE
                 st.request = None;
             }
         }
-        out.write_all(&msg)?;
+        out.write_all(&update.head)?;
+        for (a, px) in &update.rects {
+            let mut h = Vec::with_capacity(12);
+            let enc = if use_zrle {
+                rfb::ENC_ZRLE
+            } else {
+                rfb::ENC_RAW
+            };
+            rfb::rect_header(&mut h, a.x, a.y, a.width, a.height, enc);
+            out.write_all(&h)?;
+            scratch.clear();
+            if use_zrle {
+                zrle.encode(&format, a.width, a.height, px, &mut scratch)?;
+            } else if format == PixelFormat::NATIVE {
+                // The copied-out pixels are already the client's: no second copy.
+                out.write_all(px)?;
+                continue;
+            } else {
+                format.convert(px, &mut scratch);
+            }
+            out.write_all(&scratch)?;
+        }
         out.flush()?;
         shared.stats.updates.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Builds a FramebufferUpdate for the client's request into `msg`; false when there is
-/// nothing to send yet (an incremental request waits for a change).
-#[allow(clippy::too_many_arguments)]
+/// A FramebufferUpdate to send: its header (with any pseudo-rectangles) and the changed
+/// rectangles with their B8G8R8X8 pixels, encoded as they are written.
+struct Update {
+    head: Vec<u8>,
+    rects: Vec<(Area, Vec<u8>)>,
+}
+
+/// What answers the client's request; None when there is nothing to send yet (an
+/// incremental request waits for a change).
 fn build_update(
     shared: &Shared,
     seen: &mut Seen,
-    (format, use_zrle, desktop_size, cursor): (PixelFormat, bool, bool, bool),
+    (format, desktop_size, cursor): (PixelFormat, bool, bool),
     incremental: bool,
     area: Area,
-    zrle: &mut Zrle,
-    msg: &mut Vec<u8>,
-) -> Result<bool, SessionError> {
+) -> Option<Update> {
     let screens = &shared.screens;
     let mut rects: Vec<(Area, Vec<u8>)> = Vec::new();
     let mut pseudo = 0u16;
@@ -357,8 +373,12 @@ fn build_update(
             // The new size alone; the client then asks for the whole picture.
             seen.size = (w, h);
             seen.serial = 0;
-            update_and_rect(msg, 1, (0, 0, w, h), rfb::ENC_DESKTOP_SIZE);
-            return Ok(true);
+            let mut head = Vec::new();
+            update_and_rect(&mut head, 1, (0, 0, w, h), rfb::ENC_DESKTOP_SIZE);
+            return Some(Update {
+                head,
+                rects: Vec::new(),
+            });
         }
         let client = Area {
             x: 0,
@@ -394,20 +414,12 @@ fn build_update(
         }
     }
     if incremental && rects.is_empty() && pseudo == 0 {
-        return Ok(false);
+        return None;
     }
-    rfb::update_header(msg, rects.len() as u16 + pseudo);
-    msg.extend_from_slice(&body);
-    for (a, px) in &rects {
-        if use_zrle {
-            rfb::rect_header(msg, a.x, a.y, a.width, a.height, rfb::ENC_ZRLE);
-            zrle.encode(&format, a.width, a.height, px, msg)?;
-        } else {
-            rfb::rect_header(msg, a.x, a.y, a.width, a.height, rfb::ENC_RAW);
-            format.convert(px, msg);
-        }
-    }
-    Ok(true)
+    let mut head = Vec::with_capacity(4 + body.len());
+    rfb::update_header(&mut head, rects.len() as u16 + pseudo);
+    head.extend_from_slice(&body);
+    Some(Update { head, rects })
 }
 
 fn update_and_rect(msg: &mut Vec<u8>, n: u16, (x, y, w, h): (u32, u32, u32, u32), enc: i32) {
