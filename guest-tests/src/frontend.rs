@@ -281,6 +281,34 @@ fn sock_err(what: &str, e: impl std::fmt::Debug) -> String {
     format!("{what}: {e:?}")
 }
 
+/// SET_VRING_ADDR's host addresses for a queue laid out in `mem`.
+fn vring_addrs(mem: &GuestMemory, vq: &Virtqueue, size: u16) -> VringConfigData {
+    VringConfigData {
+        queue_max_size: size,
+        queue_size: size,
+        flags: 0,
+        desc_table_addr: mem.host_addr(vq.desc),
+        used_ring_addr: mem.host_addr(vq.used),
+        avail_ring_addr: mem.host_addr(vq.avail),
+        log_addr: None,
+    }
+}
+
+/// Makes `size` bytes of memfd guest memory and hands it to the backend (SET_MEM_TABLE).
+fn share_memory(fe: &mut Frontend, size: u64) -> Result<GuestMemory, String> {
+    let mem = GuestMemory::new(size).map_err(|e| sock_err("memfd", e))?;
+    let region = VhostUserMemoryRegionInfo {
+        guest_phys_addr: crate::memory::BASE,
+        memory_size: size,
+        userspace_addr: mem.host_addr(crate::memory::BASE),
+        mmap_offset: 0,
+        mmap_handle: mem.raw_fd(),
+    };
+    fe.set_mem_table(&[region])
+        .map_err(|e| sock_err("set_mem_table", e))?;
+    Ok(mem)
+}
+
 impl Connection {
     /// Connects and brings the device up the way QEMU 10 does.
     pub fn connect(socket: &Path, opts: &ConnectOptions) -> Result<Self, String> {
@@ -338,16 +366,7 @@ impl Connection {
             device_features & (F_VERSION_1 | F_EDID | F_RESOURCE_UUID | F_PROTOCOL_FEATURES | ring);
         fe.set_features(acked)
             .map_err(|e| sock_err("set_features", e))?;
-        let mem = GuestMemory::new(opts.mem_size).map_err(|e| sock_err("memfd", e))?;
-        let region = VhostUserMemoryRegionInfo {
-            guest_phys_addr: crate::memory::BASE,
-            memory_size: opts.mem_size,
-            userspace_addr: mem.host_addr(crate::memory::BASE),
-            mmap_offset: 0,
-            mmap_handle: mem.raw_fd(),
-        };
-        fe.set_mem_table(&[region])
-            .map_err(|e| sock_err("set_mem_table", e))?;
+        let mem = share_memory(&mut fe, opts.mem_size)?;
 
         let mut conn = Connection {
             frontend: fe,
@@ -418,16 +437,7 @@ impl Connection {
         let set = (guest_acked | (acked & F_PROTOCOL_FEATURES)) & device_features;
         fe.set_features(set)
             .map_err(|e| sock_err("set_features", e))?;
-        let mem = GuestMemory::new(opts.mem_size).map_err(|e| sock_err("memfd", e))?;
-        let region = VhostUserMemoryRegionInfo {
-            guest_phys_addr: crate::memory::BASE,
-            memory_size: opts.mem_size,
-            userspace_addr: mem.host_addr(crate::memory::BASE),
-            mmap_offset: 0,
-            mmap_handle: mem.raw_fd(),
-        };
-        fe.set_mem_table(&[region])
-            .map_err(|e| sock_err("set_mem_table", e))?;
+        let mem = share_memory(&mut fe, opts.mem_size)?;
         let mut conn = Connection {
             frontend: fe,
             mem,
@@ -453,16 +463,7 @@ impl Connection {
                 .map_err(|e| sock_err("set_vring_num", e))?;
         }
         for (q, vq) in vqs.iter().enumerate() {
-            let addrs = VringConfigData {
-                queue_max_size: size,
-                queue_size: size,
-                flags: 0,
-                desc_table_addr: mem.host_addr(vq.desc),
-                used_ring_addr: mem.host_addr(vq.used),
-                avail_ring_addr: mem.host_addr(vq.avail),
-                log_addr: None,
-            };
-            fe.set_vring_addr(q, &addrs)
+            fe.set_vring_addr(q, &vring_addrs(mem, vq, size))
                 .map_err(|e| sock_err("set_vring_addr", e))?;
             fe.set_vring_base(q, 0)
                 .map_err(|e| sock_err("set_vring_base", e))?;
@@ -503,16 +504,7 @@ impl Connection {
             };
             fe.set_vring_num(q, opts.queue_size)
                 .map_err(|e| sock_err("set_vring_num", e))?;
-            let addrs = VringConfigData {
-                queue_max_size: opts.queue_size,
-                queue_size: opts.queue_size,
-                flags: 0,
-                desc_table_addr: mem.host_addr(vq.desc),
-                used_ring_addr: mem.host_addr(vq.used),
-                avail_ring_addr: mem.host_addr(vq.avail),
-                log_addr: None,
-            };
-            fe.set_vring_addr(q, &addrs)
+            fe.set_vring_addr(q, &vring_addrs(mem, &vq, opts.queue_size))
                 .map_err(|e| sock_err("set_vring_addr", e))?;
             fe.set_vring_base(q, 0)
                 .map_err(|e| sock_err("set_vring_base", e))?;

@@ -103,3 +103,16 @@ pub fn expect_code(g: &mut Gpu, b: &mut Backend, what: &str, want: u32, got: u32
     );
     still_serves(g, b);
 }
+
+/// A `w` x `h` pattern image laid out with `stride` bytes a row, `offset` bytes into a buffer
+/// (a guest blob): (the packed image, the buffer).
+pub fn strided_image(w: u32, h: u32, stride: u32, offset: u32, seed: u8) -> (Vec<u8>, Vec<u8>) {
+    let img = pattern(w, h, seed);
+    let mut bytes = vec![0u8; (offset + stride * h) as usize];
+    for y in 0..h as usize {
+        let s = offset as usize + y * stride as usize;
+        bytes[s..s + (w * 4) as usize]
+            .copy_from_slice(&img[y * (w * 4) as usize..][..(w * 4) as usize]);
+    }
+    (img, bytes)
+}

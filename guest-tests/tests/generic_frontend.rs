@@ -190,13 +190,7 @@ fn a_blob_scanout_on_the_second_scanout_reaches_vnc_through_a_pass_through_front
     // A 128x64 image with a 600-byte stride, 64 bytes into a blob of scattered pages.
     let (w, h, stride, offset) = (128u32, 64u32, 600u32, 64u32);
     let size = offset + stride * h;
-    let img = pattern(w, h, 21);
-    let mut bytes = vec![0u8; size as usize];
-    for y in 0..h as usize {
-        let s = offset as usize + y * stride as usize;
-        bytes[s..s + (w * 4) as usize]
-            .copy_from_slice(&img[y * (w * 4) as usize..][..(w * 4) as usize]);
-    }
+    let (img, mut bytes) = strided_image(w, h, stride, offset, 21);
     let entries = g.scattered_backing(&bytes);
     assert_eq!(
         g.create_blob(0, 30, BLOB_MEM_GUEST, 2, 0, u64::from(size), &entries),

@@ -635,13 +635,7 @@ fn guest_blob_scanout_shows_guest_memory_without_transfers() {
     // A 128x64 image with a 600-byte stride, 64 bytes into a blob of scattered pages.
     let (w, h, stride, offset) = (128u32, 64u32, 600u32, 64u32);
     let size = offset + stride * h;
-    let img = pattern(w, h, 5);
-    let mut bytes = vec![0u8; size as usize];
-    for y in 0..h as usize {
-        let s = offset as usize + y * stride as usize;
-        bytes[s..s + (w * 4) as usize]
-            .copy_from_slice(&img[y * (w * 4) as usize..][..(w * 4) as usize]);
-    }
+    let (img, mut bytes) = strided_image(w, h, stride, offset, 5);
     let entries = g.scattered_backing(&bytes);
     assert_eq!(
         g.create_blob(0, 30, BLOB_MEM_GUEST, 2, 0, u64::from(size), &entries),

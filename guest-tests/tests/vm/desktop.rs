@@ -72,6 +72,14 @@ impl Desktop {
         ]
     }
 
+    /// Boots the guest against `backend` in QEMU's `gtk,gl=on` window on this desktop.
+    fn boot(&self, backend: &Backend, tag: &str, run: &str, extra: &str) -> Vm {
+        let env = self.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let qemu = ["-display".to_string(), "gtk,gl=on".to_string()];
+        Vm::boot_with(backend, tag, 1, run, extra, &qemu, &env)
+    }
+
     /// The whole X screen (`xwd -root`), raw.
     fn screenshot(&self) -> Vec<u8> {
         let out = Command::new("xwd")
@@ -114,18 +122,7 @@ fn guest_animation_shows_in_a_gtk_gl_window() {
     let t0 = Instant::now();
     let (mut backend, _cap) = backend("window", &["--virgl", "--display", "800x600"]);
     let desk = Desktop::start(backend.dir());
-    let env = desk.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let qemu = ["-display".to_string(), "gtk,gl=on".to_string()];
-    let mut vm = Vm::boot_with(
-        &backend,
-        "window",
-        1,
-        "kmscube",
-        "vgt.frames=1000000",
-        &qemu,
-        &env,
-    );
+    let mut vm = desk.boot(&backend, "window", "kmscube", "vgt.frames=1000000");
     vm.wait_for(&mut backend, "GUEST: kmscube started", BOOT);
     // The window is mapped and frames flow.
     std::thread::sleep(Duration::from_secs(6));
@@ -156,18 +153,7 @@ fn guest_2d_page_flips_show_in_a_gtk_gl_window() {
     let t0 = Instant::now();
     let (mut backend, _cap) = backend("window2d", &["--renderer", "2d", "--display", "800x600"]);
     let desk = Desktop::start(backend.dir());
-    let env = desk.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let qemu = ["-display".to_string(), "gtk,gl=on".to_string()];
-    let mut vm = Vm::boot_with(
-        &backend,
-        "window2d",
-        1,
-        "flip2d",
-        "vgt.hold=20",
-        &qemu,
-        &env,
-    );
+    let mut vm = desk.boot(&backend, "window2d", "flip2d", "vgt.hold=20");
     vm.wait_for(&mut backend, "GUEST: modetest flipping", BOOT);
     std::thread::sleep(Duration::from_secs(5));
     let shots: Vec<Vec<u8>> = (0..10)
@@ -282,7 +268,7 @@ fn desktop_round(gpu: DesktopGpu, three_d: bool, round: usize) -> (f64, f64, f64
     } else {
         "GUEST: modetest flipping"
     };
-    wait_serial(&mut vm, started, BOOT).unwrap();
+    vm.wait_serial(started, BOOT, |_| Ok(())).unwrap();
     let cpu = |pid: u32| -> f64 {
         let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // After the ')' that ends the command name: state, ppid, ... utime (12th), stime (13th).
@@ -300,7 +286,7 @@ fn desktop_round(gpu: DesktopGpu, three_d: bool, round: usize) -> (f64, f64, f64
         backend_pid.map_or(0.0, cpu),
         cpu(vm.child.id()),
     );
-    wait_serial(&mut vm, "GUEST: done", BOOT).unwrap();
+    vm.wait_serial("GUEST: done", BOOT, |_| Ok(())).unwrap();
     let secs = t0.elapsed().as_secs_f64();
     let b_cpu = (backend_pid.map_or(0.0, cpu) - b0) / secs;
     let q_cpu = (cpu(vm.child.id()) - q0) / secs;

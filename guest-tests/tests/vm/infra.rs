@@ -188,18 +188,21 @@ impl Vm {
         vm_lines(&self.serial_text())
     }
 
-    /// Waits for `marker` on the serial console, failing fast when QEMU or the backend dies
-    /// or the agent reports a failure.
-    pub(crate) fn wait_for(&mut self, backend: &mut Backend, marker: &str, timeout: Duration) {
+    /// Waits for `marker` on the serial console; an error when QEMU exits, `check` (given the
+    /// serial text) complains, or `timeout` passes.
+    pub(crate) fn wait_serial(
+        &mut self,
+        marker: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&str) -> Result<(), String>,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             let text = self.serial_text();
             if text.contains(marker) {
-                return;
+                return Ok(());
             }
-            if let Some(l) = text.lines().find(|l| l.starts_with("AGENT: result fail")) {
-                panic!("{l}\nserial:\n{text}\nbackend:\n{}", backend.log_text());
-            }
+            check(&text).map_err(|e| format!("{e}\nserial:\n{text}"))?;
             if let Ok(Some(st)) = self.child.try_wait() {
                 let mut err = String::new();
                 let _ = self
@@ -207,20 +210,31 @@ impl Vm {
                     .stderr
                     .take()
                     .map(|mut e| e.read_to_string(&mut err));
-                panic!("QEMU exited ({st}) before '{marker}'\nqemu stderr:\n{err}\nserial:\n{text}\nbackend:\n{}",
-                    backend.log_text());
+                return Err(format!(
+                    "QEMU exited ({st}) before '{marker}'\nqemu stderr:\n{err}\nserial:\n{text}"
+                ));
             }
-            assert!(
-                backend.alive(),
-                "vhost-gpu died\nserial:\n{text}\nbackend:\n{}",
-                backend.log_text()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "no '{marker}' within {timeout:?}\nserial:\n{text}\nbackend:\n{}",
-                backend.log_text()
-            );
+            if Instant::now() >= deadline {
+                return Err(format!("no '{marker}' within {timeout:?}\nserial:\n{text}"));
+            }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for `marker` on the serial console, failing fast when QEMU or the backend dies
+    /// or the agent reports a failure.
+    pub(crate) fn wait_for(&mut self, backend: &mut Backend, marker: &str, timeout: Duration) {
+        let r = self.wait_serial(marker, timeout, |text| {
+            if let Some(l) = text.lines().find(|l| l.starts_with("AGENT: result fail")) {
+                return Err(l.to_string());
+            }
+            if !backend.alive() {
+                return Err("vhost-gpu died".into());
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            panic!("{e}\nbackend:\n{}", backend.log_text());
         }
     }
 
@@ -398,34 +412,4 @@ pub(crate) fn vm_lines(text: &str) -> String {
         .filter(|l| l.starts_with("GUEST:") || l.starts_with("AGENT:"))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// Waits for `marker` on a VM's serial console (no vhost-gpu to watch: QEMU's own devices).
-pub(crate) fn wait_serial(vm: &mut Vm, marker: &str, timeout: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = vm.serial_text();
-        if text.contains(marker) {
-            return Ok(());
-        }
-        if let Ok(Some(st)) = vm.child.try_wait() {
-            let mut err = String::new();
-            let _ = vm
-                .child
-                .stderr
-                .take()
-                .map(|mut e| e.read_to_string(&mut err));
-            return Err(format!(
-                "QEMU exited ({st}) before '{marker}': {err}\n{}",
-                vm_lines(&text)
-            ));
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "no '{marker}' within {timeout:?}\n{}",
-                vm_lines(&text)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
