@@ -16,8 +16,9 @@ use vhost::vhost_user::gpu_message::{
 use vhost::vhost_user::message::VhostUserU64;
 use vhost::vhost_user::GpuBackend;
 
+use crate::damage::Damage;
 use crate::protocol::DisplayMode;
-use crate::screens::Screens;
+use crate::screens::{Area, Screens};
 
 /// Display-channel protocol feature: the frontend answers GET_EDID. Negotiated as QEMU
 /// expects; the device sends its own EDIDs (see `edid.rs`), so it never asks.
@@ -30,6 +31,14 @@ pub struct Display {
     active: Option<Active>,
     /// `--capture-dir` and `--vnc`: scanouts, updates and the cursor are also kept here.
     screens: Option<Arc<Screens>>,
+    /// What was last sent of each scanout: updates are cut to what changed.
+    damage: Damage,
+    /// The changed parts of the update being sent.
+    parts: Vec<Area>,
+    /// A changed part narrower than its update, packed.
+    packed: Vec<u8>,
+    /// Updates, pixels flushed and pixels sent since the last debug line.
+    stats: (u64, u64, u64),
 }
 
 struct Active {
@@ -56,6 +65,7 @@ impl Display {
     /// Takes a socket from the frontend; negotiation happens on first use.
     pub fn set_pending(&mut self, backend: GpuBackend) {
         self.active = None;
+        self.damage.forget();
         self.pending = Some(backend);
     }
 
@@ -103,13 +113,15 @@ impl Display {
             width,
             height,
         };
+        self.damage.scanout(scanout_id, width, height);
         if let Some(c) = &self.screens {
             c.scanout(scanout_id, width, height);
         }
         self.with("scanout", |a| a.backend.set_scanout(&msg));
     }
 
-    /// Sends packed pixels (`width * height * 4` bytes, B8G8R8X8) for a rectangle of a scanout.
+    /// Sends packed pixels (`width * height * 4` bytes, B8G8R8X8) for a rectangle of a scanout:
+    /// the parts that differ from what was sent before (see [`Damage`]).
     pub fn update(
         &mut self,
         scanout_id: u32,
@@ -119,17 +131,47 @@ impl Display {
         height: u32,
         data: &[u8],
     ) {
-        let msg = VhostUserGpuUpdate {
-            scanout_id,
+        let area = Area {
             x,
             y,
             width,
             height,
         };
-        if let Some(c) = &self.screens {
-            c.update(scanout_id, x, y, width, height, data);
+        let mut parts = std::mem::take(&mut self.parts);
+        let mut packed = std::mem::take(&mut self.packed);
+        parts.clear();
+        self.damage.changed(scanout_id, area, data, &mut parts);
+        for p in &parts {
+            let Some(pixels) = part_pixels(area, p, data, &mut packed) else {
+                continue;
+            };
+            let msg = VhostUserGpuUpdate {
+                scanout_id,
+                x: p.x,
+                y: p.y,
+                width: p.width,
+                height: p.height,
+            };
+            if let Some(c) = &self.screens {
+                c.update(scanout_id, p.x, p.y, p.width, p.height, pixels);
+            }
+            self.with("update", |a| a.backend.update_scanout(&msg, pixels));
         }
-        self.with("update", |a| a.backend.update_scanout(&msg, data));
+        if log::log_enabled!(log::Level::Debug) {
+            let px = |a: &Area| u64::from(a.width) * u64::from(a.height);
+            self.stats.0 += 1;
+            self.stats.1 += px(&area);
+            self.stats.2 += parts.iter().map(px).sum::<u64>();
+            if self.stats.0 == 100 {
+                log::debug!(
+                    "display: the last 100 updates sent {:.1}% of the pixels flushed",
+                    self.stats.2 as f64 * 100.0 / self.stats.1.max(1) as f64
+                );
+                self.stats = (0, 0, 0);
+            }
+        }
+        self.parts = parts;
+        self.packed = packed;
     }
 
     /// Moves the cursor.
@@ -184,4 +226,26 @@ impl Display {
                 .collect(),
         )
     }
+}
+
+/// The pixels of part `p` of an update of `area` whose packed rows are `data`: a slice of
+/// `data` when `p` has the update's width, else packed into `scratch`.
+fn part_pixels<'a>(
+    area: Area,
+    p: &Area,
+    data: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+) -> Option<&'a [u8]> {
+    let row = area.width as usize * 4;
+    let first = (p.y.checked_sub(area.y)? as usize) * row + (p.x.checked_sub(area.x)? as usize) * 4;
+    if p.x == area.x && p.width == area.width {
+        return data.get(first..first + p.height as usize * row);
+    }
+    let bytes = p.width as usize * 4;
+    scratch.clear();
+    for r in 0..p.height as usize {
+        let at = first + r * row;
+        scratch.extend_from_slice(data.get(at..at + bytes)?);
+    }
+    Some(scratch)
 }

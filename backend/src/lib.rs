@@ -8,6 +8,7 @@ pub mod alloc;
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod damage;
 pub mod device;
 pub mod display;
 pub mod edid;

@@ -45,11 +45,14 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             1 => display.scanout(a32, 0, 0),
-            2 => display.scanout(a32, b32, c32),
+            2 => display.scanout(a32 % 20, b32 % 64, c32 % 64),
+            // Ids and sizes beyond any scanout.
+            7 if d & 1 == 1 => display.scanout(a32, b32, c32),
             3 => {
                 let (w, h) = (u32::from(d % 17), u32::from((d >> 8) % 17));
-                let px = vec![0x33u8; (w * h * 4) as usize];
-                display.update(a32, b32, c32, w, h, &px);
+                // Varying pixels, so that what changed since the last update is cut out.
+                let px: Vec<u8> = (0..w * h * 4).map(|i| (i as u8) ^ op).collect();
+                display.update(a32 % 20, b32 % 40, c32 % 40, w, h, &px);
             }
             4 => display.cursor_pos(a32, b32, c32),
             5 => display.cursor_hide(a32, b32, c32),

@@ -175,6 +175,13 @@ fn fbcon_frame_and_damage_arrive_as_exact_pixels() {
 
     // Full-width damage (rows 700..710) takes the no-repack path: same pixels.
     let r = (0, 700, w, 10);
+    for (i, b) in px[(700 * w * 4) as usize..(710 * w * 4) as usize]
+        .iter_mut()
+        .enumerate()
+    {
+        *b = if i % 4 == 3 { 0xff } else { !*b };
+    }
+    g.write_backing(&entries, &px);
     assert_eq!(g.transfer(1, r, w * 4), OK_NODATA);
     assert_eq!(g.flush(1, r), OK_NODATA);
     let (_, x, y, uw, uh, data) = next_update(&g);
@@ -216,6 +223,9 @@ fn every_format_reaches_the_frontend_as_bgrx() {
         for p in data.chunks(4) {
             assert_eq!(p, [0x33, 0x22, 0x11, 0x44], "format {fmt}");
         }
+        // Every case shows the same picture and the frontend is only sent changes: off and
+        // on again between cases, so each one's frame goes whole to a new surface.
+        assert_eq!(g.set_scanout(0, 0, (0, 0, 0, 0)), OK_NODATA);
     }
 }
 
@@ -480,10 +490,10 @@ fn a_flip_between_same_size_resources_is_a_full_update_not_a_scanout() {
                 _ => None,
             })
     };
-    let a = pattern(w, h, 1);
-    let b = pattern(w, h, 2);
-    resource_with(&mut g, 1, B8G8R8X8, w, h, &a);
-    resource_with(&mut g, 2, B8G8R8X8, w, h, &b);
+    let mut a = pattern(w, h, 1);
+    let mut b = pattern(w, h, 2);
+    let ea = resource_with(&mut g, 1, B8G8R8X8, w, h, &a);
+    let eb = resource_with(&mut g, 2, B8G8R8X8, w, h, &b);
     assert_eq!(g.set_scanout(0, 1, (0, 0, w, h)), OK_NODATA);
     assert_eq!(
         scanout(&g),
@@ -493,7 +503,12 @@ fn a_flip_between_same_size_resources_is_a_full_update_not_a_scanout() {
     assert_eq!(g.transfer(1, (0, 0, w, h), w * 4), OK_NODATA);
     assert_eq!(g.flush(1, (0, 0, w, h)), OK_NODATA);
     assert!(next_update(&g).5 == a);
-    for (id, px) in [(2, &b), (1, &a), (2, &b)] {
+    for (round, id) in [2u32, 1, 2].into_iter().enumerate() {
+        let (px, entries) = if id == 1 {
+            (&mut a, &ea)
+        } else {
+            (&mut b, &eb)
+        };
         assert_eq!(g.set_scanout(0, id, (0, 0, w, h)), OK_NODATA);
         assert_eq!(g.transfer(id, (0, 0, w, h), w * 4), OK_NODATA);
         // The guest flushes a corner only; the frontend still gets the whole new frame.
@@ -501,7 +516,13 @@ fn a_flip_between_same_size_resources_is_a_full_update_not_a_scanout() {
         let (sid, x, y, uw, uh, data) = next_update(&g);
         assert_eq!((sid, x, y, uw, uh), (0, 0, 0, w, h), "flip to {id}");
         assert!(data == *px, "flip to {id}: frame differs");
-        // After that, damage is sent as it comes.
+        // After that, damage is sent as it comes: the corner, painted anew.
+        for row in 0..8 {
+            let s = (row * w * 4) as usize;
+            px[s..s + 32].fill(0x40 + round as u8);
+        }
+        g.write_backing(entries, px);
+        assert_eq!(g.transfer(id, (0, 0, 8, 8), w * 4), OK_NODATA);
         assert_eq!(g.flush(id, (0, 0, 8, 8)), OK_NODATA);
         let (_, x, y, uw, uh, _) = next_update(&g);
         assert_eq!(
@@ -546,4 +567,68 @@ fn a_4k_desktop_fits_the_default_host_memory_and_reaches_capture() {
     assert!(shots[0].rgb == rgb, "4K picture differs");
     drop(b);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Paints rect `r` of a packed `w`-pixel-wide image with one colour.
+fn paint(img: &mut [u8], w: u32, r: (u32, u32, u32, u32), v: u8) {
+    for y in r.1..r.1 + r.3 {
+        let s = ((y * w + r.0) * 4) as usize;
+        for px in img[s..s + (r.2 * 4) as usize].chunks_exact_mut(4) {
+            px.copy_from_slice(&[v, v.wrapping_add(1), v.wrapping_add(2), 0xff]);
+        }
+    }
+}
+
+/// A guest that flips or flushes the whole scanout every frame gets only what changed sent to
+/// the frontend: each UPDATE is the next change, cut to it, with its pixels; a flush that
+/// changes nothing sends nothing.
+#[test]
+fn a_whole_scanout_flush_sends_only_what_changed() {
+    let (w, h) = (320u32, 200u32);
+    let whole = (0, 0, w, h);
+    let (_b, mut g) = start(&["--display", "320x200"]);
+    let mut a = pattern(w, h, 1);
+    let entries = resource_with(&mut g, 1, B8G8R8X8, w, h, &a);
+    assert_eq!(g.set_scanout(0, 1, whole), OK_NODATA);
+    let frame = |g: &mut Gpu, px: &[u8]| {
+        g.write_backing(&entries, px);
+        assert_eq!(g.transfer(1, whole, w * 4), OK_NODATA);
+        assert_eq!(g.flush(1, whole), OK_NODATA);
+    };
+    frame(&mut g, &a);
+    let (_, x, y, uw, uh, data) = next_update(&g);
+    assert_eq!((x, y, uw, uh), whole, "the first frame goes whole");
+    assert!(data == a);
+    for (r, v) in [
+        ((100, 50, 10, 6), 7),
+        ((0, 0, 1, 1), 9),
+        ((300, 190, 20, 10), 11),
+    ] {
+        paint(&mut a, w, r, v);
+        frame(&mut g, &a);
+        let (_, x, y, uw, uh, data) = next_update(&g);
+        assert_eq!((x, y, uw, uh), r, "the UPDATE is the changed rect");
+        assert_eq!(data, crop(&a, w * 4, r));
+        // The same frame again: nothing is sent (the next UPDATE is the next change).
+        frame(&mut g, &a);
+    }
+    // Two changes far apart are two UPDATEs.
+    paint(&mut a, w, (10, 10, 4, 4), 21);
+    paint(&mut a, w, (200, 150, 8, 2), 23);
+    frame(&mut g, &a);
+    let first = next_update(&g);
+    let second = next_update(&g);
+    assert_eq!((first.1, first.2, first.3, first.4), (10, 10, 4, 4));
+    assert_eq!((second.1, second.2, second.3, second.4), (200, 150, 8, 2));
+    assert_eq!(second.5, crop(&a, w * 4, (200, 150, 8, 2)));
+    // A flip to another resource of the same size: only where it differs from what is shown.
+    let mut b = a.clone();
+    paint(&mut b, w, (250, 20, 5, 5), 31);
+    resource_with(&mut g, 2, B8G8R8X8, w, h, &b);
+    assert_eq!(g.set_scanout(0, 2, whole), OK_NODATA);
+    assert_eq!(g.transfer(2, whole, w * 4), OK_NODATA);
+    assert_eq!(g.flush(2, whole), OK_NODATA);
+    let (_, x, y, uw, uh, data) = next_update(&g);
+    assert_eq!((x, y, uw, uh), (250, 20, 5, 5), "flip to 2");
+    assert_eq!(data, crop(&b, w * 4, (250, 20, 5, 5)));
 }

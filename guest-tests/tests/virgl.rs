@@ -250,11 +250,17 @@ fn a_3d_scanout_reaches_the_display_channel() {
             );
         }
     }
-    // A partial flush of the square's area alone.
+    // The square turns green (the frontend is sent changes only); a partial flush of the
+    // square's area alone.
+    let mut cmds = clear(3, 10, [0.0, 1.0, 0.0, 1.0]);
+    cmds.extend(blit(11, 10, (0, 0, 16, 16), (8, 40)));
+    let r = g.ctrl(Gpu::submit_msg(Msg::hdr(SUBMIT_3D, 0, 0, 1, 0), &cmds), 24);
+    assert_eq!(r.code(), OK_NODATA);
     assert_eq!(g.flush(11, (8, 40, 16, 16)), OK_NODATA);
     let (_, x, y, w, h, data) = next_update(&g);
     assert_eq!((x, y, w, h), (8, 40, 16, 16));
-    assert!(data.chunks(4).all(is_rgba));
+    let is_green = |p: &[u8]| p == [0, 0xff, 0, 0xff];
+    assert!(data.chunks(4).all(is_green));
     // The same resource as the cursor image: its top 64 rows, the same way up.
     assert_eq!(g.update_cursor(0, 3, 4, 11, (1, 2)), OK_NODATA);
     let image = g
@@ -269,7 +275,7 @@ fn a_3d_scanout_reaches_the_display_channel() {
             let p = &image[((yy * 64 + xx) * 4) as usize..][..4];
             let inside = (8..24).contains(&xx) && (40..56).contains(&yy);
             assert!(
-                if inside { is_rgba(p) } else { is_blue(p) },
+                if inside { is_green(p) } else { is_blue(p) },
                 "cursor pixel ({xx},{yy}) = {p:?}"
             );
         }

@@ -157,14 +157,16 @@ fn clients_see_what_the_guest_flushed_raw_and_zrle_damage_resize_and_cursor() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Transfers and flushes a full 640x480 frame again and again for `secs`; returns flushes
-/// per second.
+/// Page-flips between two full 640x480 frames (resources 1 and 2) again and again for
+/// `secs`, each transferred and flushed whole; returns flushes per second.
 fn flush_rate(g: &mut Gpu, secs: f64) -> f64 {
     let t = Instant::now();
     let mut n = 0u32;
     while t.elapsed().as_secs_f64() < secs {
-        assert_eq!(g.transfer(1, (0, 0, 640, 480), 640 * 4), OK_NODATA);
-        assert_eq!(g.flush(1, (0, 0, 640, 480)), OK_NODATA);
+        let id = 1 + n % 2;
+        assert_eq!(g.set_scanout(0, id, (0, 0, 640, 480)), OK_NODATA);
+        assert_eq!(g.transfer(id, (0, 0, 640, 480), 640 * 4), OK_NODATA);
+        assert_eq!(g.flush(id, (0, 0, 640, 480)), OK_NODATA);
         n += 1;
     }
     n as f64 / t.elapsed().as_secs_f64()
@@ -174,9 +176,8 @@ fn flush_rate(g: &mut Gpu, secs: f64) -> f64 {
 fn a_stalled_client_does_not_slow_the_guest_and_others_keep_getting_frames() {
     let dir = temp_dir("stall");
     let (b, mut g, sock) = start_vnc(&dir, &["--display", "640x480"]);
-    let px = pattern(640, 480, 1);
-    let _ = resource_with(&mut g, 1, B8G8R8X8, 640, 480, &px);
-    assert_eq!(g.set_scanout(0, 1, (0, 0, 640, 480)), OK_NODATA);
+    let _ = resource_with(&mut g, 1, B8G8R8X8, 640, 480, &pattern(640, 480, 1));
+    let _ = resource_with(&mut g, 2, B8G8R8X8, 640, 480, &pattern(640, 480, 2));
     flush_rate(&mut g, 0.2);
     let alone = flush_rate(&mut g, 1.5);
     let rss_before = b.rss_anon_kib();
