@@ -17,6 +17,7 @@ use vhost::vhost_user::message::VhostUserU64;
 use vhost::vhost_user::GpuBackend;
 
 use crate::damage::Damage;
+use crate::outbox::{Message, Outbox};
 use crate::protocol::DisplayMode;
 use crate::screens::{Area, Screens};
 
@@ -42,7 +43,11 @@ pub struct Display {
 }
 
 struct Active {
+    /// For requests that wait for a reply (display info); its lock keeps each message whole
+    /// against the outbox thread's sends.
     backend: GpuBackend,
+    /// SCANOUT, UPDATE and cursor messages, sent in order by their own thread.
+    outbox: Outbox,
 }
 
 /// Size of a cursor image in bytes (64 x 64, 4 bytes a pixel).
@@ -80,10 +85,13 @@ impl Display {
                 Ok(offered) => {
                     let features = offered.value & PROTOCOL_F_EDID;
                     match backend.set_protocol_features(&VhostUserU64::new(features)) {
-                        Ok(()) => {
-                            info!("display channel up, protocol features {features:#x}");
-                            self.active = Some(Active { backend });
-                        }
+                        Ok(()) => match Outbox::start(backend.clone()) {
+                            Ok(outbox) => {
+                                info!("display channel up, protocol features {features:#x}");
+                                self.active = Some(Active { backend, outbox });
+                            }
+                            Err(e) => warn!("display channel: sending thread: {e}; headless"),
+                        },
                         Err(e) => warn!("display channel: set protocol features: {e}; headless"),
                     }
                 }
@@ -106,6 +114,16 @@ impl Display {
         }
     }
 
+    /// Queues a one-way message; a failed channel is dropped (the outbox logged why).
+    fn send(&mut self, msg: impl FnOnce(&Outbox) -> Message) {
+        let Some(active) = self.active() else {
+            return;
+        };
+        if active.outbox.push(msg(&active.outbox)).is_err() {
+            self.active = None;
+        }
+    }
+
     /// Announces a scanout's size; 0 x 0 disables it.
     pub fn scanout(&mut self, scanout_id: u32, width: u32, height: u32) {
         let msg = VhostUserGpuScanout {
@@ -117,7 +135,7 @@ impl Display {
         if let Some(c) = &self.screens {
             c.scanout(scanout_id, width, height);
         }
-        self.with("scanout", |a| a.backend.set_scanout(&msg));
+        self.send(|_| Message::Scanout(msg));
     }
 
     /// Sends packed pixels (`width * height * 4` bytes, B8G8R8X8) for a rectangle of a scanout:
@@ -155,7 +173,11 @@ impl Display {
             if let Some(c) = &self.screens {
                 c.update(scanout_id, p.x, p.y, p.width, p.height, pixels);
             }
-            self.with("update", |a| a.backend.update_scanout(&msg, pixels));
+            self.send(|o| {
+                let mut buf = o.buffer();
+                buf.extend_from_slice(pixels);
+                Message::Update(msg, buf)
+            });
         }
         if log::log_enabled!(log::Level::Debug) {
             let px = |a: &Area| u64::from(a.width) * u64::from(a.height);
@@ -177,7 +199,7 @@ impl Display {
     /// Moves the cursor.
     pub fn cursor_pos(&mut self, scanout_id: u32, x: u32, y: u32) {
         let msg = VhostUserGpuCursorPos { scanout_id, x, y };
-        self.with("cursor pos", |a| a.backend.cursor_pos(&msg));
+        self.send(|_| Message::CursorPos(msg));
     }
 
     /// Hides the cursor.
@@ -186,7 +208,7 @@ impl Display {
         if let Some(s) = &self.screens {
             s.cursor(None, false);
         }
-        self.with("cursor hide", |a| a.backend.cursor_pos_hide(&msg));
+        self.send(|_| Message::CursorHide(msg));
     }
 
     /// Sets the cursor image and position.
@@ -208,7 +230,7 @@ impl Display {
         if let Some(s) = &self.screens {
             s.cursor(Some((hot.0, hot.1, &image[..])), true);
         }
-        self.with("cursor update", |a| a.backend.cursor_update(&msg, image));
+        self.send(|_| Message::CursorUpdate(msg, Box::new(*image)));
     }
 
     /// The frontend's view of the displays, for the first `n` scanouts.

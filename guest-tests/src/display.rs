@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,8 @@ pub struct DisplayServer {
     events: Receiver<DisplayEvent>,
     _thread: JoinHandle<()>,
     pub config: Arc<Mutex<DisplayConfig>>,
+    /// While true the server reads nothing (a frontend whose main loop is busy).
+    paused: Arc<(Mutex<bool>, Condvar)>,
 }
 
 fn read_exact(s: &mut UnixStream, n: usize) -> Option<Vec<u8>> {
@@ -92,7 +94,16 @@ impl DisplayServer {
         let (tx, rx) = channel();
         let config = Arc::new(Mutex::new(config));
         let cfg = Arc::clone(&config);
+        let paused = Arc::new((Mutex::new(false), Condvar::new()));
+        let pause = Arc::clone(&paused);
         let thread = std::thread::spawn(move || loop {
+            {
+                let (m, cv) = &*pause;
+                let mut p = m.lock().unwrap();
+                while *p {
+                    p = cv.wait(p).unwrap();
+                }
+            }
             let Some(h) = read_exact(&mut sock, 12) else {
                 return;
             };
@@ -180,7 +191,16 @@ impl DisplayServer {
             events: rx,
             _thread: thread,
             config,
+            paused,
         }
+    }
+
+    /// Stops reading the socket (true) or reads on (false), as a frontend whose main loop is
+    /// busy elsewhere.
+    pub fn pause(&self, on: bool) {
+        let (m, cv) = &*self.paused;
+        *m.lock().unwrap() = on;
+        cv.notify_all();
     }
 
     /// The next event, waiting up to `timeout`.

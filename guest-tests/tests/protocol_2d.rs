@@ -632,3 +632,65 @@ fn a_whole_scanout_flush_sends_only_what_changed() {
     assert_eq!((x, y, uw, uh), (250, 20, 5, 5), "flip to 2");
     assert_eq!(data, crop(&b, w * 4, (250, 20, 5, 5)));
 }
+
+/// A frontend slow to read its display socket (QEMU's main loop drawing its window) does not
+/// hold up the guest's flushes: 40 page flips of 1.2 MB frames are answered while nothing is
+/// read, the frames QEMU could not have shown are merged, and once it reads again the picture
+/// it builds from the UPDATEs is the last frame, pixel for pixel.
+#[test]
+fn a_frontend_slow_to_read_does_not_hold_up_flushes() {
+    let (w, h) = (640u32, 480u32);
+    let whole = (0, 0, w, h);
+    let (_b, mut g) = start(&["--display", "640x480"]);
+    let frames = [pattern(w, h, 1), pattern(w, h, 2)];
+    resource_with(&mut g, 1, B8G8R8X8, w, h, &frames[0]);
+    resource_with(&mut g, 2, B8G8R8X8, w, h, &frames[1]);
+    let flip = |g: &mut Gpu, id: u32| {
+        assert_eq!(g.set_scanout(0, id, whole), OK_NODATA);
+        assert_eq!(g.transfer(id, whole, w * 4), OK_NODATA);
+        assert_eq!(g.flush(id, whole), OK_NODATA);
+    };
+    flip(&mut g, 1);
+    let mut shown = next_update(&g).5;
+    assert!(shown == frames[0]);
+    g.display().pause(true);
+    let t = std::time::Instant::now();
+    for i in 0..40u32 {
+        flip(&mut g, 2 - i % 2);
+    }
+    let took = t.elapsed();
+    g.display().pause(false);
+    // The last flip showed resource 1 (i = 39).
+    let mut updates = 0;
+    while let Some((x, y, uw, uh, data)) =
+        g.display()
+            .wait_for(std::time::Duration::from_millis(500), |e| match e {
+                DisplayEvent::Update {
+                    x,
+                    y,
+                    width,
+                    height,
+                    data,
+                    ..
+                } => Some((*x, *y, *width, *height, data.clone())),
+                _ => None,
+            })
+    {
+        updates += 1;
+        for row in 0..uh {
+            let s = ((y + row) * w * 4 + x * 4) as usize;
+            let n = (uw * 4) as usize;
+            shown[s..s + n].copy_from_slice(&data[(row * uw * 4) as usize..][..n]);
+        }
+    }
+    eprintln!("40 flips in {took:?} with the display socket unread; {updates} UPDATEs after");
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "flushes waited for the frontend: {took:?}"
+    );
+    assert!(updates < 40, "{updates} UPDATEs: nothing merged");
+    assert!(
+        shown == frames[0],
+        "the frontend's picture is not the last frame"
+    );
+}

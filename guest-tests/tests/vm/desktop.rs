@@ -21,7 +21,7 @@ struct Desktop {
 impl Desktop {
     fn start(dir: &Path) -> Desktop {
         let n = (90..190)
-            .find(|n| !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists())
+            .find(|&n| x_display_free(n))
             .expect("a free X display number");
         let display = format!(":{n}");
         let xvfb = Command::new("Xvfb")
@@ -95,8 +95,30 @@ impl Drop for Desktop {
     fn drop(&mut self) {
         let _ = self.weston.kill();
         let _ = self.weston.wait();
-        let _ = self.xvfb.kill();
+        // SIGTERM, so that Xvfb removes its socket and lock file.
+        let _ = Command::new("kill")
+            .arg(self.xvfb.id().to_string())
+            .status();
         let _ = self.xvfb.wait();
+    }
+}
+
+/// Whether X display `n` is free: no socket, or one left by a server that is gone (its lock
+/// file names a dead process; both files are removed then).
+fn x_display_free(n: u32) -> bool {
+    let socket = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
+    let lock = PathBuf::from(format!("/tmp/.X{n}-lock"));
+    let pid = std::fs::read_to_string(&lock)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    match pid {
+        Some(pid) if Path::new(&format!("/proc/{pid}")).exists() => false,
+        Some(_) => {
+            let _ = std::fs::remove_file(&socket);
+            let _ = std::fs::remove_file(&lock);
+            true
+        }
+        None => !socket.exists() && !lock.exists(),
     }
 }
 
