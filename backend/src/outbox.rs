@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use log::warn;
 use vhost::vhost_user::gpu_message::{
@@ -64,6 +65,8 @@ struct State {
     pool: Vec<Vec<u8>>,
     /// Updates queued and merged away since the last debug line.
     counts: (u64, u64),
+    /// The sending thread has returned.
+    exited: bool,
 }
 
 struct Shared {
@@ -80,6 +83,7 @@ impl Shared {
 /// The sending side the display holds.
 pub struct Outbox {
     shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Outbox {
@@ -90,10 +94,17 @@ impl Outbox {
             changed: Condvar::new(),
         });
         let theirs = Arc::clone(&shared);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("display-out".into())
-            .spawn(move || send_loop(&theirs, &backend))?;
-        Ok(Outbox { shared })
+            .spawn(move || {
+                send_loop(&theirs, &backend);
+                theirs.lock().exited = true;
+                theirs.changed.notify_all();
+            })?;
+        Ok(Outbox {
+            shared,
+            thread: Some(thread),
+        })
     }
 
     /// A buffer for an update's pixels, from the pool when one is there.
@@ -138,12 +149,34 @@ impl Outbox {
     }
 }
 
+/// How long dropping the outbox waits for the queue to go out.
+const DRAIN: Duration = Duration::from_secs(1);
+
 impl Drop for Outbox {
-    /// The thread sends what is queued, then ends; it is not waited for (a frontend that stopped
-    /// reading must not hang the device), and a closed socket ends its send at once.
+    /// The thread sends what is queued, then ends. It is waited for up to [`DRAIN`]; past that
+    /// it is left to finish on its own (a frontend that stopped reading must not hang the
+    /// device; a closed socket ends its send at once).
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
+        let mut st = self.shared.lock();
+        st.closed = true;
         self.shared.changed.notify_all();
+        let deadline = Instant::now() + DRAIN;
+        while !st.exited {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                warn!("display channel: the frontend is not reading; not waiting for it");
+                return;
+            }
+            st = self
+                .shared
+                .changed
+                .wait_timeout(st, left)
+                .map_or_else(|e| e.into_inner().0, |(g, _)| g);
+        }
+        drop(st);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
