@@ -235,6 +235,8 @@ impl VhostUserGpu {
                 }
             }
             notify_used(vring, added)?;
+            // The batch is answered: now read back a 3D frame flushed in it.
+            device.finish_flushes();
             // Before sleeping, watch the ring a little, kicks still off: a driver that sends
             // its next command right after our reply is served without a kick and a wake-up
             // on either side.

@@ -836,3 +836,62 @@ fn bad_blob_input_gets_the_right_codes() {
     assert_eq!(next_update(&g).5.len(), 16 * 16 * 4);
     assert_eq!(g.unref(32), OK_NODATA);
 }
+
+/// A 3D flush is answered at once and read back after the queue's batch, or before any later
+/// command other than SUBMIT_3D: bad flushes still get their codes, and a flush followed by
+/// the resource's UNREF still shows the frame, before the scanout goes off.
+#[test]
+fn a_3d_flush_is_read_back_before_anything_that_could_lose_it() {
+    let (_b, mut g) = start_virgl(&[]);
+    assert_eq!(g.ctx_create(1, 0, "deferred"), OK_NODATA);
+    target(&mut g, 1, 10);
+    target(&mut g, 1, 11);
+    let mut cmds = clear(1, 10, RGBA);
+    cmds.extend(clear(2, 11, [0.0, 0.0, 1.0, 1.0]));
+    let r = g.ctrl(Gpu::submit_msg(Msg::hdr(SUBMIT_3D, 0, 0, 1, 0), &cmds), 24);
+    assert_eq!(r.code(), OK_NODATA);
+    assert_eq!(g.set_scanout(0, 11, (0, 0, W, H)), OK_NODATA);
+    assert_eq!(g.flush(11, (0, 0, W, H)), OK_NODATA);
+    let (_, _, _, w, h, data) = next_update(&g);
+    assert_eq!((w, h), (W, H));
+    assert!(data.chunks(4).all(is_blue));
+    assert_eq!(g.flush(11, (0, 0, W + 1, H)), ERR_INVALID_PARAMETER);
+    assert_eq!(g.flush(99, (0, 0, 1, 1)), ERR_INVALID_RESOURCE_ID);
+    // Draw a square, flush it, and unref the resource in the same batch of chains.
+    let cmds = blit(11, 10, (0, 0, 16, 16), (8, 40));
+    let r = g.ctrl(Gpu::submit_msg(Msg::hdr(SUBMIT_3D, 0, 0, 1, 0), &cmds), 24);
+    assert_eq!(r.code(), OK_NODATA);
+    let heads = [
+        g.send(
+            CONTROLQ,
+            &Msg::cmd(RESOURCE_FLUSH)
+                .rect(8, 40, 16, 16)
+                .u32(11)
+                .u32(0)
+                .0,
+            24,
+        )
+        .0,
+        g.send(CONTROLQ, &Msg::cmd(RESOURCE_UNREF).u32(11).u32(0).0, 24)
+            .0,
+    ];
+    assert_eq!(g.collect(CONTROLQ, heads.len()).len(), heads.len());
+    let first = g
+        .display()
+        .wait_for(WAIT, |e| match e {
+            DisplayEvent::Update {
+                x,
+                y,
+                width,
+                height,
+                data,
+                ..
+            } => Some(Some((*x, *y, *width, *height, data.clone()))),
+            DisplayEvent::Scanout { .. } => Some(None),
+            _ => None,
+        })
+        .expect("an event");
+    let (x, y, w, h, data) = first.expect("the square's UPDATE before the scanout went off");
+    assert_eq!((x, y, w, h), (8, 40, 16, 16));
+    assert!(data.chunks(4).all(is_rgba));
+}

@@ -245,6 +245,8 @@ pub struct GpuDevice {
     scratch: Vec<u8>,
     /// Packed copy of a partial-width rectangle for UPDATE; reused.
     packed: Vec<u8>,
+    /// A RESOURCE_FLUSH of a 3D resource not yet read back (see `finish_flushes`).
+    deferred: Option<(u32, Rect)>,
 }
 
 impl GpuDevice {
@@ -263,6 +265,7 @@ impl GpuDevice {
             host_mem: 0,
             scratch: Vec::new(),
             packed: Vec::new(),
+            deferred: None,
         }
     }
 
@@ -288,6 +291,7 @@ impl GpuDevice {
 
     /// Drops every context, resource and scanout (device reset); the display channel stays.
     pub fn reset(&mut self) {
+        self.deferred = None;
         let ctxs: Vec<u32> = self.contexts.keys().copied().collect();
         for c in ctxs {
             let _ = self.renderer.destroy_context(c);
@@ -311,6 +315,12 @@ impl GpuDevice {
         mem: &Arc<GuestMemoryMmap>,
     ) -> GpuResponse {
         let name = cmd.name();
+        if !matches!(
+            cmd,
+            GpuCommand::Submit3d { .. } | GpuCommand::ResourceFlush { .. }
+        ) {
+            self.finish_flushes();
+        }
         let response = match self.dispatch(hdr, cmd, mem) {
             Ok(r) => r,
             Err(e) => {

@@ -10,6 +10,7 @@ use super::{
 use crate::config::Mode;
 use crate::display::CURSOR_BYTES;
 use crate::edid;
+use crate::guest_warn;
 use crate::protocol::{Cursor, DisplayMode, GpuResponse};
 
 /// Converts pixels in `fmt` to the frontend's B8G8R8X8 byte order, in place.
@@ -44,6 +45,19 @@ pub(super) fn flushed_part(s: &Scanout, rect: Rect) -> Rect {
         s.rect
     } else {
         intersect(rect, s.rect)
+    }
+}
+
+/// The smallest rectangle holding both (both inside one resource, so no overflow).
+pub(super) fn union(a: Rect, b: Rect) -> Rect {
+    let (x, y) = (a.x.min(b.x), a.y.min(b.y));
+    let right = (a.x + a.width).max(b.x + b.width);
+    let bottom = (a.y + a.height).max(b.y + b.height);
+    Rect {
+        x,
+        y,
+        width: right - x,
+        height: bottom - y,
     }
 }
 
@@ -246,6 +260,10 @@ impl GpuDevice {
     }
 
     pub(super) fn flush(&mut self, id: u32, rect: Rect) -> GpuResult {
+        if self.resource(id)?.args3d.is_none() {
+            // Frames go out in the order they were flushed.
+            self.finish_flushes();
+        }
         let res = self.resource(id)?;
         if res.blob_mem.is_some() {
             // A blob is shown where SET_SCANOUT_BLOB put it; the flush rect is clipped to that.
@@ -268,6 +286,24 @@ impl GpuDevice {
                 res.width, res.height
             )));
         }
+        if res.args3d.is_some() {
+            // A 3D frame is read back once the commands after it have gone to the renderer
+            // (see `finish_flushes`).
+            match self.deferred {
+                Some((pending, r)) if pending == id => self.deferred = Some((id, union(r, rect))),
+                _ => {
+                    self.finish_flushes();
+                    self.deferred = Some((id, rect));
+                }
+            }
+            return Ok(GpuResponse::OkNoData);
+        }
+        self.show(id, rect)
+    }
+
+    /// Reads back `rect` of resource `id` for the scanouts showing it and sends it.
+    fn show(&mut self, id: u32, rect: Rect) -> GpuResult {
+        let res = self.resource(id)?;
         let (fmt, stride) = (res.format, res.stride() as usize);
         let full_width = res.width;
         // Read back rows come in the resource's memory order, which is the picture's order for
@@ -311,6 +347,20 @@ impl GpuDevice {
             );
         }
         Ok(GpuResponse::OkNoData)
+    }
+
+    /// Carries out a deferred 3D flush. RESOURCE_FLUSH of a 3D resource is answered at once and
+    /// read back later: after the queue thread has answered its batch, or before the next
+    /// command other than SUBMIT_3D. A guest that page-flips sends its next frame's SUBMIT_3D
+    /// right after the flush, and that no longer waits for the readback. The picture is the
+    /// resource as of the readback, which a SUBMIT_3D after the flush may already have drawn
+    /// into, as QEMU's own virgl display, which draws the texture at its next redraw.
+    pub fn finish_flushes(&mut self) {
+        if let Some((id, rect)) = self.deferred.take() {
+            if let Err(e) = self.show(id, rect) {
+                guest_warn!("RESOURCE_FLUSH of {id}: {e}");
+            }
+        }
     }
 
     pub(super) fn update_cursor(
