@@ -155,11 +155,84 @@ impl Display {
             width,
             height,
         };
+        let parts = self.cut(scanout_id, area, data);
+        self.send_parts(scanout_id, area, data, &parts);
+        self.parts = parts;
+    }
+
+    /// [`Display::update`] of pixels the caller gives away: when all of them go out (the whole
+    /// update changed), the buffer itself is queued for the channel, with no copy. Returns a
+    /// buffer for the caller's next readback: `data` back, or a spare one from the outbox
+    /// (any length, stale bytes).
+    pub fn update_owned(
+        &mut self,
+        scanout_id: u32,
+        x: u32,
+        y: u32,
+        width: u32,
+        height: u32,
+        data: Vec<u8>,
+    ) -> Vec<u8> {
+        let area = Area {
+            x,
+            y,
+            width,
+            height,
+        };
+        let parts = self.cut(scanout_id, area, &data);
+        let all = parts.len() == 1 && parts[0] == area;
+        let bytes = width as usize * height as usize * 4;
+        if !all || data.len() != bytes || self.active().is_none() {
+            self.send_parts(scanout_id, area, &data, &parts);
+            self.parts = parts;
+            return data;
+        }
+        self.parts = parts;
+        if let Some(c) = &self.screens {
+            c.update(scanout_id, x, y, width, height, &data);
+        }
+        let msg = VhostUserGpuUpdate {
+            scanout_id,
+            x,
+            y,
+            width,
+            height,
+        };
+        let Some(active) = self.active() else {
+            return data;
+        };
+        let spare = active.outbox.spare();
+        if active.outbox.push(Message::Update(msg, data)).is_err() {
+            self.active = None;
+        }
+        spare
+    }
+
+    /// The parts of an update of `area` that differ from what the frontend holds.
+    fn cut(&mut self, scanout_id: u32, area: Area, data: &[u8]) -> Vec<Area> {
         let mut parts = std::mem::take(&mut self.parts);
-        let mut packed = std::mem::take(&mut self.packed);
         parts.clear();
         self.damage.changed(scanout_id, area, data, &mut parts);
-        for p in &parts {
+        if log::log_enabled!(log::Level::Debug) {
+            let px = |a: &Area| u64::from(a.width) * u64::from(a.height);
+            self.stats.0 += 1;
+            self.stats.1 += px(&area);
+            self.stats.2 += parts.iter().map(px).sum::<u64>();
+            if self.stats.0 == 100 {
+                log::debug!(
+                    "display: the last 100 updates sent {:.1}% of the pixels flushed",
+                    self.stats.2 as f64 * 100.0 / self.stats.1.max(1) as f64
+                );
+                self.stats = (0, 0, 0);
+            }
+        }
+        parts
+    }
+
+    /// Sends `parts` of an update of `area` whose packed rows are `data`, copied out.
+    fn send_parts(&mut self, scanout_id: u32, area: Area, data: &[u8], parts: &[Area]) {
+        let mut packed = std::mem::take(&mut self.packed);
+        for p in parts {
             let Some(pixels) = part_pixels(area, p, data, &mut packed) else {
                 continue;
             };
@@ -179,20 +252,6 @@ impl Display {
                 Message::Update(msg, buf)
             });
         }
-        if log::log_enabled!(log::Level::Debug) {
-            let px = |a: &Area| u64::from(a.width) * u64::from(a.height);
-            self.stats.0 += 1;
-            self.stats.1 += px(&area);
-            self.stats.2 += parts.iter().map(px).sum::<u64>();
-            if self.stats.0 == 100 {
-                log::debug!(
-                    "display: the last 100 updates sent {:.1}% of the pixels flushed",
-                    self.stats.2 as f64 * 100.0 / self.stats.1.max(1) as f64
-                );
-                self.stats = (0, 0, 0);
-            }
-        }
-        self.parts = parts;
         self.packed = packed;
     }
 

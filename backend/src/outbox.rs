@@ -114,6 +114,12 @@ impl Outbox {
         b
     }
 
+    /// A buffer of a sent update as it is (any length, stale bytes), or an empty one: for a
+    /// readback that overwrites it.
+    pub fn spare(&self) -> Vec<u8> {
+        self.shared.lock().pool.pop().unwrap_or_default()
+    }
+
     /// Queues `msg`; Err when the channel has failed (the display then goes headless).
     pub fn push(&self, msg: Message) -> Result<(), String> {
         let mut st = self.shared.lock();

@@ -324,6 +324,22 @@ impl GpuDevice {
             let row = r.width as usize * 4;
             let start = r.y as usize * stride + r.x as usize * 4;
             let bytes = r.height as usize * row;
+            if start == 0 && r.width == full_width {
+                // The rect is the start of the scratch buffer: hand the buffer itself to the
+                // display, which may queue it as it is, and read the next frame into another.
+                let mut buf = std::mem::take(&mut self.scratch);
+                buf.truncate(bytes);
+                to_bgrx(fmt, &mut buf);
+                self.scratch = self.display.update_owned(
+                    i as u32,
+                    r.x - s.rect.x,
+                    r.y - s.rect.y,
+                    r.width,
+                    r.height,
+                    buf,
+                );
+                continue;
+            }
             // A full-width rect is already packed in the scratch buffer; otherwise pack it.
             let data: &mut [u8] = if r.x == 0 && r.width == full_width {
                 &mut self.scratch[start..start + bytes]

@@ -311,18 +311,24 @@ fn memcpy_baseline(n: usize) -> Stat {
     stat(secs.into_iter().map(|s| bytes / s / 1e9).collect())
 }
 
-/// Transfer + flush of a 1080p frame until its UPDATE reaches the frontend: frames/s.
+/// A page flip of a 1080p frame (two resources of different pixels, transferred and flushed
+/// whole) until its UPDATE reaches the frontend: frames/s. (A frame equal to the last one
+/// would send nothing: only changes go out.)
 fn display_path(t: &Target, n: usize) -> Vec<f64> {
     let (_b, mut g) = start(t);
-    let px = vec![0x33u8; (FW * FH * 4) as usize];
     assert_eq!(g.display_info().code(), OK_DISPLAY_INFO);
-    assert_eq!(g.create_2d(1, B8G8R8X8, FW, FH), OK_NODATA);
-    let e = g.scattered_backing(&px);
-    assert_eq!(g.attach_backing(1, &e), OK_NODATA);
-    assert_eq!(g.set_scanout(0, 1, (0, 0, FW, FH)), OK_NODATA);
+    for id in [1, 2] {
+        let px = vec![0x33u8 * id as u8; (FW * FH * 4) as usize];
+        assert_eq!(g.create_2d(id, B8G8R8X8, FW, FH), OK_NODATA);
+        let e = g.scattered_backing(&px);
+        assert_eq!(g.attach_backing(id, &e), OK_NODATA);
+    }
+    let mut id = 1;
     let secs = time(n.div_ceil(10).max(5), 3, || {
-        assert_eq!(g.transfer(1, (0, 0, FW, FH), FW * 4), OK_NODATA);
-        assert_eq!(g.flush(1, (0, 0, FW, FH)), OK_NODATA);
+        id = 3 - id;
+        assert_eq!(g.set_scanout(0, id, (0, 0, FW, FH)), OK_NODATA);
+        assert_eq!(g.transfer(id, (0, 0, FW, FH), FW * 4), OK_NODATA);
+        assert_eq!(g.flush(id, (0, 0, FW, FH)), OK_NODATA);
         g.display()
             .wait_for(Duration::from_secs(10), |e| {
                 matches!(e, DisplayEvent::Update { .. }).then_some(())
@@ -343,8 +349,8 @@ fn busy_frame(seed: u8) -> Vec<u8> {
     v
 }
 
-/// Our backend serving `--vnc` on a Unix socket, with or without a display channel, and a
-/// 1080p scanout uploaded once.
+/// Our backend serving `--vnc` on a Unix socket, with or without a display channel, and two
+/// 1080p frames uploaded once, resources 1 and 2, the first on the scanout (see [`flip`]).
 fn vnc_backend(display: bool) -> (Backend, Gpu, PathBuf) {
     let dir = std::env::temp_dir().join(format!("vhost-gpu-bench-vnc-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -370,13 +376,23 @@ fn vnc_backend(display: bool) -> (Backend, Gpu, PathBuf) {
         opts.display = None;
     }
     let mut g = Gpu::connect(&b, &opts);
-    let px = busy_frame(1);
-    assert_eq!(g.create_2d(1, B8G8R8X8, FW, FH), OK_NODATA);
-    let e = g.scattered_backing(&px);
-    assert_eq!(g.attach_backing(1, &e), OK_NODATA);
-    assert_eq!(g.transfer(1, (0, 0, FW, FH), FW * 4), OK_NODATA);
+    for id in [1, 2] {
+        let px = busy_frame(id as u8);
+        assert_eq!(g.create_2d(id, B8G8R8X8, FW, FH), OK_NODATA);
+        let e = g.scattered_backing(&px);
+        assert_eq!(g.attach_backing(id, &e), OK_NODATA);
+        assert_eq!(g.transfer(id, (0, 0, FW, FH), FW * 4), OK_NODATA);
+    }
     assert_eq!(g.set_scanout(0, 1, (0, 0, FW, FH)), OK_NODATA);
     (b, g, sock)
+}
+
+/// Page flip `i`: resource 1 or 2 on the scanout, flushed whole (every pixel differs from the
+/// last frame's, so all of it goes out).
+fn flip(g: &mut Gpu, i: usize) {
+    let id = 1 + (i % 2) as u32;
+    assert_eq!(g.set_scanout(0, id, (0, 0, FW, FH)), OK_NODATA);
+    assert_eq!(g.flush(id, (0, 0, FW, FH)), OK_NODATA);
 }
 
 /// From a 1080p flush to a VNC client holding the whole update (ms), for `encoding`; and, as
@@ -394,7 +410,7 @@ fn vnc_latency(n: usize, encoding: i32) -> (Stat, Stat) {
         // Let the request arrive before the clock starts.
         std::thread::sleep(Duration::from_millis(2));
         let t = Instant::now();
-        assert_eq!(g.flush(1, (0, 0, FW, FH)), OK_NODATA);
+        flip(&mut g, i + 1);
         g.display()
             .wait_for(Duration::from_secs(10), |e| {
                 matches!(e, DisplayEvent::Update { .. }).then_some(())
@@ -447,11 +463,13 @@ fn vnc_cpu(n: usize, clients: usize) -> Stat {
     std::thread::sleep(Duration::from_millis(300));
     let mut per_frame = Vec::new();
     // Frames at 30 per second, so that clients can keep up; CPU per frame over each batch.
+    let mut i = 0;
     for _ in 0..n.div_ceil(10).max(3) {
         let c0 = cpu_secs(b.pid());
         for _ in 0..10 {
             let t = Instant::now();
-            assert_eq!(g.flush(1, (0, 0, FW, FH)), OK_NODATA);
+            i += 1;
+            flip(&mut g, i);
             std::thread::sleep(Duration::from_millis(33).saturating_sub(t.elapsed()));
         }
         // Let the clients' updates finish before reading the clock.
@@ -459,7 +477,7 @@ fn vnc_cpu(n: usize, clients: usize) -> Stat {
         per_frame.push((cpu_secs(b.pid()) - c0) / 10.0 * 1e3);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(g.flush(1, (0, 0, FW, FH)), OK_NODATA);
+    flip(&mut g, i + 1);
     for r in readers {
         let _ = r.join();
     }
