@@ -27,9 +27,14 @@ use vhost::vhost_user::GpuBackend;
 use crate::display::CURSOR_BYTES;
 use crate::screens::Area;
 
-/// Bytes of queued pixels past which the queue thread waits (one 3840x2160 frame is 33 MB; a
+/// Bytes of queued messages past which the queue thread waits (one 3840x2160 frame is 33 MB; a
 /// single update larger than half of this may still queue behind nothing else).
 pub const LIMIT: usize = 64 << 20;
+/// Messages queued past which the queue thread waits, whatever their size: a guest moving its
+/// cursor while the frontend reads nothing must not grow the queue either.
+pub const MAX_QUEUED: usize = 1024;
+/// What a message without pixels counts for against [`LIMIT`] (its header and the queue's entry).
+const SMALL: usize = 64;
 /// Pixel buffers kept for reuse, each at most [`POOL_BUFFER`] bytes.
 const POOL: usize = 2;
 const POOL_BUFFER: usize = 3840 * 2160 * 4;
@@ -44,10 +49,12 @@ pub enum Message {
 }
 
 impl Message {
+    /// Host bytes it holds while queued.
     fn bytes(&self) -> usize {
         match self {
-            Message::Update(_, px) => px.len(),
-            _ => 0,
+            Message::Update(_, px) => SMALL + px.len(),
+            Message::CursorUpdate(..) => SMALL + CURSOR_BYTES,
+            _ => SMALL,
         }
     }
 }
@@ -55,7 +62,7 @@ impl Message {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Message>,
-    /// Pixel bytes in `queue`.
+    /// Bytes `queue` holds ([`Message::bytes`]).
     bytes: usize,
     /// Why the channel failed; nothing more is sent.
     failed: Option<String>,
@@ -137,7 +144,10 @@ impl Outbox {
         }
         // Room for this one: LIMIT, or two of this size, whichever is more.
         let limit = LIMIT.max(need.saturating_mul(2));
-        while st.failed.is_none() && !st.queue.is_empty() && st.bytes + need > limit {
+        while st.failed.is_none()
+            && !st.queue.is_empty()
+            && (st.bytes + need > limit || st.queue.len() >= MAX_QUEUED)
+        {
             st = self
                 .shared
                 .changed
@@ -211,10 +221,12 @@ fn drop_covered(st: &mut State, u: &VhostUserGpuUpdate) {
             _ => false,
         };
         if covered {
-            if let Some(Message::Update(_, px)) = st.queue.remove(i) {
-                st.bytes -= px.len();
+            if let Some(m) = st.queue.remove(i) {
+                st.bytes -= m.bytes();
                 st.counts.1 += 1;
-                recycle(st, px);
+                if let Message::Update(_, px) = m {
+                    recycle(st, px);
+                }
             }
         }
     }
@@ -248,8 +260,8 @@ fn send_loop(shared: &Shared, backend: &GpuBackend) {
             Message::CursorUpdate(c, img) => ("cursor update", backend.cursor_update(c, img)),
         };
         let mut st = shared.lock();
+        st.bytes -= msg.bytes();
         if let Message::Update(_, px) = msg {
-            st.bytes -= px.len();
             recycle(&mut st, px);
         }
         if let Err(e) = sent {
@@ -295,6 +307,41 @@ mod tests {
     }
 
     #[test]
+    fn small_messages_are_bounded_too_while_the_frontend_reads_nothing() {
+        // The frontend end of the channel is never read: the sender blocks once the socket
+        // buffer is full, and the queue thread must then wait rather than queue without end.
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let outbox = Outbox::start(GpuBackend::from_stream(ours)).unwrap();
+        let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let q = std::sync::Arc::clone(&queued);
+        let shared = std::sync::Arc::clone(&outbox.shared);
+        std::thread::spawn(move || {
+            let img = Box::new([0u8; CURSOR_BYTES]);
+            for i in 0..100_000u32 {
+                let pos = VhostUserGpuCursorPos {
+                    scanout_id: 0,
+                    x: i,
+                    y: 0,
+                };
+                let m = VhostUserGpuCursorUpdate {
+                    pos,
+                    hot_x: 0,
+                    hot_y: 0,
+                };
+                if outbox.push(Message::CursorUpdate(m, img.clone())).is_err() {
+                    return;
+                }
+                q.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let st = shared.lock();
+        assert!(st.queue.len() <= MAX_QUEUED, "{} queued", st.queue.len());
+        assert!(st.bytes <= LIMIT, "{} bytes queued", st.bytes);
+        assert!(queued.load(std::sync::atomic::Ordering::Relaxed) < 100_000);
+    }
+
+    #[test]
     fn a_covering_update_replaces_queued_ones_but_not_across_a_scanout() {
         let mut st = State::default();
         let push = |st: &mut State, m: Message| {
@@ -321,7 +368,7 @@ mod tests {
             rects(&st),
             vec![(1, 0, 0, 4, 4), (99, 0, 0, 0, 0), (0, 0, 0, 10, 10)]
         );
-        assert_eq!(st.bytes, (16 + 100) * 4);
+        assert_eq!(st.bytes, (16 + 100) * 4 + 3 * SMALL);
         // A partial one does not cover; a SCANOUT is a barrier.
         push(&mut st, update(0, 5, 5, 10, 10));
         push(
