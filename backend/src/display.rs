@@ -229,13 +229,12 @@ impl Display {
         parts
     }
 
-    /// Sends `parts` of an update of `area` whose packed rows are `data`, copied out.
+    /// Sends `parts` of an update of `area` whose packed rows are `data`, each copied once:
+    /// into an outbox buffer with a channel, else (for `--capture-dir`/`--vnc` alone) sliced or
+    /// packed for the screens.
     fn send_parts(&mut self, scanout_id: u32, area: Area, data: &[u8], parts: &[Area]) {
         let mut packed = std::mem::take(&mut self.packed);
         for p in parts {
-            let Some(pixels) = part_pixels(area, p, data, &mut packed) else {
-                continue;
-            };
             let msg = VhostUserGpuUpdate {
                 scanout_id,
                 x: p.x,
@@ -243,14 +242,22 @@ impl Display {
                 width: p.width,
                 height: p.height,
             };
-            if let Some(c) = &self.screens {
-                c.update(scanout_id, p.x, p.y, p.width, p.height, pixels);
+            let Some(active) = self.active() else {
+                if let (Some(c), Some(pixels)) =
+                    (&self.screens, part_pixels(area, p, data, &mut packed))
+                {
+                    c.update(scanout_id, p.x, p.y, p.width, p.height, pixels);
+                }
+                continue;
+            };
+            let mut buf = active.outbox.buffer();
+            if !pack(area, p, data, &mut buf) {
+                continue;
             }
-            self.send(|o| {
-                let mut buf = o.buffer();
-                buf.extend_from_slice(pixels);
-                Message::Update(msg, buf)
-            });
+            if let Some(c) = &self.screens {
+                c.update(scanout_id, p.x, p.y, p.width, p.height, &buf);
+            }
+            self.send(|_| Message::Update(msg, buf));
         }
         self.packed = packed;
     }
@@ -317,16 +324,40 @@ fn part_pixels<'a>(
     data: &'a [u8],
     scratch: &'a mut Vec<u8>,
 ) -> Option<&'a [u8]> {
-    let row = area.width as usize * 4;
-    let first = (p.y.checked_sub(area.y)? as usize) * row + (p.x.checked_sub(area.x)? as usize) * 4;
     if p.x == area.x && p.width == area.width {
+        let row = area.width as usize * 4;
+        let first = (p.y.checked_sub(area.y)? as usize) * row;
         return data.get(first..first + p.height as usize * row);
     }
-    let bytes = p.width as usize * 4;
     scratch.clear();
+    pack(area, p, data, scratch).then_some(&scratch[..])
+}
+
+/// Appends the rows of part `p` of an update of `area` (packed rows in `data`) to `out`;
+/// false when `p` does not lie in `data`.
+fn pack(area: Area, p: &Area, data: &[u8], out: &mut Vec<u8>) -> bool {
+    let row = area.width as usize * 4;
+    let (Some(dy), Some(dx)) = (p.y.checked_sub(area.y), p.x.checked_sub(area.x)) else {
+        return false;
+    };
+    let first = dy as usize * row + dx as usize * 4;
+    let bytes = p.width as usize * 4;
+    if p.x == area.x && p.width == area.width {
+        // Whole rows: one run.
+        return match data.get(first..first + p.height as usize * row) {
+            Some(d) => {
+                out.extend_from_slice(d);
+                true
+            }
+            None => false,
+        };
+    }
     for r in 0..p.height as usize {
         let at = first + r * row;
-        scratch.extend_from_slice(data.get(at..at + bytes)?);
+        match data.get(at..at + bytes) {
+            Some(d) => out.extend_from_slice(d),
+            None => return false,
+        }
     }
-    Some(scratch)
+    true
 }

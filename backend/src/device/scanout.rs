@@ -122,17 +122,7 @@ impl GpuDevice {
                 l.width, l.height
             )));
         }
-        let old = self.scanouts[i];
-        let announce = announces(&old, rect);
-        self.scanouts[i] = Scanout {
-            resource_id: id,
-            rect,
-            blob: Some(l),
-            whole: !announce && old.resource_id != id,
-        };
-        if announce {
-            self.display.scanout(scanout_id, rect.width, rect.height);
-        }
+        self.place(i, id, rect, Some(l));
         Ok(GpuResponse::OkNoData)
     }
 
@@ -233,18 +223,24 @@ impl GpuDevice {
                 res.width, res.height
             )));
         }
+        self.place(i, id, rect, None);
+        Ok(GpuResponse::OkNoData)
+    }
+
+    /// Puts resource `id` (`rect` of it, laid out as `blob` for a blob) on scanout `i`,
+    /// announcing it to the frontend when [`announces`] says so.
+    fn place(&mut self, i: usize, id: u32, rect: Rect, blob: Option<BlobLayout>) {
         let old = self.scanouts[i];
         let announce = announces(&old, rect);
         self.scanouts[i] = Scanout {
             resource_id: id,
             rect,
-            blob: None,
+            blob,
             whole: !announce && old.resource_id != id,
         };
         if announce {
-            self.display.scanout(scanout_id, rect.width, rect.height);
+            self.display.scanout(i as u32, rect.width, rect.height);
         }
-        Ok(GpuResponse::OkNoData)
     }
 
     /// Reads `rect` of resource `id` into `self.scratch` (laid out like the whole resource).
