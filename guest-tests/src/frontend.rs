@@ -46,7 +46,7 @@ pub fn binary_path() -> PathBuf {
 /// filled it) as HOME, no XDG_CACHE_HOME, nothing Mesa-specific inherited.
 pub fn command_in(home: &Path) -> Command {
     std::fs::create_dir_all(home).unwrap();
-    let mut c = Command::new(binary_path());
+    let mut c = crate::host::command(binary_path());
     c.env("HOME", home)
         .env_remove("XDG_CACHE_HOME")
         .env_remove("MESA_SHADER_CACHE_DIR")

@@ -9,6 +9,7 @@ pub mod capture;
 pub mod display;
 pub mod driver;
 pub mod frontend;
+pub mod host;
 pub mod memory;
 pub mod virtqueue;
 pub mod vnc;

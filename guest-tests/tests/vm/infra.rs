@@ -12,6 +12,12 @@ use guest_tests::{Backend, BackendOptions};
 
 pub(crate) const BOOT: Duration = Duration::from_secs(240);
 
+/// The options of QEMU 11.1's generic vhost-user device for vhost-gpu: virtio-gpu is device
+/// type 16, with two queues (control, cursor); its config space is 16 bytes (events_read,
+/// events_clear, num_scanouts, num_capsets); 256 descriptors a queue (vhost-gpu takes up to
+/// 1024).
+pub(crate) const GENERIC_GPU: &str = "virtio-id=16,num_vqs=2,config_size=16,vq_size=256";
+
 /// The Debian release a test's guest comes from (guest/build-guest's RELEASE).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Release {
@@ -127,6 +133,26 @@ impl Vm {
         Self::boot_device(backend.dir(), tag, &device, run, extra, qemu, env)
     }
 
+    /// Boots the guest against `backend` through QEMU >= 11.1's generic vhost-user device
+    /// (`vhost-user-test-device-pci`), which knows nothing of GPUs: no display channel, the
+    /// backend's device features passed through to the guest. `device` is the device's
+    /// options after `chardev` ([`GENERIC_GPU`] for the ones the README gives).
+    pub(crate) fn boot_generic(
+        backend: &Backend,
+        tag: &str,
+        device: &str,
+        run: &str,
+        extra: &str,
+    ) -> Vm {
+        let device = [
+            "-chardev".to_string(),
+            format!("socket,id=vgpu,path={}", backend.socket.display()),
+            "-device".to_string(),
+            format!("vhost-user-test-device-pci,chardev=vgpu,{device}"),
+        ];
+        Self::boot_device(backend.dir(), tag, &device, run, extra, &[], &[])
+    }
+
     /// Boots the guest with `device` as its GPU's QEMU arguments (a vhost-user GPU, or one of
     /// QEMU's own for comparison), files in `dir`.
     pub(crate) fn boot_device(
@@ -141,7 +167,7 @@ impl Vm {
         let guest = guest_image();
         let serial = dir.join(format!("serial-{tag}.log"));
         let qmp = dir.join(format!("qmp-{tag}.sock"));
-        let child = Command::new("qemu-system-x86_64")
+        let child = guest_tests::host::command("qemu-system-x86_64")
             .args(["-machine", "q35,accel=tcg", "-cpu", "max", "-m", "1G"])
             .args([
                 "-object",

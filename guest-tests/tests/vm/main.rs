@@ -8,11 +8,12 @@
 //! QEMU or the guest image is missing; scripts/test runs them with `--ignored` so they count.
 
 mod desktop;
+mod generic;
 mod infra;
 mod vnc;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use guest_tests::capture::{self, gl_picture, quadrants, sized, smpte, DUMB, GL};
@@ -413,7 +414,7 @@ fn piglit_on_vtest(dir: &Path) -> Vec<(String, String)> {
     // in 0.10.4).
     let sock = Path::new("/tmp/.virgl_test");
     let _ = std::fs::remove_file(sock);
-    let mut server = Command::new("virgl_test_server")
+    let mut server = guest_tests::host::command("virgl_test_server")
         .arg("--use-egl-surfaceless")
         .env("HOME", dir)
         .stdout(Stdio::null())
@@ -436,12 +437,14 @@ fn piglit_on_vtest(dir: &Path) -> Vec<(String, String)> {
         let mut words = line.split_whitespace();
         let bin = words.next().unwrap_or_default();
         let arg = words.next();
-        let o = Command::new("timeout")
-            .arg("120")
+        // env -C: the tests' directory on the host stack (inside its root, if it has one).
+        let o = guest_tests::host::command("env")
+            .arg("-C")
+            .arg(pig.join("tests"))
+            .args(["timeout", "120"])
             .arg(pig.join("bin").join(bin))
             .args(arg)
             .args(["-auto", "-fbo"])
-            .current_dir(pig.join("tests"))
             .env("GALLIUM_DRIVER", "virpipe")
             .env("PIGLIT_PLATFORM", "surfaceless_egl")
             .env("HOME", dir)

@@ -9,7 +9,7 @@ use guest_tests::capture::{gl_picture, smpte, Image};
 use crate::infra::*;
 
 /// A free TCP port on loopback (asked of the kernel, then let go).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -19,7 +19,7 @@ fn free_port() -> u16 {
 
 /// Takes a picture through Debian's `vncsnapshot` (a TightVNC/RealVNC 3.3 client) at `addr`
 /// (HOST:PORT) and decodes it (JPEG at quality 100, through `djpeg`).
-fn vncsnapshot(addr: &str, dir: &Path, n: u32) -> Image {
+pub(crate) fn vncsnapshot(addr: &str, dir: &Path, n: u32) -> Image {
     let (host, port) = addr.rsplit_once(':').unwrap();
     let jpg = dir.join(format!("vnc-{n}.jpg"));
     let ppm = dir.join(format!("vnc-{n}.ppm"));
@@ -61,7 +61,7 @@ fn mean_diff(a: &Image, b: &Image) -> f64 {
 
 /// A VNC picture and the capture of the same moment agree (JPEG leaves small differences at
 /// sharp edges; a wrong picture differs by tens).
-fn vnc_matches_capture(vnc: &Image, cap: &Image) {
+pub(crate) fn vnc_matches_capture(vnc: &Image, cap: &Image) {
     let d = mean_diff(vnc, cap);
     eprintln!("VNC picture vs capture: mean difference {d:.2} per channel");
     assert!(d < 3.0, "VNC picture differs from the capture: {d:.2}");
