@@ -35,6 +35,20 @@ pub const CONTROL_QUEUE: u16 = 0;
 pub const CURSOR_QUEUE: u16 = 1;
 const NUM_QUEUES: usize = 2;
 const QUEUE_SIZE: usize = 1024;
+
+/// The config space's size: events_read, events_clear, num_scanouts, num_capsets (the
+/// virtio spec's 16 bytes) and host_page_size. QEMU >= 11.1 carries Linux's newer header, whose
+/// struct has that fifth field (meaningful with VIRTIO_GPU_F_HOST_PAGE_SIZE, which is not
+/// offered), and its vhost-user-gpu-pci reads all 20 bytes: a 16-byte space left its guest
+/// with no scanouts.
+pub const CONFIG_SIZE: usize = 20;
+
+/// The host's page size, for the config space's host_page_size.
+fn host_page_size() -> u32 {
+    // SAFETY: sysconf reads a constant of the C library; it has no memory arguments.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(n).unwrap_or(4096)
+}
 /// Epoll data of the renderer's fence eventfd (0..=NUM_QUEUES are the queues and exit).
 const FENCE_EVENT: u16 = NUM_QUEUES as u16 + 1;
 
@@ -153,6 +167,9 @@ pub struct VhostUserGpu {
     /// The virgl renderer is active: offer VIRGL and CONTEXT_INIT.
     virgl: bool,
     events_read: AtomicU32,
+    /// A config-space read that leaves the guest without a GPU was reported (once a
+    /// connection).
+    config_warned: AtomicBool,
     num_scanouts: u32,
     num_capsets: u32,
     /// Microseconds to watch the ring after a batch before sleeping (0: never).
@@ -184,17 +201,19 @@ impl VhostUserGpu {
             held: Mutex::new(PendingFences::default()),
             virgl,
             events_read: AtomicU32::new(0),
+            config_warned: AtomicBool::new(false),
             exit: new_event_consumer_and_notifier(EventFlag::NONBLOCK)
                 .map_err(ServeError::Event)?,
         })
     }
 
-    fn config_bytes(&self) -> [u8; 16] {
-        let mut c = [0u8; 16];
+    fn config_bytes(&self) -> [u8; CONFIG_SIZE] {
+        let mut c = [0u8; CONFIG_SIZE];
         c[0..4].copy_from_slice(&self.events_read.load(Ordering::Relaxed).to_le_bytes());
         // events_clear reads as 0.
         c[8..12].copy_from_slice(&self.num_scanouts.to_le_bytes());
         c[12..16].copy_from_slice(&self.num_capsets.to_le_bytes());
+        c[16..20].copy_from_slice(&host_page_size().to_le_bytes());
         c
     }
 
@@ -432,7 +451,7 @@ impl VhostUserBackend for VhostUserGpu {
     }
 
     fn acked_features(&self, features: u64) {
-        debug!("frontend acked features {features:#x}");
+        info!("frontend acked features {features:#x}");
     }
 
     fn reset_device(&self) {
@@ -448,9 +467,35 @@ impl VhostUserBackend for VhostUserGpu {
         let c = self.config_bytes();
         let start = offset as usize;
         match start.checked_add(size as usize) {
-            Some(end) if end <= c.len() => c[start..end].to_vec(),
+            Some(end) if end <= c.len() => {
+                // QEMU's generic device reads its whole config_size from offset 0 each time;
+                // one too small to reach num_scanouts leaves the guest with no GPU.
+                if offset == 0
+                    && (5..12).contains(&size)
+                    && !self.config_warned.swap(true, Ordering::Relaxed)
+                {
+                    warn!(
+                        "the frontend reads only {size} bytes of the {CONFIG_SIZE}-byte config \
+                         space: its guest cannot read num_scanouts and num_capsets (a generic \
+                         frontend needs a config size of 16 or {CONFIG_SIZE}: QEMU's \
+                         vhost-user-test-device-pci config_size=16)"
+                    );
+                }
+                c[start..end].to_vec()
+            }
             _ => {
-                warn!("GET_CONFIG {offset}+{size} outside the 16-byte config space");
+                // Answered with an empty payload, as vhost-user says; QEMU then logs "Received
+                // bad msg size" and its guest finds num_scanouts zero. Said once a connection.
+                if !self.config_warned.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        "GET_CONFIG {offset}+{size} is outside virtio-gpu's {CONFIG_SIZE}-byte \
+                         config space: refused, and the guest sees no GPU. A generic frontend \
+                         must be set up with a config size of 16 or {CONFIG_SIZE} (QEMU's \
+                         vhost-user-test-device-pci: config_size=16)"
+                    );
+                } else {
+                    debug!("GET_CONFIG {offset}+{size} refused");
+                }
                 Vec::new()
             }
         }
@@ -580,7 +625,22 @@ pub fn serve(
         info!("frontend connected");
         match daemon.wait() {
             Ok(()) => info!("frontend disconnected"),
-            Err(e) => info!("frontend connection ended: {e:?}"),
+            Err(e) => {
+                let e = format!("{e:?}");
+                if e.contains("InvalidParam") {
+                    // vhost-user-backend refuses a request for a queue this device lacks with
+                    // InvalidParam; a generic frontend set up for more than two queues is
+                    // the usual cause, and QEMU then stops with "Failed to initialize
+                    // virtqueue 2".
+                    warn!(
+                        "frontend connection ended: {e}: the frontend asked for something this \
+                         device does not have, such as a third queue (virtio-gpu has two, \
+                         control and cursor: a generic frontend needs num_vqs=2)"
+                    );
+                } else {
+                    info!("frontend connection ended: {e}");
+                }
+            }
         }
         // Dropping the daemon stops its queue threads; the device and its resources go with
         // the backend.
@@ -637,6 +697,29 @@ mod tests {
         gpu.set_config(u32::MAX, &[0xff; 8]).unwrap();
         gpu.set_config(12, &[0xff; 64]).unwrap();
         assert_eq!(gpu.get_config(0, 16), before);
+    }
+
+    /// The config space is 20 bytes (QEMU 11.1's vhost-user-gpu-pci reads all of them; with
+    /// 16, its guest found no scanouts): the spec's four fields, then the host's page size.
+    /// A read past the end gets an empty reply, as vhost-user says, not a short one.
+    #[test]
+    fn config_space_is_20_bytes_with_the_host_page_size_and_refuses_reads_past_it() {
+        let config = DeviceConfig::default();
+        let renderer = virgl_bridge::Renderer2D::new().unwrap();
+        let device = GpuDevice::new(config.clone(), Box::new(renderer));
+        let gpu = VhostUserGpu::new(config, device, 3, false).unwrap();
+        let c = gpu.get_config(0, 20);
+        assert_eq!(c.len(), 20);
+        let word = |i: usize| u32::from_le_bytes(c[i..i + 4].try_into().unwrap());
+        assert_eq!((word(0), word(4), word(8), word(12)), (0, 0, 1, 3));
+        let page = word(16);
+        assert!(page >= 4096 && page.is_power_of_two(), "page size {page}");
+        assert_eq!(gpu.get_config(0, 16), c[..16].to_vec());
+        assert_eq!(gpu.get_config(8, 4), c[8..12].to_vec());
+        assert_eq!(gpu.get_config(16, 4), c[16..20].to_vec());
+        assert!(gpu.get_config(0, 24).is_empty());
+        assert!(gpu.get_config(20, 1).is_empty());
+        assert!(gpu.get_config(u32::MAX, 2).is_empty());
     }
 
     /// Found by the `vring` fuzz target: a head index past the queue size in the available

@@ -89,6 +89,8 @@ pub fn wait_files(paths: &[PathBuf], timeout: Duration) -> Result<(), String> {
 pub type Rgb = [u8; 3];
 /// The agent's dumb-buffer quadrants: top-left, top-right, bottom-left, bottom-right.
 pub const DUMB: [Rgb; 4] = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]];
+/// The agent's guest blob quadrants (`guest-agent blob`).
+pub const BLOB: [Rgb; 4] = [[0, 0, 255], [255, 0, 0], [0, 255, 0], [255, 255, 255]];
 /// The agent's OpenGL ES quadrants, and the shader-drawn square in the middle.
 pub const GL: [Rgb; 4] = [[255, 255, 0], [0, 255, 255], [255, 0, 255], [255, 255, 255]];
 pub const ORANGE: Rgb = [255, 128, 0];

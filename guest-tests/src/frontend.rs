@@ -236,8 +236,9 @@ pub enum Profile {
     /// under REPLY_ACK, enables the vrings after all are set, and never sends a display
     /// channel.
     CloudHypervisorGeneric,
-    /// A generic frontend that passes the device's feature bits through (QEMU >= 11.1's
-    /// vhost-user-device-pci): QEMU's set-up, all device features, no display channel.
+    /// A generic frontend that passes the device's feature bits through (as QEMU >= 11.1's
+    /// vhost-user-test-device-pci does, which tests/vm/generic.rs runs for real): QEMU's set-up,
+    /// all device features, no display channel.
     GenericPassThrough,
 }
 

@@ -34,9 +34,8 @@ pub fn name() -> String {
 pub fn command(program: impl AsRef<OsStr>) -> Command {
     match root() {
         Some(root) => {
-            let mut c = Command::new(
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/in-root"),
-            );
+            let mut c =
+                Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/in-root"));
             c.arg(root).arg(program);
             c
         }

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use guest_tests::capture::{gl_picture, smpte, Image};
+use guest_tests::host;
 
 const VIRSH: &str = "qemu:///system";
 const BOOT: Duration = Duration::from_secs(240);
@@ -43,7 +44,7 @@ fn readme_blocks(heading: &str, lang: &str) -> Vec<String> {
 }
 
 fn virsh(args: &[&str]) -> Result<String, String> {
-    let o = Command::new("virsh")
+    let o = host::command("virsh")
         .arg("-c")
         .arg(VIRSH)
         .args(args)
@@ -67,7 +68,7 @@ fn libvirt_up() {
         return;
     }
     for d in ["virtlogd", "virtlockd", "libvirtd"] {
-        let st = Command::new(format!("/usr/sbin/{d}"))
+        let st = host::command(format!("/usr/sbin/{d}"))
             .arg("-d")
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -190,7 +191,7 @@ fn status_field(pid: u32, key: &str) -> String {
 }
 
 fn uid_of(user: &str) -> String {
-    let o = Command::new("id").args(["-u", user]).output().unwrap();
+    let o = host::command("id").args(["-u", user]).output().unwrap();
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
@@ -349,16 +350,28 @@ fn libvirt_starts_vhost_gpu_for_2d_and_3d_domains() {
         .success());
     let log = SystemLog::open(&dir);
 
-    // The README's install lines, as written, from the repository's root.
+    // The README's install lines, as written, from the repository's root, on the host stack
+    // under test. Inside a host root (scripts/host-root) the binary is the one built there
+    // (VHOST_GPU_BIN) instead of target/release's.
     let install = readme_blocks("## Attaching with libvirt", "sh");
     assert_eq!(install.len(), 1, "{install:?}");
-    let st = Command::new("bash")
-        .args(["-euc", &install[0]])
+    let mut lines = install[0].clone();
+    if host::root().is_some() {
+        let bin = guest_tests::frontend::binary_path();
+        lines = lines.replace("target/release/vhost-gpu", &bin.display().to_string());
+    }
+    let st = host::command("bash")
+        .args(["-euc", &lines])
         .current_dir(repo())
         .status()
         .unwrap();
     assert!(st.success(), "the README's install lines: {st}");
     libvirt_up();
+    eprintln!(
+        "{} stack: {}",
+        host::name(),
+        virsh(&["version"]).unwrap_or_default().replace('\n', "; ")
+    );
     let qemu_uid = uid_of("libvirt-qemu");
     let has_node = std::fs::read_dir("/dev/dri").is_ok_and(|d| {
         d.flatten()
@@ -432,7 +445,7 @@ fn libvirt_starts_vhost_gpu_for_2d_and_3d_domains() {
 
     // A bad --fd, started as libvirt starts backends (its user, stderr thrown away): the
     // reason reaches the system log, and the exit status is an error.
-    let child = Command::new("setpriv")
+    let child = host::command("setpriv")
         .args([
             "--reuid=libvirt-qemu",
             "--regid=libvirt-qemu",

@@ -1,6 +1,7 @@
 //! Scanouts and what the frontend sees: SET_SCANOUT(_BLOB), RESOURCE_FLUSH (read back, converted
 //! to B8G8R8X8 and sent as UPDATEs), the cursor, display info and EDID.
 
+use log::debug;
 use virgl_bridge::{Rect, BYTES_PER_PIXEL};
 
 use super::{
@@ -122,6 +123,7 @@ impl GpuDevice {
                 l.width, l.height
             )));
         }
+        debug!("scanout {scanout_id}: guest blob {id}, {l:?}");
         self.place(i, id, rect, Some(l));
         Ok(GpuResponse::OkNoData)
     }

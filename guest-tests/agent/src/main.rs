@@ -12,7 +12,8 @@
 //! AGENT: result pass         (or: AGENT: result fail <why>)
 //! ```
 //!
-//! `guest-agent [dumb|gl|all] [--frames N] [--hold SECONDS]`. Each picture stays up for
+//! `guest-agent [dumb|gl|all|blob|input] [--frames N] [--hold SECONDS]`; `blob` shows a guest
+//! blob (blue, red, green, white quadrants) through SET_SCANOUT_BLOB ("AGENT: blob shown"). Each picture stays up for
 //! `--hold` seconds after its "shown" line so that the host can take a screenshot.
 //!
 //! Patterns (top-left, top-right, bottom-left, bottom-right quadrants):
@@ -20,6 +21,7 @@
 //! - OpenGL ES: yellow, cyan, magenta, white, with an orange square in the middle drawn by a
 //!   shader (half the width and height of the screen).
 
+mod blob;
 mod gles;
 
 use std::fs::{File, OpenOptions};
@@ -452,7 +454,7 @@ fn run() -> Result<(), String> {
                         .ok_or("--hold SECONDS")?,
                 )
             }
-            "dumb" | "gl" | "all" | "input" => what = a,
+            "dumb" | "gl" | "all" | "input" | "blob" => what = a,
             _ => return Err(format!("unknown argument {a}")),
         }
     }
@@ -461,6 +463,9 @@ fn run() -> Result<(), String> {
     }
     let card = open_card()?;
     let outs = outputs(&card)?;
+    if what == "blob" {
+        return blob::blob(&card, &outs, hold);
+    }
     if what == "dumb" || what == "all" {
         dumb(&card, &outs, hold)?;
     }

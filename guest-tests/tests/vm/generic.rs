@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use guest_tests::capture::{self, gl_picture, quadrants, sized, DUMB, GL};
+use guest_tests::capture::{self, gl_picture, quadrants, sized, BLOB, DUMB, GL};
 
 use crate::infra::*;
 use crate::vnc::{free_port, vnc_matches_capture, vncsnapshot};
@@ -212,4 +212,126 @@ fn killed_mid_frame() {
         RELEASE.with(|r| r.get()),
         t0.elapsed()
     );
+}
+
+#[test]
+#[ignore = "needs QEMU >= 11.1 and the test guest: run by scripts/test --host trixie"]
+fn generic_device_guest_blob_on_a_scanout() {
+    on(Release::Bookworm, guest_blob_on_a_scanout);
+}
+
+#[test]
+#[ignore = "needs QEMU >= 11.1 and the Debian 13 test guest: run by scripts/test --host trixie"]
+fn trixie_guest_generic_device_guest_blob_on_a_scanout() {
+    on(Release::Trixie, guest_blob_on_a_scanout);
+}
+
+/// The agent makes a guest blob (BLOB_MEM_GUEST) with the driver's own ioctl, fills it and
+/// sets it on the CRTC: the kernel shows it with SET_SCANOUT_BLOB, and vhost-gpu reads the
+/// picture from guest memory into the capture and VNC. Only a frontend that passes
+/// RESOURCE_BLOB through reaches this (QEMU's vhost-user-gpu-pci does not).
+fn guest_blob_on_a_scanout() {
+    let t0 = Instant::now();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (mut backend, cap) = backend(
+        "g-blob",
+        &["--virgl", "--display", "1024x768", "--vnc", &addr],
+    );
+    let mut vm = Vm::boot_generic(&backend, "g-blob", GENERIC_GPU, "blob", "vgt.hold=8");
+    vm.wait_for(&mut backend, "AGENT: blob shown", BOOT);
+    let s = shot_until(&backend, &cap, &mut 0, &[0], |s| {
+        sized(&s[0], (1024, 768))?;
+        quadrants(&s[0], BLOB, "guest blob")
+    });
+    let v = vncsnapshot(&addr, backend.dir(), 1);
+    quadrants(&v, BLOB, "guest blob through VNC").unwrap();
+    vnc_matches_capture(&v, &s[0]);
+    vm.agent_passed(&mut backend);
+    // The pixels came from guest memory: a guest blob has no TRANSFER_TO_HOST to bring them.
+    let made = vm.line_after("AGENT: blob resource").unwrap_or_default();
+    vm.quit();
+    assert!(backend.alive());
+    eprintln!(
+        "{:?} guest, generic device: guest blob {made} on scanout 0; wall time {:?}",
+        RELEASE.with(|r| r.get()),
+        t0.elapsed()
+    );
+}
+
+/// Waits up to `timeout` for `text` in the backend's log.
+fn log_shows(backend: &guest_tests::Backend, text: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if backend.log_text().contains(text) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// Wrong generic-device options end in a named error, never a hang: a third queue stops QEMU
+/// at start (vhost-gpu refuses the queue and says num_vqs=2); a config space larger than
+/// virtio-gpu's leaves the guest without a GPU (QEMU: "Received bad msg size", the guest:
+/// "num_scanouts is zero") and vhost-gpu says config_size=16. vhost-gpu serves the next
+/// frontend after each.
+#[test]
+#[ignore = "needs QEMU >= 11.1 and the test guest: run by scripts/test --host trixie"]
+fn generic_device_bad_options_get_a_clear_error_not_a_hang() {
+    on(Release::Bookworm, || {
+        let t0 = Instant::now();
+        let (mut backend, _cap) = backend("g-bad", &["--renderer", "2d", "--display", "1024x768"]);
+        let mut vm = Vm::boot_generic(
+            &backend,
+            "g-bad-vqs",
+            "virtio-id=16,num_vqs=3,config_size=16,vq_size=256",
+            "console",
+            "",
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let st = loop {
+            if let Some(st) = vm.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "QEMU with num_vqs=3 still runs");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut err = String::new();
+        use std::io::Read;
+        let _ = vm
+            .child
+            .stderr
+            .take()
+            .map(|mut e| e.read_to_string(&mut err));
+        assert!(!st.success(), "{st}");
+        assert!(err.contains("Failed to initialize virtqueue 2"), "{err}");
+        assert!(
+            log_shows(&backend, "num_vqs=2", Duration::from_secs(10)),
+            "{}",
+            backend.log_text()
+        );
+        eprintln!("num_vqs=3: QEMU {st}: {}", err.trim());
+
+        let mut vm = Vm::boot_generic(
+            &backend,
+            "g-bad-cfg",
+            "virtio-id=16,num_vqs=2,config_size=24,vq_size=256",
+            "console",
+            "",
+        );
+        vm.wait_for(&mut backend, "GUEST: done", BOOT);
+        let serial = vm.serial_text();
+        assert!(serial.contains("num_scanouts is zero"), "{serial}");
+        assert!(
+            log_shows(&backend, "config_size=16", Duration::from_secs(10)),
+            "{}",
+            backend.log_text()
+        );
+        vm.quit();
+        assert!(backend.alive());
+        eprintln!(
+            "config_size=24: the guest has no GPU and vhost-gpu said why; wall time {:?}",
+            t0.elapsed()
+        );
+    });
 }

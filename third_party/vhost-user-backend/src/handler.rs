@@ -590,6 +590,8 @@ where
         // support this message even before VHOST_USER_SET_FEATURES was
         // called.
         self.acked_protocol_features = features;
+        // vhost-gpu patch: what the frontend acknowledged, for the log.
+        log::info!("frontend acked protocol features {features:#x}");
         Ok(())
     }
 
