@@ -32,10 +32,18 @@ thread_local! {
     pub(crate) static RELEASE: std::cell::Cell<Release> = const { std::cell::Cell::new(Release::Bookworm) };
 }
 
-/// Boots `release`'s guest in the tests run by `f` on this thread.
+/// Boots `release`'s guest in the tests run by `f` on this thread, and prints the test's
+/// name, host stack and wall time when it passes (for the tables in the README).
 pub(crate) fn on(release: Release, f: fn()) {
     RELEASE.with(|r| r.set(release));
+    let t0 = Instant::now();
     f();
+    eprintln!(
+        "TIMING {} on the {} stack: {:.0} s",
+        std::thread::current().name().unwrap_or("?"),
+        guest_tests::host::name(),
+        t0.elapsed().as_secs_f64()
+    );
 }
 
 pub(crate) fn guest_image() -> PathBuf {
