@@ -68,6 +68,15 @@ fn libvirt_up() {
         return;
     }
     for d in ["virtlogd", "virtlockd", "libvirtd"] {
+        // Debian 13's libvirt packages virtlockd apart (libvirt-daemon-lock, not a dependency
+        // of libvirt-daemon-system); the QEMU driver needs it only with a lock manager set.
+        if d == "virtlockd" && !host::path(Path::new("/usr/sbin/virtlockd")).exists() {
+            continue;
+        }
+        // Already up on this stack (a run before this one started it).
+        if running_on_this_stack(&format!("/usr/sbin/{d}")) {
+            continue;
+        }
         let st = host::command(format!("/usr/sbin/{d}"))
             .arg("-d")
             .env_clear()
@@ -81,6 +90,16 @@ fn libvirt_up() {
         assert!(Instant::now() < deadline, "libvirtd did not answer: {e}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Whether a process started as `program` runs on the host stack under test: the same command
+/// line, and its root directory the stack's (a host root's processes see theirs as `/`).
+fn running_on_this_stack(program: &str) -> bool {
+    let want = host::root().unwrap_or_else(|| PathBuf::from("/"));
+    let want = want.canonicalize().unwrap_or(want);
+    pids_of(program)
+        .into_iter()
+        .any(|pid| std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == want))
 }
 
 /// The host's system log: journald when it runs, else busybox's syslogd started here on
