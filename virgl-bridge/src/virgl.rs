@@ -750,6 +750,12 @@ impl Renderer for VirglRenderer {
                 "command stream not whole words",
             ));
         }
+        // An empty stream (a guest's fence-only execbuffer) has nothing to run. virglrenderer
+        // 0.10 accepted it and did nothing; 1.x rejects it with EINVAL. Nothing is called, so
+        // both answer OK, and the command's fence follows as for any other.
+        if cmds.is_empty() {
+            return Ok(());
+        }
         let ndw = i32::try_from(cmds.len() / 4)
             .map_err(|_| RendererError::InvalidParameter("command stream too long"))?;
         let ret = self.call(move |_| {
