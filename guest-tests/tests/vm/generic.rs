@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use guest_tests::capture::{self, gl_picture, quadrants, sized, BLOB, DUMB, GL};
+use guest_tests::capture::{gl_picture, quadrants, sized, BLOB, DUMB};
 
 use crate::infra::*;
 use crate::vnc::{free_port, vnc_matches_capture, vncsnapshot};
@@ -178,40 +178,11 @@ fn trixie_guest_generic_device_qemu_killed_mid_frame_then_a_new_qemu_renders() {
     on(Release::Trixie, killed_mid_frame);
 }
 
-/// kmscube runs, QEMU is killed with SIGKILL among its frames, and a second QEMU against the
-/// same vhost-gpu renders the agent's picture.
+/// [`crate::killed_mid_frame_then_replaced`] through the generic device.
 fn killed_mid_frame() {
-    let t0 = Instant::now();
-    let (mut backend, cap) = backend("g-kill", &["--virgl", "--display", "800x600"]);
-    let mut vm = Vm::boot_generic(
-        &backend,
-        "g-kill",
-        GENERIC_GPU,
-        "kmscube",
-        "vgt.frames=1000000",
-    );
-    vm.wait_for(&mut backend, "GUEST: kmscube started", BOOT);
-    let latest = cap.join("scanout-0.png");
-    capture::wait_files(std::slice::from_ref(&latest), Duration::from_secs(60)).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    let _ = vm.child.kill();
-    let _ = vm.child.wait();
-    assert!(backend.alive(), "vhost-gpu died with its frontend");
-    let mut vm2 = Vm::boot_generic(&backend, "g-kill2", GENERIC_GPU, "agent", "vgt.hold=6");
-    vm2.wait_for(&mut backend, "AGENT: gl shown", BOOT);
-    shot_until(&backend, &cap, &mut 0, &[0], |s| {
-        sized(&s[0], (800, 600))?;
-        quadrants(&s[0], GL, "second guest's GL picture")
+    crate::killed_mid_frame_then_replaced("g-kill", |b, tag, run, extra| {
+        Vm::boot_generic(b, tag, GENERIC_GPU, run, extra)
     });
-    vm2.agent_passed(&mut backend);
-    vm2.quit();
-    assert!(backend.alive());
-    assert!(backend.log_text().matches("frontend connected").count() >= 2);
-    eprintln!(
-        "{:?} guest, generic device: killed mid-frame and replaced; wall time {:?}",
-        RELEASE.with(|r| r.get()),
-        t0.elapsed()
-    );
 }
 
 #[test]
