@@ -625,22 +625,20 @@ pub fn serve(
         info!("frontend connected");
         match daemon.wait() {
             Ok(()) => info!("frontend disconnected"),
-            Err(e) => {
-                let e = format!("{e:?}");
-                if e.contains("InvalidParam") {
-                    // vhost-user-backend refuses a request for a queue this device lacks with
-                    // InvalidParam; a generic frontend set up for more than two queues is
-                    // the usual cause, and QEMU then stops with "Failed to initialize
-                    // virtqueue 2".
-                    warn!(
-                        "frontend connection ended: {e}: the frontend asked for something this \
-                         device does not have, such as a third queue (virtio-gpu has two, \
-                         control and cursor: a generic frontend needs num_vqs=2)"
-                    );
-                } else {
-                    info!("frontend connection ended: {e}");
-                }
+            // vhost-user-backend refuses a request for a queue this device lacks with
+            // InvalidParam; a generic frontend set up for more than two queues is the usual
+            // cause, and QEMU then stops with "Failed to initialize virtqueue 2".
+            Err(
+                e
+                @ vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::InvalidParam),
+            ) => {
+                warn!(
+                    "frontend connection ended: {e:?}: the frontend asked for something this \
+                     device does not have, such as a third queue (virtio-gpu has two, control \
+                     and cursor: a generic frontend needs num_vqs=2)"
+                )
             }
+            Err(e) => info!("frontend connection ended: {e:?}"),
         }
         // Dropping the daemon stops its queue threads; the device and its resources go with
         // the backend.

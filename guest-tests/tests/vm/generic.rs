@@ -15,16 +15,6 @@ use guest_tests::capture::{gl_picture, quadrants, sized, BLOB, DUMB};
 use crate::infra::*;
 use crate::vnc::{free_port, vnc_matches_capture, vncsnapshot};
 
-/// The `[drm] features:` lines the guest's driver printed, joined.
-fn drm_features(vm: &Vm) -> String {
-    vm.serial_text()
-        .lines()
-        .filter_map(|l| l.split("[drm] ").nth(1))
-        .filter(|l| l.starts_with("features:"))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 #[test]
 #[ignore = "needs QEMU >= 11.1 and the test guest: run by scripts/test --host trixie"]
 fn generic_device_2d_console_through_vnc() {
@@ -39,7 +29,6 @@ fn trixie_guest_generic_device_2d_console_through_vnc() {
 
 /// fbcon's text in the capture and over VNC: the 2D renderer, no display channel.
 fn console_through_vnc() {
-    let t0 = Instant::now();
     let addr = format!("127.0.0.1:{}", free_port());
     let (mut backend, cap) = backend(
         "g-console",
@@ -48,7 +37,7 @@ fn console_through_vnc() {
     let mut vm = Vm::boot_generic(&backend, "g-console", GENERIC_GPU, "console", "");
     vm.wait_for(&mut backend, "GUEST: done", BOOT);
     let serial = vm.serial_text();
-    let features = drm_features(&vm);
+    let features = vm.drm_features();
     assert!(
         features.contains("-virgl +edid"),
         "features: {features}\n{serial}"
@@ -83,9 +72,8 @@ fn console_through_vnc() {
         backend.log_text()
     );
     eprintln!(
-        "{:?} guest, generic device, 2D: {features}; wall time {:?}",
-        RELEASE.with(|r| r.get()),
-        t0.elapsed()
+        "{:?} guest, generic device, 2D: {features}",
+        RELEASE.with(|r| r.get())
     );
 }
 
@@ -105,7 +93,6 @@ fn trixie_guest_generic_device_virgl_gles_kmscube_blob_and_context_init() {
 /// the guest seeing `+resource_blob` and `+context_init`; the agent's picture checked pixel by
 /// pixel in the capture and through VNC.
 fn virgl_through_vnc() {
-    let t0 = Instant::now();
     let addr = format!("127.0.0.1:{}", free_port());
     let (mut backend, cap) = backend(
         "g-virgl",
@@ -119,7 +106,7 @@ fn virgl_through_vnc() {
         "vgt.hold=6 vgt.frames=120",
     );
     vm.wait_for(&mut backend, "AGENT: dumb shown 1", BOOT);
-    let features = drm_features(&vm);
+    let features = vm.drm_features();
     for f in ["+virgl", "+edid", "+resource_blob", "+context_init"] {
         assert!(
             features.contains(f),
@@ -149,21 +136,13 @@ fn virgl_through_vnc() {
         .line_after("GUEST: kmscube renderer:")
         .unwrap_or_default();
     assert!(kms.contains("virgl"), "kmscube renderer {kms}\n{lines}");
+    let frames = vm.line_after("GUEST: kmscube frames").unwrap_or_default();
     vm.quit();
     assert!(backend.alive());
     eprintln!(
-        "{:?} guest, generic device, virgl: {features}; {renderer}; kmscube {}; wall time {:?}",
-        RELEASE.with(|r| r.get()),
-        vm_kms_line(&lines),
-        t0.elapsed()
+        "{:?} guest, generic device, virgl: {features}; {renderer}; kmscube {frames}",
+        RELEASE.with(|r| r.get())
     );
-}
-
-fn vm_kms_line(lines: &str) -> &str {
-    lines
-        .lines()
-        .find_map(|l| l.strip_prefix("GUEST: kmscube frames "))
-        .unwrap_or("-")
 }
 
 #[test]
@@ -202,7 +181,6 @@ fn trixie_guest_generic_device_guest_blob_on_a_scanout() {
 /// picture from guest memory into the capture and VNC. Only a frontend that passes
 /// RESOURCE_BLOB through reaches this (QEMU's vhost-user-gpu-pci does not).
 fn guest_blob_on_a_scanout() {
-    let t0 = Instant::now();
     let addr = format!("127.0.0.1:{}", free_port());
     let (mut backend, cap) = backend(
         "g-blob",
@@ -223,9 +201,8 @@ fn guest_blob_on_a_scanout() {
     vm.quit();
     assert!(backend.alive());
     eprintln!(
-        "{:?} guest, generic device: guest blob {made} on scanout 0; wall time {:?}",
-        RELEASE.with(|r| r.get()),
-        t0.elapsed()
+        "{:?} guest, generic device: guest blob {made} on scanout 0",
+        RELEASE.with(|r| r.get())
     );
 }
 
@@ -250,7 +227,6 @@ fn log_shows(backend: &guest_tests::Backend, text: &str, timeout: Duration) -> b
 #[ignore = "needs QEMU >= 11.1 and the test guest: run by scripts/test --host trixie"]
 fn generic_device_bad_options_get_a_clear_error_not_a_hang() {
     on(Release::Bookworm, || {
-        let t0 = Instant::now();
         let (mut backend, _cap) = backend("g-bad", &["--renderer", "2d", "--display", "1024x768"]);
         let mut vm = Vm::boot_generic(
             &backend,
@@ -300,9 +276,6 @@ fn generic_device_bad_options_get_a_clear_error_not_a_hang() {
         );
         vm.quit();
         assert!(backend.alive());
-        eprintln!(
-            "config_size=24: the guest has no GPU and vhost-gpu said why; wall time {:?}",
-            t0.elapsed()
-        );
+        eprintln!("config_size=24: the guest has no GPU and vhost-gpu said why");
     });
 }

@@ -282,6 +282,16 @@ impl Vm {
         );
     }
 
+    /// The `[drm] features:` lines the guest's driver printed, joined with "; ".
+    pub(crate) fn drm_features(&self) -> String {
+        self.serial_text()
+            .lines()
+            .filter_map(|l| l.split("[drm] ").nth(1))
+            .filter(|l| l.starts_with("features:"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// The rest of the first serial line starting with `prefix`.
     pub(crate) fn line_after(&self, prefix: &str) -> Option<String> {
         self.serial_text()

@@ -222,15 +222,11 @@ fn gles_and_kmscube_through_virgl() {
         .and_then(|l| l.split_whitespace().next())
         .unwrap_or_default()
         .to_string();
-    let features: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.split("[drm] ").nth(1))
-        .filter(|l| l.starts_with("features:"))
-        .collect();
+    let features = vm.drm_features();
     eprintln!(
         "{:?} guest: kernel {kernel}; {}; {}; renderer {renderer}; {}; wall time {:?}",
         RELEASE.with(|r| r.get()),
-        features.join("; "),
+        features,
         vm.line_after("AGENT: gl version").unwrap_or_default(),
         vm.line_after("AGENT: gl frames").unwrap_or_default(),
         t0.elapsed()
