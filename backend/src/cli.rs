@@ -19,6 +19,17 @@ pub enum RendererChoice {
     Virgl,
 }
 
+/// `--venus`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VenusChoice {
+    /// When virgl runs and a Vulkan driver works here (the log says which, or why not).
+    Auto,
+    /// Required: fail at start without it.
+    On,
+    /// Never.
+    Off,
+}
+
 /// `--sandbox`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Sandbox {
@@ -92,6 +103,23 @@ pub struct Cli {
     /// for 3D with `--virgl` alone, as for QEMU's own backend) `2d` unless `--virgl` is given.
     #[arg(long, value_enum)]
     pub renderer: Option<RendererChoice>,
+
+    /// Venus (Vulkan for the guest, capset 4) beside virgl: `auto` offers it when a Vulkan
+    /// driver works on this host (lavapipe without a GPU), `on` requires it, `off` never.
+    /// It needs virgl, and host-visible memory (a frontend that asks for a shared memory
+    /// region: QEMU 11.1's generic device) for the guest to use it.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub venus: VenusChoice,
+
+    /// The host-visible memory region offered to a frontend that asks for one
+    /// (GET_SHMEM_CONFIG): the guest maps host blobs into it (K, M, G suffixes; 0: none).
+    /// It is guest address space; the blobs mapped there are counted in --max-host-memory.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+    pub hostmem: u64,
+
+    /// virglrenderer's render server, which runs Venus (started by vhost-gpu, confined).
+    #[arg(long, value_name = "PATH", default_value = crate::render_server::DEFAULT_PATH)]
+    pub render_server: PathBuf,
 
     /// A scanout's mode, WIDTHxHEIGHT; repeat for more scanouts (1 to 16). Default: one
     /// 1280x800, or what the frontend reports.

@@ -78,6 +78,8 @@ pub struct DeviceConfig {
     pub screens: Option<ScreensHandle>,
     /// Per-command allocation limits (`--max-backing-entries`, `--max-submit-size`).
     pub decode: DecodeLimits,
+    /// Bytes of host-visible memory region to offer a frontend that asks (0: none).
+    pub hostmem: u64,
 }
 
 impl Default for DeviceConfig {
@@ -94,6 +96,7 @@ impl Default for DeviceConfig {
             max_contexts: 256,
             screens: None,
             decode: DecodeLimits::default(),
+            hostmem: 0,
         }
     }
 }

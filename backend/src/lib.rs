@@ -19,6 +19,7 @@ pub mod privileges;
 pub mod probe;
 pub mod protocol;
 pub mod ratelimit;
+pub mod render_server;
 pub mod sandbox;
 pub mod screens;
 pub mod shader_cache;

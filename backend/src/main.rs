@@ -11,9 +11,10 @@ use log::{error, info, warn};
 use std::sync::Arc;
 
 use vhost_gpu::capture::{block_shot_signal, Capture};
-use vhost_gpu::cli::{capabilities_json, Cli, RendererChoice, Sandbox};
+use vhost_gpu::cli::{capabilities_json, Cli, RendererChoice, Sandbox, VenusChoice};
 use vhost_gpu::config::DeviceConfig;
 use vhost_gpu::protocol::DecodeLimits;
+use vhost_gpu::render_server::RenderServer;
 use vhost_gpu::sandbox::{self, files, Enforcement};
 use vhost_gpu::screens::{Screens, ScreensHandle};
 use vhost_gpu::socket::ServingSocket;
@@ -33,6 +34,14 @@ fn main() -> ExitCode {
     // SAFETY: mallopt only sets allocator parameters; called first, before any thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
+    // `vhost-gpu render-server ...`: the confined start of virglrenderer's render server
+    // (vhost_gpu::render_server), run by vhost-gpu itself; not a user's command.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("render-server") {
+        let e = vhost_gpu::render_server::exec_confined(&args[2..]);
+        eprintln!("vhost-gpu render-server: {e}");
+        return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
     if cli.capture_dir.is_some() {
@@ -69,8 +78,9 @@ fn main() -> ExitCode {
 /// Serves until there is nothing more to serve; returns why it stopped (None: nothing to say,
 /// for `--print-capabilities`).
 fn run(cli: &Cli) -> Result<Option<String>> {
-    let virgl_opts = VirglOptions {
+    let mut virgl_opts = VirglOptions {
         render_node: cli.render_node.clone(),
+        ..Default::default()
     };
     let user = cli.user.as_deref().map(privileges::lookup).transpose()?;
     if cli.print_capabilities {
@@ -80,10 +90,18 @@ fn run(cli: &Cli) -> Result<Option<String>> {
         let node_ok = files::render_nodes().iter().any(|n| {
             let opts = VirglOptions {
                 render_node: Some(n.clone()),
+                ..Default::default()
             };
             probe::virgl(&opts, user.as_ref()).is_ok()
         });
         println!("{}", capabilities_json(virgl_ok, node_ok));
+        // QEMU's capability schema has no Venus feature (libvirt reads only stdout's JSON):
+        // what was found goes to stderr, for a person.
+        match (virgl_ok, probe::venus(&virgl_opts, user.as_ref())) {
+            (true, Ok(dev)) => eprintln!("venus: available, on {dev}"),
+            (true, Err(e)) => eprintln!("venus: not available: {e}"),
+            (false, _) => eprintln!("venus: not available: virgl does not start here"),
+        }
         return Ok(None);
     }
     // An inherited descriptor is checked first: a launcher's mistake is reported before
@@ -143,7 +161,45 @@ fn run(cli: &Cli) -> Result<Option<String>> {
         },
     };
 
+    let venus = match (cli.venus, use_virgl) {
+        (VenusChoice::Off, _) => {
+            info!("venus: off (--venus off)");
+            false
+        }
+        (VenusChoice::On, false) => {
+            bail!("--venus on needs the virgl renderer, which is not in use")
+        }
+        (VenusChoice::Auto, false) => false,
+        (choice, true) => match probe::venus(&virgl_opts, user.as_ref()) {
+            Ok(dev) => {
+                info!("venus: on, Vulkan on {dev}; render server {}; untested on GPUs other than lavapipe's CPU device", cli.render_server.display());
+                true
+            }
+            Err(e) if choice == VenusChoice::On => {
+                bail!("venus was required (--venus on) but cannot run: {e}")
+            }
+            Err(e) => {
+                info!("venus: off: {e}");
+                false
+            }
+        },
+    };
+    if venus && cli.hostmem > cli.max_host_memory {
+        bail!(
+            "--hostmem {} is larger than --max-host-memory {}: the blobs mapped there are counted in it, so the region could never fill",
+            cli.hostmem,
+            cli.max_host_memory
+        );
+    }
+    if venus && cli.hostmem != 0 && (!cli.hostmem.is_power_of_two() || cli.hostmem < 4096) {
+        bail!(
+            "--hostmem {}: QEMU takes a region size that is a power of two, at least a page",
+            cli.hostmem
+        );
+    }
     let mut config = DeviceConfig::new(cli.displays.clone(), cli.max_host_memory)?;
+    // Host-visible memory is for Venus's blobs (virgl's stay in guest memory here).
+    config.hostmem = if venus { cli.hostmem } else { 0 };
     config.poll_us = cli.poll_us;
     config.max_resources = cli.max_resources;
     config.max_contexts = cli.max_contexts;
@@ -169,6 +225,22 @@ fn run(cli: &Cli) -> Result<Option<String>> {
         None => shader_cache::default_dir(),
     };
     let cache_dir = shader_cache::prepare(cli.shader_cache.as_deref(), default_cache);
+    let enforcement = match cli.sandbox {
+        Sandbox::On => Some(Enforcement::Kill),
+        Sandbox::Log => Some(Enforcement::Log),
+        Sandbox::Off => None,
+    };
+    // The render server before any thread and before the sandbox: it is a process of its own,
+    // confined on its own (vhost_gpu::render_server).
+    let mut render_server = None;
+    if venus {
+        let rw: Vec<PathBuf> = cache_dir.iter().cloned().collect();
+        let mut rs = RenderServer::start(&cli.render_server, &rw, enforcement)
+            .context("starting the render server for Venus (--venus off goes without it)")?;
+        virgl_opts.venus = true;
+        virgl_opts.render_server = rs.take_client_fd();
+        render_server = Some(rs);
+    }
     if let Some(dir) = &cli.capture_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("making --capture-dir {}", dir.display()))?;
@@ -198,11 +270,6 @@ fn run(cli: &Cli) -> Result<Option<String>> {
         }
         None => None,
     };
-    let enforcement = match cli.sandbox {
-        Sandbox::On => Some(Enforcement::Kill),
-        Sandbox::Log => Some(Enforcement::Log),
-        Sandbox::Off => None,
-    };
     if enforcement.is_some() {
         // Landlock first, while this is the only thread: it confines the caller and the
         // threads it starts from now on (the capture thread, each connection's threads).
@@ -211,7 +278,8 @@ fn run(cli: &Cli) -> Result<Option<String>> {
             warn!("sandbox: {threads} threads before Landlock; only this one and its future threads are confined");
         }
         let rw: Vec<PathBuf> = cache_dir.iter().chain(&cli.capture_dir).cloned().collect();
-        let status = files::confine(&rw).context("confining files (--sandbox off skips it)")?;
+        let status = files::confine(&rw, render_server.is_some())
+            .context("confining files (--sandbox off skips it)")?;
         info!(
             "sandbox: Landlock {}: read-only on libraries, drivers and their configuration, read-write on {}",
             files::describe(status),
@@ -221,6 +289,11 @@ fn run(cli: &Cli) -> Result<Option<String>> {
                 format!("render nodes and {}", rw.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))
             }
         );
+    }
+    let server_pid = render_server.as_ref().map(RenderServer::pid);
+    if let Some(rs) = render_server {
+        rs.watch(enforcement)
+            .context("starting the render server's watch thread")?;
     }
     if cli.capture_dir.is_some() || vnc.is_some() {
         config.screens = Some(ScreensHandle(Arc::new(Screens::new())));
@@ -262,7 +335,7 @@ fn run(cli: &Cli) -> Result<Option<String>> {
     };
     match enforcement {
         Some(e) => {
-            sandbox::install(e, cli.vnc_input_qmp.is_some())
+            sandbox::install(e, cli.vnc_input_qmp.is_some(), server_pid)
                 .context("installing the seccomp sandbox (--sandbox off skips it)")?;
             let (allowed, conditional, errno) = sandbox::counts();
             info!(

@@ -20,6 +20,50 @@ use crate::privileges::{become_user, User};
 ///
 /// Call only while this process has one thread (at start-up): the child runs on a copy of it.
 pub fn virgl(options: &VirglOptions, user: Option<&User>) -> Result<(), String> {
+    in_child(user, || {
+        VirglRenderer::new(options)
+            .map(|_| String::new())
+            .map_err(|e| e.to_string())
+    })
+    .map(|_| ())
+}
+
+/// Whether Venus can run here: a Vulkan device that can back it (the host's loader, asked
+/// through [`virgl_bridge::probe_vulkan`]), and virglrenderer starting with Venus and its own
+/// render server (in the child, which may fork). Ok names the device Venus will use.
+pub fn venus(options: &VirglOptions, user: Option<&User>) -> Result<String, String> {
+    let mut opts = options.clone();
+    opts.venus = true;
+    opts.render_server = None;
+    in_child(user, move || {
+        let devices = virgl_bridge::probe_vulkan()?;
+        let Some(d) = devices.iter().find(|d| d.usable) else {
+            return Err(if devices.is_empty() {
+                "the Vulkan loader found no device (install a Vulkan driver: lavapipe is Debian's mesa-vulkan-drivers)".to_string()
+            } else {
+                format!(
+                    "no Vulkan device can back Venus (Vulkan 1.1 and VK_KHR_external_memory_fd needed): {}",
+                    devices.iter().map(|d| format!("{} (Vulkan {})", d.name, d.api)).collect::<Vec<_>>().join(", ")
+                )
+            });
+        };
+        let r = VirglRenderer::new(&opts).map_err(|e| format!("virglrenderer with Venus: {e}"))?;
+        let caps = virgl_bridge::Renderer::capsets(&r);
+        if !caps
+            .iter()
+            .any(|c| c.id == virgl_bridge::CAPSET_VENUS && c.max_size > 0)
+        {
+            return Err("virglrenderer offers no Venus capset (built without Venus?)".into());
+        }
+        Ok(format!("{} ({}, Vulkan {})", d.name, d.kind, d.api))
+    })
+}
+
+/// Runs `f` in a forked child (as `user` when given) and returns what it returned.
+fn in_child(
+    user: Option<&User>,
+    f: impl FnOnce() -> Result<String, String>,
+) -> Result<String, String> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two new descriptors into the array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -33,9 +77,9 @@ pub fn virgl(options: &VirglOptions, user: Option<&User>) -> Result<(), String> 
         crate::shader_cache::disable();
         let (code, msg) = match user.map_or(Ok(()), become_user) {
             Err(e) => (1, e.to_string()),
-            Ok(()) => match VirglRenderer::new(options) {
-                Ok(_) => (0, String::new()),
-                Err(e) => (1, e.to_string()),
+            Ok(()) => match f() {
+                Ok(s) => (0, s),
+                Err(e) => (1, e),
             },
         };
         // SAFETY: write of an initialised buffer to the pipe's write end, then _exit.
@@ -57,18 +101,18 @@ pub fn virgl(options: &VirglOptions, user: Option<&User>) -> Result<(), String> 
     // SAFETY: waits for the child made above; writes its status into a local.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-        Ok(())
+        Ok(msg)
     } else if !msg.is_empty() {
         Err(msg)
     } else if libc::WIFSIGNALED(status) {
         // epoxy, for one, aborts where it finds no libGL: the child dies, not vhost-gpu.
         Err(format!(
-            "the virgl probe process was killed by signal {} (its stderr above says why)",
+            "the probe process was killed by signal {} (its stderr above says why)",
             libc::WTERMSIG(status)
         ))
     } else {
         Err(format!(
-            "the virgl probe process failed (wait status {status:#x})"
+            "the probe process failed (wait status {status:#x})"
         ))
     }
 }

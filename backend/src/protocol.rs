@@ -224,6 +224,15 @@ wire!(SetScanoutBlob {
     strides: [Le32; 4],
     offsets: [Le32; 4],
 });
+wire!(MapBlob {
+    resource_id: Le32,
+    padding: Le32,
+    offset: Le64,
+});
+wire!(RespMapInfo {
+    map_info: Le32,
+    padding: Le32
+});
 wire!(DisplayOne {
     r: WireRect,
     enabled: Le32,
@@ -405,8 +414,15 @@ pub enum GpuCommand {
         strides: [u32; 4],
         offsets: [u32; 4],
     },
-    /// RESOURCE_MAP_BLOB / RESOURCE_UNMAP_BLOB: there is no host-visible memory to map into.
-    Unsupported(u32),
+    /// RESOURCE_MAP_BLOB: map a host blob at `offset` of the host-visible region.
+    ResourceMapBlob {
+        resource_id: u32,
+        offset: u64,
+    },
+    /// RESOURCE_UNMAP_BLOB.
+    ResourceUnmapBlob {
+        resource_id: u32,
+    },
 }
 
 impl GpuCommand {
@@ -453,7 +469,8 @@ impl GpuCommand {
             GpuCommand::Submit3d { .. } => "SUBMIT_3D",
             GpuCommand::ResourceCreateBlob { .. } => "RESOURCE_CREATE_BLOB",
             GpuCommand::SetScanoutBlob { .. } => "SET_SCANOUT_BLOB",
-            GpuCommand::Unsupported(_) => "unsupported",
+            GpuCommand::ResourceMapBlob { .. } => "RESOURCE_MAP_BLOB",
+            GpuCommand::ResourceUnmapBlob { .. } => "RESOURCE_UNMAP_BLOB",
         }
     }
 }
@@ -750,7 +767,16 @@ fn decode_body<R: ChainRead>(
                 offsets: c.offsets.map(u32::from),
             }
         }
-        RESOURCE_MAP_BLOB | RESOURCE_UNMAP_BLOB => GpuCommand::Unsupported(t),
+        RESOURCE_MAP_BLOB => {
+            let c: MapBlob = read(r, t)?;
+            GpuCommand::ResourceMapBlob {
+                resource_id: c.resource_id.into(),
+                offset: c.offset.into(),
+            }
+        }
+        RESOURCE_UNMAP_BLOB => GpuCommand::ResourceUnmapBlob {
+            resource_id: read::<ResourceIdPad, _>(r, t)?.resource_id.into(),
+        },
         other => return Err(DecodeError::UnknownType(other)),
     })
 }
@@ -777,6 +803,8 @@ pub enum GpuResponse {
     /// EDID bytes (at most [`EDID_BLOB_SIZE`]).
     OkEdid(Vec<u8>),
     OkResourceUuid([u8; 16]),
+    /// RESOURCE_MAP_BLOB's answer: the caching the guest maps with (VIRTIO_GPU_MAP_CACHE_*).
+    OkMapInfo(u32),
     ErrUnspec,
     ErrOutOfMemory,
     ErrInvalidScanoutId,
@@ -805,6 +833,7 @@ impl GpuResponse {
             GpuResponse::OkCapset(_) => OK_CAPSET,
             GpuResponse::OkEdid(_) => OK_EDID,
             GpuResponse::OkResourceUuid(_) => OK_RESOURCE_UUID,
+            GpuResponse::OkMapInfo(_) => OK_MAP_INFO,
             GpuResponse::ErrUnspec => ERR_UNSPEC,
             GpuResponse::ErrOutOfMemory => ERR_OUT_OF_MEMORY,
             GpuResponse::ErrInvalidScanoutId => ERR_INVALID_SCANOUT_ID,
@@ -828,6 +857,7 @@ impl GpuResponse {
             GpuResponse::OkCapset(d) => d.len(),
             GpuResponse::OkEdid(_) => std::mem::size_of::<RespEdidHead>() + EDID_BLOB_SIZE,
             GpuResponse::OkResourceUuid(_) => 16,
+            GpuResponse::OkMapInfo(_) => std::mem::size_of::<RespMapInfo>(),
             _ => 0,
         }
     }
@@ -905,6 +935,13 @@ impl GpuResponse {
                 out.resize(need, 0);
             }
             GpuResponse::OkResourceUuid(uuid) => out.extend_from_slice(uuid),
+            GpuResponse::OkMapInfo(info) => {
+                let m = RespMapInfo {
+                    map_info: (*info).into(),
+                    padding: 0.into(),
+                };
+                out.extend_from_slice(m.as_slice());
+            }
             _ => {}
         }
         w.write_all(&out)?;

@@ -6,8 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, info, warn};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost::vhost_user::GpuBackend;
+use vhost::vhost_user::message::{
+    VhostUserMMap, VhostUserMMapFlags, VhostUserProtocolFeatures, VhostUserShMemConfig,
+    VhostUserVirtioFeatures,
+};
+use vhost::vhost_user::{Backend, GpuBackend, VhostUserFrontendReqHandler};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
 use virtio_bindings::virtio_config::{VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_gpu::{
@@ -23,7 +26,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::config::DeviceConfig;
-use crate::device::GpuDevice;
+use crate::device::{GpuDevice, HostVisible, SharedMemoryPort};
 use crate::fences::PendingFences;
 use crate::guest_warn;
 use crate::protocol;
@@ -149,6 +152,71 @@ pub enum ServeError {
     Renderer(#[from] virgl_bridge::RendererError),
 }
 
+/// virtio-gpu's host-visible shared memory region id (VIRTIO_GPU_SHM_ID_HOST_VISIBLE).
+pub const SHM_ID_HOST_VISIBLE: u8 = 1;
+
+/// What the request thread learns about the frontend's shared memory, for the device's port.
+#[derive(Default)]
+struct Shmem {
+    /// The backend request channel (SET_BACKEND_REQ_FD), where SHMEM_MAP goes.
+    channel: Mutex<Option<Backend>>,
+    /// The frontend asked for the regions (GET_SHMEM_CONFIG), so it made the region.
+    asked: AtomicBool,
+}
+
+/// The device's [`SharedMemoryPort`] over vhost-user: SHMEM_MAP and SHMEM_UNMAP on the backend
+/// request channel, each answered by the frontend (REPLY_ACK) before it returns.
+struct ShmemPort(Arc<Shmem>);
+
+impl ShmemPort {
+    fn send(
+        &self,
+        what: &str,
+        msg: &VhostUserMMap,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<(), String> {
+        if !self.0.asked.load(Ordering::Acquire) {
+            return Err("the frontend never asked for shared memory regions (GET_SHMEM_CONFIG), so it has none: QEMU 11.1's vhost-user-gpu-pci acks SHMEM but makes no region; use vhost-user-test-device-pci".into());
+        }
+        let guard = lock(&self.0.channel);
+        let ch = guard
+            .as_ref()
+            .ok_or("the frontend gave no backend request channel (BACKEND_REQ)")?;
+        let r = match fd {
+            Some(fd) => ch.shmem_map(msg, &fd),
+            None => ch.shmem_unmap(msg),
+        };
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("{what} refused: {e}")),
+        }
+    }
+}
+
+impl SharedMemoryPort for ShmemPort {
+    fn map(&self, fd: std::os::fd::BorrowedFd<'_>, offset: u64, len: u64) -> Result<(), String> {
+        let msg = VhostUserMMap {
+            shmid: SHM_ID_HOST_VISIBLE,
+            fd_offset: 0,
+            shm_offset: offset,
+            len,
+            flags: VhostUserMMapFlags::WRITABLE.bits(),
+            ..Default::default()
+        };
+        self.send("SHMEM_MAP", &msg, Some(fd))
+    }
+
+    fn unmap(&self, offset: u64, len: u64) -> Result<(), String> {
+        let msg = VhostUserMMap {
+            shmid: SHM_ID_HOST_VISIBLE,
+            shm_offset: offset,
+            len,
+            ..Default::default()
+        };
+        self.send("SHMEM_UNMAP", &msg, None)
+    }
+}
+
 /// Makes the renderer for a new connection.
 pub type RendererFactory =
     dyn Fn() -> Result<Box<dyn virgl_bridge::Renderer>, virgl_bridge::RendererError> + Send + Sync;
@@ -174,6 +242,9 @@ pub struct VhostUserGpu {
     num_capsets: u32,
     /// Microseconds to watch the ring after a batch before sleeping (0: never).
     poll_us: u64,
+    /// Bytes of host-visible region offered (0: SHMEM is not offered).
+    hostmem: u64,
+    shmem: Arc<Shmem>,
     exit: (EventConsumer, EventNotifier),
 }
 
@@ -186,11 +257,20 @@ impl VhostUserGpu {
     /// A backend with a fresh device.
     pub fn new(
         config: DeviceConfig,
-        device: GpuDevice,
+        mut device: GpuDevice,
         num_capsets: u32,
         virgl: bool,
     ) -> Result<Self, ServeError> {
+        let shmem = Arc::new(Shmem::default());
+        if config.hostmem > 0 {
+            device.set_host_visible(HostVisible::new(
+                config.hostmem,
+                Box::new(ShmemPort(Arc::clone(&shmem))),
+            ));
+        }
         Ok(VhostUserGpu {
+            hostmem: config.hostmem,
+            shmem,
             num_scanouts: config.num_scanouts(),
             poll_us: config.poll_us,
             num_capsets,
@@ -443,11 +523,37 @@ impl VhostUserBackend for VhostUserGpu {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG
+        let base = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-            | VhostUserProtocolFeatures::RESET_DEVICE
+            | VhostUserProtocolFeatures::RESET_DEVICE;
+        if self.hostmem > 0 {
+            // Host-visible memory: the frontend makes the region (GET_SHMEM_CONFIG) and maps
+            // blobs into it when asked on the backend channel (REPLY_ACK: we wait for it).
+            base | VhostUserProtocolFeatures::SHMEM | VhostUserProtocolFeatures::BACKEND_REQ
+        } else {
+            base
+        }
+    }
+
+    fn set_backend_req_fd(&self, backend: Backend) {
+        info!("frontend opened the backend request channel");
+        *lock(&self.shmem.channel) = Some(backend);
+    }
+
+    fn get_shmem_config(&self) -> io::Result<VhostUserShMemConfig> {
+        // Index = shmid: region 0 unused, region 1 host-visible. QEMU wants a power of two
+        // no smaller than a page (checked at start-up).
+        self.shmem.asked.store(true, Ordering::Release);
+        info!(
+            "frontend asked for shared memory regions: host-visible region (shmid {SHM_ID_HOST_VISIBLE}) of {} MiB",
+            self.hostmem >> 20
+        );
+        Ok(VhostUserShMemConfig::new(
+            u32::from(SHM_ID_HOST_VISIBLE) + 1,
+            &[0, self.hostmem],
+        ))
     }
 
     fn acked_features(&self, features: u64) {

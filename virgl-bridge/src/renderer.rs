@@ -28,6 +28,18 @@ pub enum RendererError {
     Backend(String),
 }
 
+/// A host blob's memory, exported for mapping (RESOURCE_MAP_BLOB).
+#[derive(Debug)]
+pub struct ExportedBlob {
+    /// A descriptor of the memory, mappable with `mmap` from offset 0.
+    pub fd: std::os::fd::OwnedFd,
+    /// Bytes behind `fd` (at least the blob's size).
+    pub size: u64,
+    /// The caching the guest must map it with: VIRTIO_GPU_MAP_CACHE_* (0 none, 1 cached,
+    /// 2 uncached, 3 write-combined), as virglrenderer reports it.
+    pub map_info: u32,
+}
+
 /// Result of renderer operations.
 pub type RendererResult<T> = Result<T, RendererError>;
 
@@ -266,6 +278,12 @@ pub trait Renderer: Send {
         _iovecs: Vec<Iovec>,
     ) -> RendererResult<()> {
         Err(RendererError::Unsupported("blob resources"))
+    }
+
+    /// The memory of a host blob (BLOB_MEM_HOST3D, made mappable) as a descriptor that
+    /// another process (the frontend) can map, with its caching.
+    fn export_blob(&mut self, _resource_id: u32) -> RendererResult<ExportedBlob> {
+        Err(RendererError::Unsupported("host-visible blobs"))
     }
 
     /// Runs a command stream (whole 32-bit words) in a context.

@@ -22,8 +22,11 @@ use crate::guest_warn;
 use crate::protocol::{GpuCommand, GpuResponse, Header};
 
 mod contexts;
+mod hostmem;
 mod resources;
 mod scanout;
+
+pub use hostmem::{HostVisible, SharedMemoryPort};
 
 /// The 2D formats a guest may create (virtio-gpu format codes).
 pub mod format {
@@ -193,6 +196,8 @@ struct Resource {
     args3d: Option<Resource3d>,
     /// A blob's memory kind (None for other resources).
     blob_mem: Option<u32>,
+    /// A blob's flags (MAPPABLE, SHAREABLE, CROSS_DEVICE); 0 for other resources.
+    blob_flags: u32,
     size: u64,
     backing: Option<Backing>,
     uuid: Option<[u8; 16]>,
@@ -247,6 +252,8 @@ pub struct GpuDevice {
     packed: Vec<u8>,
     /// A RESOURCE_FLUSH of a 3D resource not yet read back (see `finish_flushes`).
     deferred: Option<(u32, Rect)>,
+    /// The frontend's host-visible region (RESOURCE_MAP_BLOB), when it set one up.
+    host_visible: Option<HostVisible>,
 }
 
 impl GpuDevice {
@@ -266,6 +273,7 @@ impl GpuDevice {
             scratch: Vec::new(),
             packed: Vec::new(),
             deferred: None,
+            host_visible: None,
         }
     }
 
@@ -498,9 +506,11 @@ impl GpuDevice {
                 };
                 self.set_scanout_blob(scanout_id, resource_id, rect, layout)
             }
-            GpuCommand::Unsupported(t) => Err(GpuError::Unspec(format!(
-                "command {t:#x}: there is no host-visible memory to map blobs into"
-            ))),
+            GpuCommand::ResourceMapBlob {
+                resource_id,
+                offset,
+            } => self.map_blob(resource_id, offset),
+            GpuCommand::ResourceUnmapBlob { resource_id } => self.unmap_blob(resource_id),
         }
     }
 

@@ -120,6 +120,7 @@ impl GpuDevice {
                 height: 0,
                 args3d: None,
                 blob_mem: Some(blob_mem),
+                blob_flags,
                 size: host_bytes,
                 backing,
                 uuid: None,
@@ -166,6 +167,7 @@ impl GpuDevice {
                 height: a.height.max(1),
                 args3d: Some(a),
                 blob_mem: None,
+                blob_flags: 0,
                 size,
                 backing: None,
                 uuid: None,
@@ -265,6 +267,7 @@ impl GpuDevice {
                 height,
                 args3d: None,
                 blob_mem: None,
+                blob_flags: 0,
                 size,
                 backing: None,
                 uuid: None,
@@ -274,6 +277,8 @@ impl GpuDevice {
     }
 
     pub(super) fn unref(&mut self, id: u32) -> GpuResult {
+        self.resource(id)?;
+        self.unmap_if_mapped(id);
         let res = self
             .resources
             .remove(&id)

@@ -167,7 +167,11 @@ pub fn nvidia_devices() -> Vec<PathBuf> {
 /// Confines this thread and every thread it creates from now on to the files above, plus
 /// `read_write` (directories that must exist). Threads that already run are not confined:
 /// call it before starting any.
-pub fn confine(read_write: &[PathBuf]) -> Result<RulesetStatus, FilesError> {
+///
+/// With `render_server` (Venus started one), signals are not scoped: vhost-gpu must be able to
+/// kill the server's process group, which lives in a Landlock domain of its own. seccomp still
+/// lets it signal only its own threads and that group.
+pub fn confine(read_write: &[PathBuf], render_server: bool) -> Result<RulesetStatus, FilesError> {
     let read = AccessFs::from_read(ABI_USED);
     let all = AccessFs::from_all(ABI_USED);
     let device_rw = AccessFs::from_file(ABI_USED);
@@ -179,6 +183,44 @@ pub fn confine(read_write: &[PathBuf]) -> Result<RulesetStatus, FilesError> {
     rules.extend(render_nodes().iter().map(|p| rule(p, device_rw)));
     rules.extend(nvidia_devices().iter().map(|p| rule(p, device_rw)));
     rules.extend(read_write.iter().map(|p| rule(p, all)));
+    let scope = if render_server {
+        Scope::from_all(ABI_USED) & !Scope::Signal
+    } else {
+        Scope::from_all(ABI_USED)
+    };
+    let status = Ruleset::default()
+        .handle_access(all)?
+        .handle_access(AccessNet::from_all(ABI_USED))?
+        .scope(scope)?
+        .create()?
+        .add_rules(rules.into_iter().flatten())?
+        .restrict_self()?;
+    Ok(status.ruleset)
+}
+
+/// Confines the render server (see [`super::render_server`]): as [`confine`], but the
+/// read-only trees lose the right to execute, which only `executables` keep (the server's
+/// binary and the dynamic loader).
+pub fn confine_render_server(
+    read_write: &[PathBuf],
+    executables: &[PathBuf],
+) -> Result<RulesetStatus, FilesError> {
+    let read = AccessFs::from_read(ABI_USED) & !AccessFs::Execute;
+    let all = AccessFs::from_all(ABI_USED);
+    let device_rw = AccessFs::from_file(ABI_USED) & !AccessFs::Execute;
+    let mut rules: Vec<Option<Result<PathBeneath<PathFd>, FilesError>>> = Vec::new();
+    rules.extend(READ_ONLY.iter().map(|p| rule(Path::new(p), read)));
+    rules.extend(load_dirs().iter().map(|p| rule(p, read)));
+    rules.extend(
+        executables
+            .iter()
+            .map(|p| rule(p, AccessFs::Execute | AccessFs::ReadFile)),
+    );
+    rules.push(rule(Path::new("/dev/dri"), AccessFs::ReadDir.into()));
+    rules.push(rule(Path::new("/dev/null"), device_rw));
+    rules.extend(render_nodes().iter().map(|p| rule(p, device_rw)));
+    rules.extend(nvidia_devices().iter().map(|p| rule(p, device_rw)));
+    rules.extend(read_write.iter().map(|p| rule(p, all & !AccessFs::Execute)));
     let status = Ruleset::default()
         .handle_access(all)?
         .handle_access(AccessNet::from_all(ABI_USED))?

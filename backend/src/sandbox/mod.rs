@@ -19,6 +19,7 @@
 //! `--sandbox off` turns both off for debugging (strace, gdb, perf).
 
 pub mod files;
+pub mod render_server;
 pub mod syscalls;
 pub mod trap;
 
@@ -211,6 +212,17 @@ pub const CONDITIONAL: &[(&str, libc::c_long, &str)] = &[
          away); other options fail with EPERM (ERRNO)",
     ),
     (
+        "kill",
+        libc::SYS_kill,
+        "only with a render server (Venus): SIGKILL to its process group, when it made a call \
+         outside its own policy; not in the policy otherwise",
+    ),
+    (
+        "wait4",
+        libc::SYS_wait4,
+        "only with a render server: reaping that one child, to log how it ended",
+    ),
+    (
         "socket",
         libc::SYS_socket,
         "AF_UNIX only, and that fails with EPERM (ERRNO) unless --vnc-input-qmp needs to \
@@ -306,8 +318,29 @@ fn rule(conds: Vec<SeccompCondition>) -> Result<SeccompRule, SandboxError> {
 fn conditional_rules(
     pid: u64,
     unix_sockets: bool,
+    server: Option<u32>,
 ) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SandboxError> {
     let mut m = BTreeMap::new();
+    if let Some(server) = server {
+        // kill(-pgid, SIGKILL): the server leads its own process group (its workers are in it).
+        let group = (-(server as i32)) as u32 as u64;
+        m.insert(
+            libc::SYS_kill,
+            vec![rule(vec![
+                cond(0, ArgLen::Dword, Op::Eq, group)?,
+                cond(1, ArgLen::Dword, Op::Eq, libc::SIGKILL as u64)?,
+            ])?],
+        );
+        m.insert(
+            libc::SYS_wait4,
+            vec![rule(vec![cond(
+                0,
+                ArgLen::Dword,
+                Op::Eq,
+                u64::from(server),
+            )?])?],
+        );
+    }
     let sockopt = |level: i32, name: i32| -> Result<SeccompRule, SandboxError> {
         rule(vec![
             cond(1, ArgLen::Dword, Op::Eq, level as u64)?,
@@ -347,6 +380,12 @@ fn conditional_rules(
     }
     for &r in IOCTL_REQUESTS {
         ioctl.push(rule(vec![cond(1, ArgLen::Dword, Op::Eq, r)?])?);
+    }
+    if server.is_some() {
+        // The render server's seccomp listener: receiving its reports and answering them.
+        for r in [render_server::NOTIF_RECV, render_server::NOTIF_SEND] {
+            ioctl.push(rule(vec![cond(1, ArgLen::Dword, Op::Eq, r)?])?);
+        }
     }
     m.insert(libc::SYS_ioctl, ioctl);
     m.insert(
@@ -393,7 +432,7 @@ fn errno_rules(nr: i64) -> Result<Vec<SeccompRule>, SandboxError> {
     })
 }
 
-fn compile(
+pub(crate) fn compile(
     rules: BTreeMap<i64, Vec<SeccompRule>>,
     mismatch: SeccompAction,
     matched: SeccompAction,
@@ -410,7 +449,17 @@ pub fn policy(
     pid: u32,
     unix_sockets: bool,
 ) -> Result<BpfProgram, SandboxError> {
-    let mut rules = conditional_rules(u64::from(pid), unix_sockets)?;
+    policy_with_server(mismatch, pid, unix_sockets, None)
+}
+
+/// [`policy`], and with `server` (a render server's pid) the calls that watch it.
+pub fn policy_with_server(
+    mismatch: SeccompAction,
+    pid: u32,
+    unix_sockets: bool,
+    server: Option<u32>,
+) -> Result<BpfProgram, SandboxError> {
+    let mut rules = conditional_rules(u64::from(pid), unix_sockets, server)?;
     for &(_, nr) in ALLOWED {
         rules.insert(nr, Vec::new());
     }
@@ -451,9 +500,20 @@ pub fn errno_filters(unix_sockets: bool) -> Result<Vec<BpfProgram>, SandboxError
 /// Installs the SIGSYS handler and the filters on every thread of the process. From here on
 /// a call outside the policy is reported and, with [`Enforcement::Kill`], ends the process.
 /// `unix_sockets`: see [`errno_filters`].
-pub fn install(enforcement: Enforcement, unix_sockets: bool) -> Result<(), SandboxError> {
+/// `server`: the render server's pid, when Venus started one (vhost-gpu may then reap it, kill
+/// its process group, and answer its seccomp listener).
+pub fn install(
+    enforcement: Enforcement,
+    unix_sockets: bool,
+    server: Option<u32>,
+) -> Result<(), SandboxError> {
     trap::install_handler(enforcement).map_err(SandboxError::Handler)?;
-    let mut policy = policy(SeccompAction::Trap, std::process::id(), unix_sockets)?;
+    let mut policy = policy_with_server(
+        SeccompAction::Trap,
+        std::process::id(),
+        unix_sockets,
+        server,
+    )?;
     if enforcement == Enforcement::Log {
         policy = trap::allow_replays(policy);
     }

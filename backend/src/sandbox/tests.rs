@@ -226,13 +226,23 @@ fn the_classes_are_disjoint_and_hold_no_dangerous_call() {
         assert_eq!(syscalls::name(nr), name);
     }
     // connect is conditional on --vnc-input-qmp alone: not in the policy without it.
-    assert!(!conditional_rules(0, false)
+    assert!(!conditional_rules(0, false, None)
         .unwrap()
         .contains_key(&libc::SYS_connect));
-    assert!(conditional_rules(0, true)
+    assert!(conditional_rules(0, true, None)
         .unwrap()
         .contains_key(&libc::SYS_connect));
-    let names: Vec<&str> = names.into_iter().filter(|&n| n != "connect").collect();
+    // kill and wait4 are in the policy only with a render server, and then only for it.
+    assert!(!conditional_rules(0, false, None)
+        .unwrap()
+        .contains_key(&libc::SYS_kill));
+    assert!(conditional_rules(0, false, Some(7))
+        .unwrap()
+        .contains_key(&libc::SYS_kill));
+    let names: Vec<&str> = names
+        .into_iter()
+        .filter(|&n| n != "connect" && n != "kill")
+        .collect();
     for bad in [
         "execve",
         "execveat",

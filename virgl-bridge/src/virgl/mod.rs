@@ -8,19 +8,21 @@
 //! eventfd the device polls: nothing of the C library's global state is visible outside.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::c_void;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
-use std::sync::{Mutex, OnceLock};
+use std::sync::mpsc::sync_channel;
 
-use log::{info, warn};
+use log::info;
 use virglrenderer_sys as sys;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+mod thread;
+pub mod venus;
+
+use thread::{sink, worker, Job, State, Worker};
 
 use crate::renderer::{
-    CapsetInfo, FenceDone, FenceTimeline, Iovec, Rect, Renderer, RendererError, RendererKind,
-    RendererResult, Resource3d, Transfer3d,
+    CapsetInfo, ExportedBlob, FenceDone, FenceTimeline, Iovec, Rect, Renderer, RendererError,
+    RendererKind, RendererResult, Resource3d, Transfer3d,
 };
 use crate::BYTES_PER_PIXEL;
 
@@ -37,6 +39,8 @@ struct VirglBox {
 
 const CAPSET_VIRGL: u32 = 1;
 const CAPSET_VIRGL2: u32 = 2;
+/// Venus (Vulkan) contexts' capset.
+pub const CAPSET_VENUS: u32 = 4;
 const PIPE_TEXTURE_2D: u32 = 2;
 const PIPE_BIND_RENDER_TARGET: u32 = 2;
 const RESOURCE_Y_0_TOP: u32 = 1;
@@ -46,194 +50,11 @@ const RESOURCE_Y_0_TOP: u32 = 1;
 pub struct VirglOptions {
     /// A DRM render node (GBM on the host GPU); None: surfaceless EGL (llvmpipe without a GPU).
     pub render_node: Option<PathBuf>,
-}
-
-type Job = Box<dyn FnOnce(&mut State) + Send>;
-
-/// What the renderer thread keeps: the backing iovec arrays virglrenderer points into.
-#[derive(Default)]
-struct State {
-    backings: HashMap<u32, Vec<libc::iovec>>,
-}
-
-struct Worker {
-    jobs: Mutex<Sender<Job>>,
-    wake: EventFd,
-    capsets: Vec<CapsetInfo>,
-    options: VirglOptions,
-}
-
-/// Fences signalled by virglrenderer, and the eventfd that tells the device.
-struct FenceSink {
-    done: Mutex<Vec<FenceDone>>,
-    event: EventFd,
-}
-
-static WORKER: OnceLock<Result<Worker, String>> = OnceLock::new();
-static SINK: OnceLock<FenceSink> = OnceLock::new();
-static RENDER_NODE: OnceLock<Option<PathBuf>> = OnceLock::new();
-
-fn sink() -> &'static FenceSink {
-    SINK.get_or_init(|| FenceSink {
-        done: Mutex::new(Vec::new()),
-        // An eventfd failing to open at start is not recoverable.
-        event: EventFd::new(EFD_NONBLOCK).unwrap_or_else(|e| panic!("eventfd: {e}")),
-    })
-}
-
-fn push_fence(f: FenceDone) {
-    let s = sink();
-    s.done.lock().unwrap_or_else(|e| e.into_inner()).push(f);
-    let _ = s.event.write(1);
-}
-
-extern "C" fn write_fence(_cookie: *mut c_void, fence: u32) {
-    push_fence(FenceDone {
-        timeline: FenceTimeline::Global,
-        fence_id: u64::from(fence),
-    });
-}
-
-extern "C" fn write_context_fence(_cookie: *mut c_void, ctx_id: u32, ring_idx: u32, fence_id: u64) {
-    let ring_idx = u8::try_from(ring_idx).unwrap_or(u8::MAX);
-    push_fence(FenceDone {
-        timeline: FenceTimeline::Ring { ctx_id, ring_idx },
-        fence_id,
-    });
-}
-
-extern "C" fn get_drm_fd(_cookie: *mut c_void) -> i32 {
-    let Some(Some(path)) = RENDER_NODE.get() else {
-        return -1;
-    };
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-    {
-        Ok(f) => std::os::fd::IntoRawFd::into_raw_fd(f),
-        Err(e) => {
-            warn!("opening render node {}: {e}", path.display());
-            -1
-        }
-    }
-}
-
-fn init_on_thread(options: &VirglOptions) -> Result<Vec<CapsetInfo>, String> {
-    let _ = RENDER_NODE.set(options.render_node.clone());
-    // SAFETY: the callbacks struct is plain C data; all-zero means every callback is absent
-    // (None), which virglrenderer accepts. Fields a newer header adds stay absent.
-    let mut cbs: sys::virgl_renderer_callbacks = unsafe { std::mem::zeroed() };
-    // Version 3 is the first with write_context_fence (per-ring fences); it is what the fields
-    // set here need, whatever newer versions the installed header knows.
-    cbs.version = 3;
-    cbs.write_fence = Some(write_fence);
-    cbs.get_drm_fd = Some(get_drm_fd);
-    cbs.write_context_fence = Some(write_context_fence);
-    let cbs = Box::leak(Box::new(cbs));
-    let mut flags = sys::VIRGL_RENDERER_USE_EGL | sys::VIRGL_RENDERER_THREAD_SYNC;
-    if options.render_node.is_none() {
-        flags |= sys::VIRGL_RENDERER_USE_SURFACELESS;
-    }
-    // The cookie only has to be non-null (virglrenderer refuses NULL); callbacks ignore it.
-    let cookie = sink() as *const FenceSink as *mut c_void;
-    // SAFETY: `cbs` is leaked, so it outlives virglrenderer, which keeps the pointer; the
-    // cookie points to a static. Called once, on the renderer thread.
-    let ret = unsafe { sys::virgl_renderer_init(cookie, flags as i32, cbs) };
-    if ret != 0 {
-        return Err(format!("virgl_renderer_init failed ({ret})"));
-    }
-    let mut capsets = Vec::new();
-    for id in [CAPSET_VIRGL, CAPSET_VIRGL2] {
-        let (mut max_version, mut max_size) = (0u32, 0u32);
-        // SAFETY: both out-pointers point to live locals.
-        unsafe { sys::virgl_renderer_get_cap_set(id, &mut max_version, &mut max_size) };
-        if max_version > 0 && max_size > 0 {
-            capsets.push(CapsetInfo {
-                id,
-                max_version,
-                max_size,
-            });
-        }
-    }
-    Ok(capsets)
-}
-
-fn run(rx: Receiver<Job>, wake: RawFd) {
-    let mut state = State::default();
-    // SAFETY: no arguments; -1 when virglrenderer has no poll fd.
-    let poll_fd = unsafe { sys::virgl_renderer_get_poll_fd() };
-    loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: wake,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: poll_fd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let n = if poll_fd >= 0 { 2 } else { 1 };
-        // With no poll fd, look for signalled fences every 2 ms.
-        let timeout = if poll_fd >= 0 { -1 } else { 2 };
-        // SAFETY: `fds` is a live array of at least `n` pollfds.
-        unsafe { libc::poll(fds.as_mut_ptr(), n, timeout) };
-        if fds[0].revents & libc::POLLIN != 0 {
-            let mut v = 0u64;
-            // SAFETY: reads 8 bytes into a live u64 from the eventfd (non-blocking).
-            unsafe { libc::read(wake, (&mut v as *mut u64).cast(), 8) };
-        }
-        loop {
-            match rx.try_recv() {
-                Ok(job) => job(&mut state),
-                Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
-            }
-        }
-        // SAFETY: no arguments; runs fence callbacks on this thread.
-        unsafe { sys::virgl_renderer_poll() };
-    }
-}
-
-fn worker(options: &VirglOptions) -> RendererResult<&'static Worker> {
-    let w = WORKER.get_or_init(|| {
-        let (tx, rx) = channel::<Job>();
-        let wake = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
-        let wake_fd = wake.as_raw_fd();
-        let (init_tx, init_rx) = sync_channel(1);
-        let opts = options.clone();
-        std::thread::Builder::new()
-            .name("virgl".into())
-            .spawn(move || {
-                let r = init_on_thread(&opts);
-                let ok = r.is_ok();
-                let _ = init_tx.send(r);
-                if ok {
-                    run(rx, wake_fd);
-                }
-            })
-            .map_err(|e| format!("renderer thread: {e}"))?;
-        let capsets = init_rx
-            .recv()
-            .map_err(|_| "renderer thread died".to_string())??;
-        Ok(Worker {
-            jobs: Mutex::new(tx),
-            wake,
-            capsets,
-            options: options.clone(),
-        })
-    });
-    match w {
-        Ok(w) if &w.options == options => Ok(w),
-        Ok(w) => Err(RendererError::Backend(format!(
-            "virglrenderer already runs with {:?}; one setup per process",
-            w.options
-        ))),
-        Err(e) => Err(RendererError::Backend(e.clone())),
-    }
+    /// Venus (Vulkan) contexts as well as virgl's, run in virglrenderer's render server.
+    pub venus: bool,
+    /// A connected SOCK_SEQPACKET socket to a render server the caller started (and confined);
+    /// None: virglrenderer starts the server itself. Only with `venus`.
+    pub render_server: Option<RawFd>,
 }
 
 /// A raw pointer the caller keeps valid until the job that uses it has finished.
@@ -741,6 +562,59 @@ impl Renderer for VirglRenderer {
         t: &Transfer3d,
     ) -> RendererResult<()> {
         self.transfer(ctx_id, id, t, false)
+    }
+
+    fn export_blob(&mut self, id: u32) -> RendererResult<ExportedBlob> {
+        self.known(id)?;
+        let (ret, fd_type, fd, map_ret, map_info) = self.call(move |_| {
+            let (mut fd_type, mut fd, mut map_info) = (0u32, -1i32, 0u32);
+            // SAFETY: a live resource this handle made; the out-pointers are live locals.
+            // virglrenderer hands over a new descriptor (ours to close) on success.
+            let ret =
+                unsafe { sys::virgl_renderer_resource_export_blob(id, &mut fd_type, &mut fd) };
+            // SAFETY: as above; map_info is only written.
+            let map_ret = unsafe { sys::virgl_renderer_resource_get_map_info(id, &mut map_info) };
+            (ret, fd_type, fd, map_ret, map_info)
+        })?;
+        if ret != 0 || fd < 0 {
+            return Err(RendererError::InvalidParameter(
+                "blob cannot be exported (not a mappable host blob)",
+            ));
+        }
+        // SAFETY: export_blob succeeded, so `fd` is a new descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if map_ret != 0 {
+            return Err(RendererError::InvalidParameter("blob has no map info"));
+        }
+        // DMABUF, OPAQUE (a memfd from lavapipe) and SHM descriptors all map with mmap; the
+        // size is what the descriptor holds, for the caller's bounds checks.
+        let size = match fd_type {
+            sys::VIRGL_RENDERER_BLOB_FD_TYPE_DMABUF
+            | sys::VIRGL_RENDERER_BLOB_FD_TYPE_OPAQUE
+            | sys::VIRGL_RENDERER_BLOB_FD_TYPE_SHM => {
+                // SAFETY: lseek on a descriptor we own; SEEK_END gives its size (dma-bufs
+                // and memfds both answer), then back to 0.
+                let end = unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_END) };
+                // SAFETY: as above.
+                unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_SET) };
+                u64::try_from(end).map_err(|_| {
+                    RendererError::Backend(format!(
+                        "exported blob of type {fd_type}: size unknown ({})",
+                        std::io::Error::last_os_error()
+                    ))
+                })?
+            }
+            other => {
+                return Err(RendererError::Backend(format!(
+                    "exported blob of unknown descriptor type {other}"
+                )))
+            }
+        };
+        Ok(ExportedBlob {
+            fd,
+            size,
+            map_info: map_info & sys::VIRGL_RENDERER_MAP_CACHE_MASK,
+        })
     }
 
     fn submit_3d(&mut self, ctx_id: u32, mut cmds: Vec<u8>) -> RendererResult<()> {

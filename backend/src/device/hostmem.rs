@@ -1,0 +1,176 @@
+//! Host-visible memory: RESOURCE_MAP_BLOB and RESOURCE_UNMAP_BLOB.
+//!
+//! The frontend owns a shared memory region (virtio shmid 1, `VIRTIO_GPU_SHM_ID_HOST_VISIBLE`)
+//! that the guest sees as a PCI BAR. Mapping a host blob there means handing the frontend the
+//! blob's memory as a descriptor with the region offset the guest chose (vhost-user SHMEM_MAP);
+//! the device reaches the frontend only through the [`SharedMemoryPort`] it is given, and
+//! replies OK_MAP_INFO only once the frontend has acknowledged the mapping.
+//!
+//! Every offset and length is checked here: page-aligned, inside the region, not overlapping
+//! another mapping, one mapping per blob, and only blobs that were created mappable in host
+//! memory. Unmapping, unref of a mapped blob and device reset each take the mapping away.
+
+use std::collections::BTreeMap;
+use std::os::fd::BorrowedFd;
+
+use super::{invalid, GpuDevice, GpuError, GpuResponse, GpuResult, BLOB_MEM_HOST3D};
+
+/// VIRTIO_GPU_BLOB_FLAG_USE_MAPPABLE.
+pub(super) const BLOB_FLAG_MAPPABLE: u32 = 1;
+
+/// How the device asks the frontend to map and unmap in its shared memory region.
+pub trait SharedMemoryPort: Send {
+    /// Maps `len` bytes of `fd` (from its offset 0) at `offset` in the region, writable; returns
+    /// once the frontend has done it (or said why not).
+    fn map(&self, fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<(), String>;
+    /// Takes the mapping of `len` bytes at `offset` away.
+    fn unmap(&self, offset: u64, len: u64) -> Result<(), String>;
+}
+
+/// The region's size, its port, and what is mapped in it.
+pub struct HostVisible {
+    size: u64,
+    port: Box<dyn SharedMemoryPort>,
+    /// offset -> (resource id, length).
+    maps: BTreeMap<u64, (u32, u64)>,
+}
+
+impl HostVisible {
+    /// A region of `size` bytes reached through `port`.
+    pub fn new(size: u64, port: Box<dyn SharedMemoryPort>) -> Self {
+        HostVisible {
+            size,
+            port,
+            maps: BTreeMap::new(),
+        }
+    }
+
+    /// The mapping of resource `id`: (offset, length).
+    fn of(&self, id: u32) -> Option<(u64, u64)> {
+        self.maps
+            .iter()
+            .find(|(_, &(r, _))| r == id)
+            .map(|(&o, &(_, l))| (o, l))
+    }
+
+    /// Number of mappings now.
+    pub fn count(&self) -> usize {
+        self.maps.len()
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf with a constant name reads a value.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
+}
+
+impl GpuDevice {
+    /// Gives the device a host-visible region (the frontend asked for one).
+    pub fn set_host_visible(&mut self, hv: HostVisible) {
+        self.host_visible = Some(hv);
+    }
+
+    /// Mappings in the host-visible region now (0 without a region).
+    pub fn mapped_blobs(&self) -> usize {
+        self.host_visible.as_ref().map_or(0, HostVisible::count)
+    }
+
+    pub(super) fn map_blob(&mut self, id: u32, offset: u64) -> GpuResult {
+        let res = self
+            .resources
+            .get(&id)
+            .ok_or(GpuError::InvalidResource(id))?;
+        let Some(hv) = self.host_visible.as_ref() else {
+            return Err(GpuError::Unspec(
+                "there is no host-visible memory: it needs Venus and a frontend that sets up a shared memory region (QEMU 11.1's vhost-user-test-device-pci; not QEMU 10, not vhost-user-gpu-pci)"
+                    .into(),
+            ));
+        };
+        if res.blob_mem != Some(BLOB_MEM_HOST3D) {
+            return Err(invalid(format!(
+                "resource {id} is not a host blob (blob_mem {:?}): only host memory is mapped",
+                res.blob_mem
+            )));
+        }
+        if res.blob_flags & BLOB_FLAG_MAPPABLE == 0 {
+            return Err(invalid(format!("blob {id} was not created mappable")));
+        }
+        if hv.of(id).is_some() {
+            return Err(invalid(format!("blob {id} is already mapped")));
+        }
+        let page = page_size();
+        if offset % page != 0 {
+            return Err(invalid(format!(
+                "map offset {offset:#x} is not a multiple of the page size {page:#x}"
+            )));
+        }
+        let len = res
+            .size
+            .checked_add(page - 1)
+            .map(|v| v / page * page)
+            .ok_or_else(|| invalid("blob size overflows"))?;
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= hv.size)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "blob {id} of {len:#x} bytes at {offset:#x} does not fit the {:#x}-byte region",
+                    hv.size
+                ))
+            })?;
+        // The mapping that starts last before `end` is the only one that can overlap.
+        if let Some((&o, &(other, l))) = hv.maps.range(..end).next_back() {
+            if o + l > offset {
+                return Err(invalid(format!(
+                    "blob {id} at {offset:#x}+{len:#x} overlaps blob {other} at {o:#x}+{l:#x}"
+                )));
+            }
+        }
+        let exported = self.renderer.export_blob(id)?;
+        if exported.size < len {
+            return Err(invalid(format!(
+                "blob {id}: {len:#x} bytes to map, its memory holds {:#x}",
+                exported.size
+            )));
+        }
+        use std::os::fd::AsFd;
+        hv.port
+            .map(exported.fd.as_fd(), offset, len)
+            .map_err(|e| GpuError::Unspec(format!("the frontend did not map blob {id}: {e}")))?;
+        // The frontend holds its own mapping now; our descriptor closes here.
+        drop(exported.fd);
+        if let Some(hv) = self.host_visible.as_mut() {
+            hv.maps.insert(offset, (id, len));
+        }
+        Ok(GpuResponse::OkMapInfo(exported.map_info))
+    }
+
+    pub(super) fn unmap_blob(&mut self, id: u32) -> GpuResult {
+        self.resource(id)?;
+        let hv = self
+            .host_visible
+            .as_mut()
+            .ok_or_else(|| invalid("there is no host-visible memory: nothing is mapped"))?;
+        let (offset, len) = hv
+            .of(id)
+            .ok_or_else(|| invalid(format!("blob {id} is not mapped")))?;
+        hv.maps.remove(&offset);
+        hv.port
+            .unmap(offset, len)
+            .map_err(|e| GpuError::Unspec(format!("the frontend did not unmap blob {id}: {e}")))?;
+        Ok(GpuResponse::OkNoData)
+    }
+
+    /// Takes away the mapping of `id`, if any (unref of a mapped blob).
+    pub(super) fn unmap_if_mapped(&mut self, id: u32) {
+        if let Some(hv) = self.host_visible.as_mut() {
+            if let Some((offset, len)) = hv.of(id) {
+                hv.maps.remove(&offset);
+                if let Err(e) = hv.port.unmap(offset, len) {
+                    crate::guest_warn!("unmapping blob {id} at unref: {e}");
+                }
+            }
+        }
+    }
+}
