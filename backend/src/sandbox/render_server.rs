@@ -54,6 +54,21 @@ pub const EXTRA: &[(&str, libc::c_long, &str)] = &[
         "AF_UNIX pairs: each worker gets its own connection to the server and to vhost-gpu",
     ),
     ("exit", libc::SYS_exit, "a worker's thread ends"),
+    (
+        "arch_prctl",
+        libc::SYS_arch_prctl,
+        "ARCH_SET_FS only: glibc sets up thread-local storage right after execve",
+    ),
+    (
+        "signalfd4",
+        libc::SYS_signalfd4,
+        "the server reads SIGCHLD (its workers ending) from a signalfd",
+    ),
+    (
+        "waitid",
+        libc::SYS_waitid,
+        "reaping its own workers (the kernel lets it wait only for its children)",
+    ),
 ];
 
 /// Every CLONE_NEW* flag: a new namespace stays fatal for the server too.
@@ -83,6 +98,12 @@ pub fn policy(pid: u32) -> Result<BpfProgram, SandboxError> {
                 ArgLen::Qword,
                 Op::MaskedEq(CLONE_NEW_ANY),
                 0,
+            )?])?],
+            libc::SYS_arch_prctl => vec![SeccompRule::new(vec![SeccompCondition::new(
+                0,
+                ArgLen::Dword,
+                Op::Eq,
+                0x1002, // ARCH_SET_FS
             )?])?],
             libc::SYS_socketpair => vec![SeccompRule::new(vec![SeccompCondition::new(
                 0,

@@ -154,7 +154,8 @@ fn init_on_thread(options: &VirglOptions) -> Result<Vec<CapsetInfo>, String> {
         let (mut max_version, mut max_size) = (0u32, 0u32);
         // SAFETY: both out-pointers point to live locals.
         unsafe { sys::virgl_renderer_get_cap_set(id, &mut max_version, &mut max_size) };
-        if max_version > 0 && max_size > 0 {
+        // Venus reports version 0 (QEMU too offers a capset by its size alone).
+        if max_size > 0 && (max_version > 0 || id == CAPSET_VENUS) {
             capsets.push(CapsetInfo {
                 id,
                 max_version,
