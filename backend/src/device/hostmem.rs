@@ -33,6 +33,8 @@ pub struct HostVisible {
     port: Box<dyn SharedMemoryPort>,
     /// offset -> (resource id, length).
     maps: BTreeMap<u64, (u32, u64)>,
+    /// A mapping was made on this connection (logged once).
+    used: bool,
 }
 
 impl HostVisible {
@@ -42,6 +44,7 @@ impl HostVisible {
             size,
             port,
             maps: BTreeMap::new(),
+            used: false,
         }
     }
 
@@ -142,6 +145,14 @@ impl GpuDevice {
         drop(exported.fd);
         if let Some(hv) = self.host_visible.as_mut() {
             hv.maps.insert(offset, (id, len));
+            if !hv.used {
+                hv.used = true;
+                log::info!(
+                    "host-visible memory in use: blob {id} mapped at {offset:#x} ({len} bytes, map_info {})",
+                    exported.map_info
+                );
+            }
+            log::debug!("blob {id} mapped at {offset:#x}+{len:#x}");
         }
         Ok(GpuResponse::OkMapInfo(exported.map_info))
     }

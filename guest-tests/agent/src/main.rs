@@ -23,6 +23,7 @@
 
 mod blob;
 mod gles;
+mod vulkan;
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -454,18 +455,26 @@ fn run() -> Result<(), String> {
                         .ok_or("--hold SECONDS")?,
                 )
             }
-            "dumb" | "gl" | "all" | "input" | "blob" => what = a,
+            "dumb" | "gl" | "all" | "input" | "blob" | "vulkan" => what = a,
             _ => return Err(format!("unknown argument {a}")),
         }
     }
     if what == "input" {
         return input(hold);
     }
+    if what == "vulkan" {
+        // Rendered and checked first: on a host (through vtest) there is no card to show it on.
+        let px = vulkan::render_and_check()?;
+        let card = open_card()?;
+        let outs = outputs(&card)?;
+        return vulkan::show(&card, &outs, &px, hold);
+    }
     let card = open_card()?;
     let outs = outputs(&card)?;
     if what == "blob" {
         return blob::blob(&card, &outs, hold);
     }
+
     if what == "dumb" || what == "all" {
         dumb(&card, &outs, hold)?;
     }

@@ -457,3 +457,13 @@ pub(crate) fn vm_lines(text: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// The capsets a virgl guest should see: VIRGL and VIRGL2, and VENUS when vhost-gpu found a
+/// Vulkan driver for it (its log says "venus: on").
+pub fn expected_capsets(backend: &guest_tests::Backend) -> usize {
+    if backend.log_text().contains("venus: on") {
+        3
+    } else {
+        2
+    }
+}

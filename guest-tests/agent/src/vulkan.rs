@@ -1,0 +1,439 @@
+//! Vulkan through Venus: a known picture rendered offscreen, read back through host-visible
+//! memory the guest maps (RESOURCE_MAP_BLOB on the host), checked pixel by pixel, then shown
+//! on every connector for the host to check in its capture.
+//!
+//! The picture (SIZE x SIZE): the whole image cleared to [`BACK`] (vkCmdClearColorImage), then
+//! a centred square of half the size written with [`FRONT`] from a host-visible buffer
+//! (vkCmdCopyBufferToImage); then the image is copied into a host-visible buffer and read.
+
+use std::time::Duration;
+
+use ash::vk;
+use drm::buffer::DrmFourcc;
+use drm::control::Device as ControlDevice;
+
+use crate::{say, Card, Output};
+
+/// Side of the picture, in pixels.
+pub const SIZE: u32 = 128;
+/// The clear colour (R, G, B).
+pub const BACK: [u8; 3] = [0x20, 0x60, 0xc0];
+/// The centre square's colour.
+pub const FRONT: [u8; 3] = [0xf0, 0xa0, 0x10];
+
+fn inside(x: u32, y: u32, size: u32) -> bool {
+    let (lo, hi) = (size / 4, size * 3 / 4);
+    (lo..hi).contains(&x) && (lo..hi).contains(&y)
+}
+
+fn vkerr(what: &'static str) -> impl Fn(vk::Result) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+struct Mem<'a> {
+    dev: &'a ash::Device,
+    buffer: vk::Buffer,
+    memory: vk::DeviceMemory,
+}
+
+impl Drop for Mem<'_> {
+    fn drop(&mut self) {
+        // SAFETY: both were made from `dev` and are no longer used by any command.
+        unsafe {
+            self.dev.destroy_buffer(self.buffer, None);
+            self.dev.free_memory(self.memory, None);
+        }
+    }
+}
+
+fn memory_type(
+    props: &vk::PhysicalDeviceMemoryProperties,
+    bits: u32,
+    want: vk::MemoryPropertyFlags,
+) -> Result<u32, String> {
+    (0..props.memory_type_count)
+        .find(|&i| {
+            bits & (1 << i) != 0 && props.memory_types[i as usize].property_flags.contains(want)
+        })
+        .ok_or_else(|| format!("no memory type with flags {:#x}", want.as_raw()))
+}
+
+/// A host-visible, coherent buffer of `size` bytes.
+fn host_buffer<'a>(
+    dev: &'a ash::Device,
+    props: &vk::PhysicalDeviceMemoryProperties,
+    size: u64,
+    usage: vk::BufferUsageFlags,
+) -> Result<Mem<'a>, String> {
+    let info = vk::BufferCreateInfo::default().size(size).usage(usage);
+    // SAFETY: valid create info; the buffer is destroyed by Mem's drop.
+    let buffer = unsafe { dev.create_buffer(&info, None) }.map_err(vkerr("vkCreateBuffer"))?;
+    // SAFETY: a buffer of this device.
+    let req = unsafe { dev.get_buffer_memory_requirements(buffer) };
+    let ty = memory_type(
+        props,
+        req.memory_type_bits,
+        vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT,
+    )?;
+    let alloc = vk::MemoryAllocateInfo::default()
+        .allocation_size(req.size)
+        .memory_type_index(ty);
+    // SAFETY: valid allocate info.
+    let memory = unsafe { dev.allocate_memory(&alloc, None) }.map_err(vkerr("vkAllocateMemory"))?;
+    let m = Mem {
+        dev,
+        buffer,
+        memory,
+    };
+    // SAFETY: fresh memory of a type the buffer accepts, bound once.
+    unsafe { dev.bind_buffer_memory(buffer, memory, 0) }.map_err(vkerr("vkBindBufferMemory"))?;
+    Ok(m)
+}
+
+/// Renders, reads back and checks the picture; returns the device's name and the pixels
+/// (RGBA, SIZE x SIZE).
+fn render() -> Result<(String, Vec<u8>), String> {
+    // SAFETY: loads the guest's Vulkan loader; its functions are used through ash only.
+    let entry = unsafe { ash::Entry::load() }.map_err(|e| format!("Vulkan loader: {e}"))?;
+    let app = vk::ApplicationInfo::default()
+        .application_name(c"vhost-gpu guest agent")
+        .api_version(vk::API_VERSION_1_1);
+    // SAFETY: valid create info.
+    let instance = unsafe {
+        entry.create_instance(
+            &vk::InstanceCreateInfo::default().application_info(&app),
+            None,
+        )
+    }
+    .map_err(vkerr("vkCreateInstance"))?;
+    // SAFETY: a live instance.
+    let pd = *unsafe { instance.enumerate_physical_devices() }
+        .map_err(vkerr("vkEnumeratePhysicalDevices"))?
+        .first()
+        .ok_or("no Vulkan device")?;
+    // SAFETY: a device of this instance.
+    let props = unsafe { instance.get_physical_device_properties(pd) };
+    let name = props
+        .device_name_as_c_str()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // SAFETY: as above.
+    let mem_props = unsafe { instance.get_physical_device_memory_properties(pd) };
+    // SAFETY: as above.
+    let family = unsafe { instance.get_physical_device_queue_family_properties(pd) }
+        .iter()
+        .position(|q| q.queue_flags.contains(vk::QueueFlags::GRAPHICS))
+        .ok_or("no graphics queue")? as u32;
+    let prio = [1.0f32];
+    let qinfo = [vk::DeviceQueueCreateInfo::default()
+        .queue_family_index(family)
+        .queue_priorities(&prio)];
+    // SAFETY: valid create info for this physical device.
+    let dev = unsafe {
+        instance.create_device(
+            pd,
+            &vk::DeviceCreateInfo::default().queue_create_infos(&qinfo),
+            None,
+        )
+    }
+    .map_err(vkerr("vkCreateDevice"))?;
+    let result = (|| -> Result<Vec<u8>, String> {
+        // SAFETY: family and index exist (one queue was asked for).
+        let queue = unsafe { dev.get_device_queue(family, 0) };
+        let image_info = vk::ImageCreateInfo::default()
+            .image_type(vk::ImageType::TYPE_2D)
+            .format(vk::Format::R8G8B8A8_UNORM)
+            .extent(vk::Extent3D {
+                width: SIZE,
+                height: SIZE,
+                depth: 1,
+            })
+            .mip_levels(1)
+            .array_layers(1)
+            .samples(vk::SampleCountFlags::TYPE_1)
+            .tiling(vk::ImageTiling::OPTIMAL)
+            .usage(vk::ImageUsageFlags::TRANSFER_DST | vk::ImageUsageFlags::TRANSFER_SRC);
+        // SAFETY: valid create info; destroyed below.
+        let image =
+            unsafe { dev.create_image(&image_info, None) }.map_err(vkerr("vkCreateImage"))?;
+        // SAFETY: an image of this device.
+        let req = unsafe { dev.get_image_memory_requirements(image) };
+        let ty = memory_type(
+            &mem_props,
+            req.memory_type_bits,
+            vk::MemoryPropertyFlags::DEVICE_LOCAL,
+        )?;
+        // SAFETY: valid allocate info.
+        let image_mem = unsafe {
+            dev.allocate_memory(
+                &vk::MemoryAllocateInfo::default()
+                    .allocation_size(req.size)
+                    .memory_type_index(ty),
+                None,
+            )
+        }
+        .map_err(vkerr("vkAllocateMemory (image)"))?;
+        // SAFETY: fresh memory bound once.
+        unsafe { dev.bind_image_memory(image, image_mem, 0) }
+            .map_err(vkerr("vkBindImageMemory"))?;
+        let half = SIZE / 2;
+        let upload = host_buffer(
+            &dev,
+            &mem_props,
+            u64::from(half * half * 4),
+            vk::BufferUsageFlags::TRANSFER_SRC,
+        )?;
+        let readback = host_buffer(
+            &dev,
+            &mem_props,
+            u64::from(SIZE * SIZE * 4),
+            vk::BufferUsageFlags::TRANSFER_DST,
+        )?;
+        // The square's pixels, written through the guest's mapping of host-visible memory.
+        // SAFETY: host-visible memory of at least half*half*4 bytes, mapped once, unmapped below.
+        unsafe {
+            let p = dev
+                .map_memory(
+                    upload.memory,
+                    0,
+                    vk::WHOLE_SIZE,
+                    vk::MemoryMapFlags::empty(),
+                )
+                .map_err(vkerr("vkMapMemory (upload)"))?
+                .cast::<u8>();
+            let s = std::slice::from_raw_parts_mut(p, (half * half * 4) as usize);
+            for px in s.chunks_exact_mut(4) {
+                px.copy_from_slice(&[FRONT[0], FRONT[1], FRONT[2], 0xff]);
+            }
+            dev.unmap_memory(upload.memory);
+        }
+        let pool_info = vk::CommandPoolCreateInfo::default().queue_family_index(family);
+        // SAFETY: valid create info; destroyed below.
+        let pool = unsafe { dev.create_command_pool(&pool_info, None) }
+            .map_err(vkerr("vkCreateCommandPool"))?;
+        // SAFETY: one primary buffer from this pool.
+        let cb = unsafe {
+            dev.allocate_command_buffers(
+                &vk::CommandBufferAllocateInfo::default()
+                    .command_pool(pool)
+                    .command_buffer_count(1),
+            )
+        }
+        .map_err(vkerr("vkAllocateCommandBuffers"))?[0];
+        let range = vk::ImageSubresourceRange::default()
+            .aspect_mask(vk::ImageAspectFlags::COLOR)
+            .level_count(1)
+            .layer_count(1);
+        let layers = vk::ImageSubresourceLayers::default()
+            .aspect_mask(vk::ImageAspectFlags::COLOR)
+            .layer_count(1);
+        let barrier = |old, new, src, dst| {
+            vk::ImageMemoryBarrier::default()
+                .old_layout(old)
+                .new_layout(new)
+                .src_access_mask(src)
+                .dst_access_mask(dst)
+                .image(image)
+                .subresource_range(range)
+        };
+        let to_f = |c: u8| f32::from(c) / 255.0;
+        // SAFETY: commands recorded into a fresh buffer on objects of this device, all alive
+        // until the fence below has signalled.
+        unsafe {
+            dev.begin_command_buffer(cb, &vk::CommandBufferBeginInfo::default())
+                .map_err(vkerr("vkBeginCommandBuffer"))?;
+            dev.cmd_pipeline_barrier(
+                cb,
+                vk::PipelineStageFlags::TOP_OF_PIPE,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::DependencyFlags::empty(),
+                &[],
+                &[],
+                &[barrier(
+                    vk::ImageLayout::UNDEFINED,
+                    vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                    vk::AccessFlags::empty(),
+                    vk::AccessFlags::TRANSFER_WRITE,
+                )],
+            );
+            dev.cmd_clear_color_image(
+                cb,
+                image,
+                vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                &vk::ClearColorValue {
+                    float32: [to_f(BACK[0]), to_f(BACK[1]), to_f(BACK[2]), 1.0],
+                },
+                &[range],
+            );
+            dev.cmd_pipeline_barrier(
+                cb,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::DependencyFlags::empty(),
+                &[],
+                &[],
+                &[barrier(
+                    vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                    vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                    vk::AccessFlags::TRANSFER_WRITE,
+                    vk::AccessFlags::TRANSFER_WRITE,
+                )],
+            );
+            dev.cmd_copy_buffer_to_image(
+                cb,
+                upload.buffer,
+                image,
+                vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                &[vk::BufferImageCopy::default()
+                    .image_subresource(layers)
+                    .image_offset(vk::Offset3D {
+                        x: (SIZE / 4) as i32,
+                        y: (SIZE / 4) as i32,
+                        z: 0,
+                    })
+                    .image_extent(vk::Extent3D {
+                        width: half,
+                        height: half,
+                        depth: 1,
+                    })],
+            );
+            dev.cmd_pipeline_barrier(
+                cb,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::DependencyFlags::empty(),
+                &[],
+                &[],
+                &[barrier(
+                    vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                    vk::ImageLayout::TRANSFER_SRC_OPTIMAL,
+                    vk::AccessFlags::TRANSFER_WRITE,
+                    vk::AccessFlags::TRANSFER_READ,
+                )],
+            );
+            dev.cmd_copy_image_to_buffer(
+                cb,
+                image,
+                vk::ImageLayout::TRANSFER_SRC_OPTIMAL,
+                readback.buffer,
+                &[vk::BufferImageCopy::default()
+                    .image_subresource(layers)
+                    .image_extent(vk::Extent3D {
+                        width: SIZE,
+                        height: SIZE,
+                        depth: 1,
+                    })],
+            );
+            dev.end_command_buffer(cb)
+                .map_err(vkerr("vkEndCommandBuffer"))?;
+            let fence = dev
+                .create_fence(&vk::FenceCreateInfo::default(), None)
+                .map_err(vkerr("vkCreateFence"))?;
+            let cbs = [cb];
+            dev.queue_submit(
+                queue,
+                &[vk::SubmitInfo::default().command_buffers(&cbs)],
+                fence,
+            )
+            .map_err(vkerr("vkQueueSubmit"))?;
+            dev.wait_for_fences(&[fence], true, 30_000_000_000)
+                .map_err(vkerr("vkWaitForFences"))?;
+            dev.destroy_fence(fence, None);
+        }
+        let mut px = vec![0u8; (SIZE * SIZE * 4) as usize];
+        // SAFETY: the copy has finished (fence); host-visible coherent memory of this size.
+        unsafe {
+            let p = dev
+                .map_memory(
+                    readback.memory,
+                    0,
+                    vk::WHOLE_SIZE,
+                    vk::MemoryMapFlags::empty(),
+                )
+                .map_err(vkerr("vkMapMemory (readback)"))?
+                .cast::<u8>();
+            let n = px.len();
+            px.copy_from_slice(std::slice::from_raw_parts(p, n));
+            dev.unmap_memory(readback.memory);
+            dev.destroy_command_pool(pool, None);
+            dev.destroy_image(image, None);
+            dev.free_memory(image_mem, None);
+        }
+        Ok(px)
+    })();
+    // SAFETY: every object made from the device is gone (Mem drops ran in the closure).
+    unsafe {
+        dev.destroy_device(None);
+        instance.destroy_instance(None);
+    }
+    Ok((name, result?))
+}
+
+/// Renders and checks the picture; returns its pixels (RGBA).
+pub fn render_and_check() -> Result<Vec<u8>, String> {
+    let (name, px) = render()?;
+    say(format!("vulkan device {name}"));
+    let mut bad = 0usize;
+    for y in 0..SIZE {
+        for x in 0..SIZE {
+            let i = ((y * SIZE + x) * 4) as usize;
+            let want = if inside(x, y, SIZE) { FRONT } else { BACK };
+            if px[i..i + 3] != want {
+                if bad < 3 {
+                    say(format!(
+                        "vulkan pixel ({x},{y}) {:?}, expected {want:?}",
+                        &px[i..i + 4]
+                    ));
+                }
+                bad += 1;
+            }
+        }
+    }
+    if bad > 0 {
+        return Err(format!(
+            "vulkan readback: {bad} of {} pixels wrong",
+            SIZE * SIZE
+        ));
+    }
+    say(format!("vulkan readback pass {} pixels", SIZE * SIZE));
+    Ok(px)
+}
+
+/// Shows the picture scaled to every connector for `hold`.
+pub fn show(card: &Card, outs: &[Output], px: &[u8], hold: Duration) -> Result<(), String> {
+    let mut keep = Vec::new();
+    for o in outs {
+        let (w, h) = o.mode.size();
+        let (w, h) = (u32::from(w), u32::from(h));
+        let mut db = card
+            .create_dumb_buffer((w, h), DrmFourcc::Xrgb8888, 32)
+            .map_err(|e| format!("create dumb: {e}"))?;
+        let pitch = drm::buffer::Buffer::pitch(&db) as usize;
+        {
+            let mut map = card
+                .map_dumb_buffer(&mut db)
+                .map_err(|e| format!("map dumb: {e}"))?;
+            for (y, row) in map.chunks_exact_mut(pitch).enumerate().take(h as usize) {
+                let sy = y as u32 * SIZE / h;
+                for (x, out) in row.chunks_exact_mut(4).enumerate().take(w as usize) {
+                    let sx = x as u32 * SIZE / w;
+                    let i = ((sy * SIZE + sx) * 4) as usize;
+                    out.copy_from_slice(&[px[i + 2], px[i + 1], px[i], 0xff]);
+                }
+            }
+        }
+        let fb = card
+            .add_framebuffer(&db, 24, 32)
+            .map_err(|e| format!("addfb: {e}"))?;
+        card.set_crtc(o.crtc, Some(fb), (0, 0), &[o.conn], Some(o.mode))
+            .map_err(|e| format!("set crtc on {}: {e}", o.name))?;
+        keep.push((db, fb));
+    }
+    say(format!("vulkan shown {}", outs.len()));
+    std::thread::sleep(hold);
+    for (db, fb) in keep {
+        let _ = card.destroy_framebuffer(fb);
+        let _ = card.destroy_dumb_buffer(db);
+    }
+    Ok(())
+}
