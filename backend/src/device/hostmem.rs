@@ -80,16 +80,16 @@ impl GpuDevice {
     }
 
     pub(super) fn map_blob(&mut self, id: u32, offset: u64) -> GpuResult {
-        let res = self
-            .resources
-            .get(&id)
-            .ok_or(GpuError::InvalidResource(id))?;
         let Some(hv) = self.host_visible.as_ref() else {
             return Err(GpuError::Unspec(
                 "there is no host-visible memory: it needs Venus and a frontend that sets up a shared memory region (QEMU 11.1's vhost-user-test-device-pci; not QEMU 10, not vhost-user-gpu-pci)"
                     .into(),
             ));
         };
+        let res = self
+            .resources
+            .get(&id)
+            .ok_or(GpuError::InvalidResource(id))?;
         if res.blob_mem != Some(BLOB_MEM_HOST3D) {
             return Err(invalid(format!(
                 "resource {id} is not a host blob (blob_mem {:?}): only host memory is mapped",
