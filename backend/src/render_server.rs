@@ -226,7 +226,8 @@ impl RenderServer {
             .name("render-watch".into())
             .spawn(move || {
                 if let (Some(l), Some(e)) = (listener, enforcement) {
-                    answer(l.as_raw_fd(), pid, e);
+                    // (What it saw is in the log.)
+                    let _ = answer(l.as_raw_fd(), pid, e);
                 }
                 let mut status = 0;
                 // SAFETY: waits for our own child; writes its status into a local.
@@ -249,9 +250,10 @@ impl RenderServer {
     }
 }
 
-/// Answers the listener until no process uses the filter any more.
-fn answer(listener: RawFd, pid: u32, enforcement: Enforcement) {
-    let mut reported = std::collections::HashSet::new();
+/// Answers the listener until no process uses the filter any more; returns the system calls
+/// it was asked about (each once, in order).
+pub(crate) fn answer(listener: RawFd, pid: u32, enforcement: Enforcement) -> Vec<i32> {
+    let mut reported = Vec::new();
     loop {
         let mut p = libc::pollfd {
             fd: listener,
@@ -263,11 +265,11 @@ fn answer(listener: RawFd, pid: u32, enforcement: Enforcement) {
             if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            return;
+            return reported;
         }
         if p.revents & libc::POLLIN == 0 {
             // POLLHUP: every process under the filter has gone.
-            return;
+            return reported;
         }
         let mut n = policy::Notif::default();
         // SAFETY: NOTIF_RECV fills a live struct seccomp_notif of the size it encodes.
@@ -275,13 +277,17 @@ fn answer(listener: RawFd, pid: u32, enforcement: Enforcement) {
             continue; // The caller went away meanwhile (ENOENT).
         }
         let name = syscalls::name(i64::from(n.nr));
+        let first = !reported.contains(&n.nr);
+        if first {
+            reported.push(n.nr);
+        }
         let mut resp = policy::NotifResp {
             id: n.id,
             ..Default::default()
         };
         match enforcement {
             Enforcement::Log => {
-                if reported.insert(n.nr) {
+                if first {
                     warn!(
                         "sandbox (log): render server process {} made system call {name} ({}), args {:#x} {:#x} {:#x}: outside its policy; allowed",
                         n.pid, n.nr, n.args[0], n.args[1], n.args[2]
@@ -355,4 +361,99 @@ pub fn exec_confined(args: &[String]) -> io::Error {
         .arg("--socket-fd")
         .arg(sock.to_string())
         .exec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` in a forked child confined by the render server's seccomp layer (the errno
+    /// filters, then the policy with its listener); answers the listener with `enforcement`.
+    /// Returns the calls reported and how the child ended.
+    fn in_confined_child(enforcement: Enforcement, f: fn() -> i32) -> (Vec<i32>, libc::c_int) {
+        // Built before the fork: the child of a threaded test process must not allocate.
+        let errnos = policy::errno_filters().unwrap();
+        let prog = policy::policy(0).unwrap();
+        let (ours, theirs) = socketpair(libc::SOCK_STREAM).unwrap();
+        // SAFETY: fork in a test: the child makes its own process group (the parent kills it),
+        // installs the already-built filters, hands the listener over, runs `f` (raw system
+        // calls) and _exits; the parent answers the listener and waits for it.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                libc::setpgid(0, 0);
+                for e in &errnos {
+                    if seccompiler::apply_filter(e).is_err() {
+                        libc::_exit(99);
+                    }
+                }
+                let Ok(l) = policy::install_with_listener(&prog) else {
+                    libc::_exit(98)
+                };
+                if send_fd(theirs.as_raw_fd(), l).is_err() {
+                    libc::_exit(97);
+                }
+                libc::close(l);
+                libc::_exit(f());
+            }
+            drop(theirs);
+            let listener = recv_fd(ours.as_raw_fd()).unwrap().unwrap();
+            let seen = answer(listener.as_raw_fd(), pid as u32, enforcement);
+            let mut status = 0;
+            assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+            (seen, status)
+        }
+    }
+
+    /// A worker: fork (allowed to the server), the child exits, the parent reaps it.
+    fn forks_a_worker() -> i32 {
+        // SAFETY: raw system calls in a forked test child.
+        unsafe {
+            let w = libc::fork();
+            if w == 0 {
+                libc::_exit(0);
+            }
+            let mut st = 0;
+            if w < 0 || libc::waitpid(w, &mut st, 0) != w {
+                return 3;
+            }
+            0
+        }
+    }
+
+    /// A worker, then ptrace: outside the server's policy.
+    fn forks_then_ptraces() -> i32 {
+        if forks_a_worker() != 0 {
+            return 3;
+        }
+        // SAFETY: raw system calls in a forked test child; PTRACE_TRACEME changes nothing here
+        // (the parent never traces).
+        unsafe {
+            libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+            libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+        }
+        0
+    }
+
+    #[test]
+    fn the_servers_workers_run_and_a_call_outside_its_policy_is_named_and_fatal() {
+        let (seen, st) = in_confined_child(Enforcement::Kill, forks_a_worker);
+        assert!(seen.is_empty(), "reported {seen:?}");
+        assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, "{st:#x}");
+
+        let (seen, st) = in_confined_child(Enforcement::Kill, forks_then_ptraces);
+        assert_eq!(seen, vec![libc::SYS_ptrace as i32]);
+        assert!(
+            libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL,
+            "{st:#x}"
+        );
+    }
+
+    #[test]
+    fn log_mode_reports_the_servers_call_once_and_lets_it_run() {
+        let (seen, st) = in_confined_child(Enforcement::Log, forks_then_ptraces);
+        assert_eq!(seen, vec![libc::SYS_ptrace as i32]);
+        assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0, "{st:#x}");
+    }
 }

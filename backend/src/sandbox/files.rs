@@ -172,30 +172,7 @@ pub fn nvidia_devices() -> Vec<PathBuf> {
 /// kill the server's process group, which lives in a Landlock domain of its own. seccomp still
 /// lets it signal only its own threads and that group.
 pub fn confine(read_write: &[PathBuf], render_server: bool) -> Result<RulesetStatus, FilesError> {
-    let read = AccessFs::from_read(ABI_USED);
-    let all = AccessFs::from_all(ABI_USED);
-    let device_rw = AccessFs::from_file(ABI_USED);
-    let mut rules: Vec<Option<Result<PathBeneath<PathFd>, FilesError>>> = Vec::new();
-    rules.extend(READ_ONLY.iter().map(|p| rule(Path::new(p), read)));
-    rules.extend(load_dirs().iter().map(|p| rule(p, read)));
-    rules.push(rule(Path::new("/dev/dri"), AccessFs::ReadDir.into()));
-    rules.push(rule(Path::new("/dev/null"), device_rw));
-    rules.extend(render_nodes().iter().map(|p| rule(p, device_rw)));
-    rules.extend(nvidia_devices().iter().map(|p| rule(p, device_rw)));
-    rules.extend(read_write.iter().map(|p| rule(p, all)));
-    let scope = if render_server {
-        Scope::from_all(ABI_USED) & !Scope::Signal
-    } else {
-        Scope::from_all(ABI_USED)
-    };
-    let status = Ruleset::default()
-        .handle_access(all)?
-        .handle_access(AccessNet::from_all(ABI_USED))?
-        .scope(scope)?
-        .create()?
-        .add_rules(rules.into_iter().flatten())?
-        .restrict_self()?;
-    Ok(status.ruleset)
+    restrict(read_write, None, !render_server)
 }
 
 /// Confines the render server (see [`super::render_server`]): as [`confine`], but the
@@ -205,14 +182,30 @@ pub fn confine_render_server(
     read_write: &[PathBuf],
     executables: &[PathBuf],
 ) -> Result<RulesetStatus, FilesError> {
-    let read = AccessFs::from_read(ABI_USED) & !AccessFs::Execute;
+    restrict(read_write, Some(executables), true)
+}
+
+/// The one ruleset both use. `executables`: None, anything readable may be executed; Some,
+/// only those files. `scope_signals`: signals only inside this Landlock domain.
+fn restrict(
+    read_write: &[PathBuf],
+    executables: Option<&[PathBuf]>,
+    scope_signals: bool,
+) -> Result<RulesetStatus, FilesError> {
     let all = AccessFs::from_all(ABI_USED);
-    let device_rw = AccessFs::from_file(ABI_USED) & !AccessFs::Execute;
+    let no_exec = if executables.is_some() {
+        !AccessFs::Execute
+    } else {
+        all
+    };
+    let read = AccessFs::from_read(ABI_USED) & no_exec;
+    let device_rw = AccessFs::from_file(ABI_USED) & no_exec;
     let mut rules: Vec<Option<Result<PathBeneath<PathFd>, FilesError>>> = Vec::new();
     rules.extend(READ_ONLY.iter().map(|p| rule(Path::new(p), read)));
     rules.extend(load_dirs().iter().map(|p| rule(p, read)));
     rules.extend(
         executables
+            .unwrap_or_default()
             .iter()
             .map(|p| rule(p, AccessFs::Execute | AccessFs::ReadFile)),
     );
@@ -220,11 +213,16 @@ pub fn confine_render_server(
     rules.push(rule(Path::new("/dev/null"), device_rw));
     rules.extend(render_nodes().iter().map(|p| rule(p, device_rw)));
     rules.extend(nvidia_devices().iter().map(|p| rule(p, device_rw)));
-    rules.extend(read_write.iter().map(|p| rule(p, all & !AccessFs::Execute)));
+    rules.extend(read_write.iter().map(|p| rule(p, all & no_exec)));
+    let scope = if scope_signals {
+        Scope::from_all(ABI_USED)
+    } else {
+        Scope::from_all(ABI_USED) & !Scope::Signal
+    };
     let status = Ruleset::default()
         .handle_access(all)?
         .handle_access(AccessNet::from_all(ABI_USED))?
-        .scope(Scope::from_all(ABI_USED))?
+        .scope(scope)?
         .create()?
         .add_rules(rules.into_iter().flatten())?
         .restrict_self()?;

@@ -459,6 +459,20 @@ pub fn policy_with_server(
     unix_sockets: bool,
     server: Option<u32>,
 ) -> Result<BpfProgram, SandboxError> {
+    compile(
+        policy_rules(pid, unix_sockets, server)?,
+        mismatch,
+        SeccompAction::Allow,
+    )
+}
+
+/// The rules of [`policy_with_server`], before compiling: each call it lets through, with its
+/// argument checks (none: any arguments).
+pub(crate) fn policy_rules(
+    pid: u32,
+    unix_sockets: bool,
+    server: Option<u32>,
+) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SandboxError> {
     let mut rules = conditional_rules(u64::from(pid), unix_sockets, server)?;
     for &(_, nr) in ALLOWED {
         rules.insert(nr, Vec::new());
@@ -466,7 +480,7 @@ pub fn policy_with_server(
     for &(_, nr, _, _) in ERRNO {
         rules.entry(nr).or_default();
     }
-    compile(rules, mismatch, SeccompAction::Allow)
+    Ok(rules)
 }
 
 /// One filter per errno value of [`ERRNO`]: its calls (with their argument checks) fail with

@@ -18,11 +18,9 @@
 //!   name and number and the process, then (enforcing) kills the server or (`--sandbox log`)
 //!   lets the call run once reported.
 
-use std::collections::BTreeMap;
-
 use seccompiler::{
-    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen as ArgLen, SeccompCmpOp as Op,
-    SeccompCondition, SeccompRule,
+    BpfProgram, SeccompAction, SeccompCmpArgLen as ArgLen, SeccompCmpOp as Op, SeccompCondition,
+    SeccompRule,
 };
 
 use super::SandboxError;
@@ -85,12 +83,14 @@ pub const RET_USER_NOTIF: u32 = 0x7fc0_0000;
 /// A placeholder action the compiled filter returns where USER_NOTIF is meant (seccompiler
 /// has no USER_NOTIF action); [`policy`] rewrites it. No real filter here uses TRACE.
 const PLACEHOLDER: SeccompAction = SeccompAction::Trace(0x5eed);
-const RET_TRACE: u32 = 0x7ff0_0000;
+/// What the placeholder compiles to: SECCOMP_RET_TRACE with its data.
+const RET_PLACEHOLDER: u32 = 0x7ff0_0000 | 0x5eed;
 
-/// The render server's filter: vhost-gpu's policy with [`EXTRA`]; any other call answers
+/// The render server's filter: vhost-gpu's policy with [`EXTRA`] (whose rules replace its
+/// own where both name a call: clone), compiled as one program; any other call answers
 /// SECCOMP_RET_USER_NOTIF. `pid`: the server's process (its own threads may be signalled).
 pub fn policy(pid: u32) -> Result<BpfProgram, SandboxError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    let mut rules = super::policy_rules(pid, false, None)?;
     for &(_, nr, _) in EXTRA {
         let r = match nr {
             libc::SYS_clone => vec![SeccompRule::new(vec![SeccompCondition::new(
@@ -115,32 +115,14 @@ pub fn policy(pid: u32) -> Result<BpfProgram, SandboxError> {
         };
         rules.insert(nr, r);
     }
-    let own = super::policy(PLACEHOLDER, pid, false)?;
-    let extra = super::compile(rules, PLACEHOLDER, SeccompAction::Allow)?;
-    // Two programs in one: a call the extra rules allow is allowed; any other falls through to
-    // vhost-gpu's policy. The extra program's "no match" answers jump to the next part.
-    let mut out: Vec<sock_filter> = Vec::with_capacity(extra.len() + own.len());
-    let next = |i: usize, len: usize| -> u32 { (len - i - 1) as u32 };
-    let len = extra.len();
-    for (i, mut ins) in extra.into_iter().enumerate() {
-        // BPF_RET | BPF_K with the placeholder: jump to the start of the next program.
-        if ins.code == 0x06 && ins.k == (RET_TRACE | 0x5eed) {
-            ins = sock_filter {
-                code: 0x05, // BPF_JMP | BPF_JA
-                jt: 0,
-                jf: 0,
-                k: next(i, len),
-            };
-        }
-        out.push(ins);
-    }
-    for mut ins in own {
-        if ins.code == 0x06 && ins.k == (RET_TRACE | 0x5eed) {
+    let mut prog = super::compile(rules, PLACEHOLDER, SeccompAction::Allow)?;
+    for ins in &mut prog {
+        // BPF_RET | BPF_K with the placeholder's value: the user notification instead.
+        if ins.code == 0x06 && ins.k == RET_PLACEHOLDER {
             ins.k = RET_USER_NOTIF;
         }
-        out.push(ins);
     }
-    Ok(out)
+    Ok(prog)
 }
 
 /// Installs `prog` on the calling (single-threaded) process and returns the listener fd the
@@ -223,7 +205,7 @@ mod tests {
         let p = policy(1).unwrap();
         assert!(p
             .iter()
-            .all(|i| !(i.code == 0x06 && i.k == (RET_TRACE | 0x5eed))));
+            .all(|i| !(i.code == 0x06 && i.k == RET_PLACEHOLDER)));
         assert!(p.iter().any(|i| i.code == 0x06 && i.k == RET_USER_NOTIF));
     }
 }
