@@ -37,6 +37,13 @@ impl std::str::FromStr for Mode {
     }
 }
 
+/// The host's page size (the config space's host_page_size; host-visible mappings' unit).
+pub fn host_page_size() -> u32 {
+    // SAFETY: sysconf reads a constant of the C library; it has no memory arguments.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(n).ok().filter(|&p| p > 0).unwrap_or(4096)
+}
+
 /// Parses a byte size: `1073741824`, `512M`, `1G`, `64k`, `1GiB`.
 pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     let bad = || ConfigError::BadSize(s.to_string());

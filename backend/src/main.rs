@@ -191,7 +191,8 @@ fn run(cli: &Cli) -> Result<Option<String>> {
             cli.max_host_memory
         );
     }
-    if venus && cli.hostmem != 0 && (!cli.hostmem.is_power_of_two() || cli.hostmem < 4096) {
+    let page = u64::from(vhost_gpu::config::host_page_size());
+    if venus && cli.hostmem != 0 && (!cli.hostmem.is_power_of_two() || cli.hostmem < page) {
         bail!(
             "--hostmem {}: QEMU takes a region size that is a power of two, at least a page",
             cli.hostmem

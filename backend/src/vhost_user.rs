@@ -46,12 +46,6 @@ const QUEUE_SIZE: usize = 1024;
 /// with no scanouts.
 pub const CONFIG_SIZE: usize = 20;
 
-/// The host's page size, for the config space's host_page_size.
-fn host_page_size() -> u32 {
-    // SAFETY: sysconf reads a constant of the C library; it has no memory arguments.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u32::try_from(n).unwrap_or(4096)
-}
 /// Epoll data of the renderer's fence eventfd (0..=NUM_QUEUES are the queues and exit).
 const FENCE_EVENT: u16 = NUM_QUEUES as u16 + 1;
 
@@ -178,9 +172,10 @@ impl ShmemPort {
         if !self.0.asked.load(Ordering::Acquire) {
             return Err("the frontend never asked for shared memory regions (GET_SHMEM_CONFIG), so it has none: QEMU 11.1's vhost-user-gpu-pci acks SHMEM but makes no region; use vhost-user-test-device-pci".into());
         }
-        let guard = lock(&self.0.channel);
-        let ch = guard
-            .as_ref()
+        // A clone of the channel (it shares the connection): the lock is not held while the
+        // frontend answers, so the request thread never waits on a mapping.
+        let ch = lock(&self.0.channel)
+            .clone()
             .ok_or("the frontend gave no backend request channel (BACKEND_REQ)")?;
         let r = match fd {
             Some(fd) => ch.shmem_map(msg, &fd),
@@ -293,7 +288,7 @@ impl VhostUserGpu {
         // events_clear reads as 0.
         c[8..12].copy_from_slice(&self.num_scanouts.to_le_bytes());
         c[12..16].copy_from_slice(&self.num_capsets.to_le_bytes());
-        c[16..20].copy_from_slice(&host_page_size().to_le_bytes());
+        c[16..20].copy_from_slice(&crate::config::host_page_size().to_le_bytes());
         c
     }
 

@@ -10,7 +10,7 @@
 //! another mapping, one mapping per blob, and only blobs that were created mappable in host
 //! memory. Unmapping, unref of a mapped blob and device reset each take the mapping away.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::BorrowedFd;
 
 use super::{invalid, GpuDevice, GpuError, GpuResponse, GpuResult, BLOB_MEM_HOST3D};
@@ -31,8 +31,10 @@ pub trait SharedMemoryPort: Send {
 pub struct HostVisible {
     size: u64,
     port: Box<dyn SharedMemoryPort>,
-    /// offset -> (resource id, length).
+    /// offset -> (resource id, length): for the overlap check.
     maps: BTreeMap<u64, (u32, u64)>,
+    /// resource id -> offset: for unmap and unref.
+    by_res: HashMap<u32, u64>,
     /// A mapping was made on this connection (logged once).
     used: bool,
 }
@@ -44,28 +46,32 @@ impl HostVisible {
             size,
             port,
             maps: BTreeMap::new(),
+            by_res: HashMap::new(),
             used: false,
         }
     }
 
     /// The mapping of resource `id`: (offset, length).
     fn of(&self, id: u32) -> Option<(u64, u64)> {
-        self.maps
-            .iter()
-            .find(|(_, &(r, _))| r == id)
-            .map(|(&o, &(_, l))| (o, l))
+        let o = *self.by_res.get(&id)?;
+        self.maps.get(&o).map(|&(_, l)| (o, l))
+    }
+
+    fn insert(&mut self, id: u32, offset: u64, len: u64) {
+        self.maps.insert(offset, (id, len));
+        self.by_res.insert(id, offset);
+    }
+
+    /// Forgets the mapping of `id`; returns it.
+    fn remove(&mut self, id: u32) -> Option<(u64, u64)> {
+        let o = self.by_res.remove(&id)?;
+        self.maps.remove(&o).map(|(_, l)| (o, l))
     }
 
     /// Number of mappings now.
     pub fn count(&self) -> usize {
         self.maps.len()
     }
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf with a constant name reads a value.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
 }
 
 impl GpuDevice {
@@ -102,7 +108,7 @@ impl GpuDevice {
         if hv.of(id).is_some() {
             return Err(invalid(format!("blob {id} is already mapped")));
         }
-        let page = page_size();
+        let page = u64::from(crate::config::host_page_size());
         if offset % page != 0 {
             return Err(invalid(format!(
                 "map offset {offset:#x} is not a multiple of the page size {page:#x}"
@@ -144,7 +150,7 @@ impl GpuDevice {
         // The frontend holds its own mapping now; our descriptor closes here.
         drop(exported.fd);
         if let Some(hv) = self.host_visible.as_mut() {
-            hv.maps.insert(offset, (id, len));
+            hv.insert(id, offset, len);
             if !hv.used {
                 hv.used = true;
                 log::info!(
@@ -164,9 +170,8 @@ impl GpuDevice {
             .as_mut()
             .ok_or_else(|| invalid("there is no host-visible memory: nothing is mapped"))?;
         let (offset, len) = hv
-            .of(id)
+            .remove(id)
             .ok_or_else(|| invalid(format!("blob {id} is not mapped")))?;
-        hv.maps.remove(&offset);
         hv.port
             .unmap(offset, len)
             .map_err(|e| GpuError::Unspec(format!("the frontend did not unmap blob {id}: {e}")))?;
@@ -176,8 +181,7 @@ impl GpuDevice {
     /// Takes away the mapping of `id`, if any (unref of a mapped blob).
     pub(super) fn unmap_if_mapped(&mut self, id: u32) {
         if let Some(hv) = self.host_visible.as_mut() {
-            if let Some((offset, len)) = hv.of(id) {
-                hv.maps.remove(&offset);
+            if let Some((offset, len)) = hv.remove(id) {
                 if let Err(e) = hv.port.unmap(offset, len) {
                     crate::guest_warn!("unmapping blob {id} at unref: {e}");
                 }
