@@ -130,6 +130,20 @@ fn quadrant(x: u32, y: u32, w: u32, h: u32) -> usize {
 /// 2D only: a dumb buffer per connector, filled with the quadrant pattern by the CPU and set as
 /// the CRTC's framebuffer (the kernel driver transfers and flushes it).
 fn dumb(card: &Card, outs: &[Output], hold: Duration) -> Result<(), String> {
+    show_dumb(card, outs, hold, "dumb", |x, y, w, h| {
+        DUMB[quadrant(x, y, w, h)]
+    })
+}
+
+/// A dumb buffer per connector, each pixel (x, y) of a w x h mode coloured `rgb(x, y, w, h)`,
+/// shown for `hold`; then "`what` shown N" is said.
+fn show_dumb(
+    card: &Card,
+    outs: &[Output],
+    hold: Duration,
+    what: &str,
+    rgb: impl Fn(u32, u32, u32, u32) -> Rgb,
+) -> Result<(), String> {
     let mut keep = Vec::new();
     for o in outs {
         let (w, h) = o.mode.size();
@@ -144,7 +158,7 @@ fn dumb(card: &Card, outs: &[Output], hold: Duration) -> Result<(), String> {
                 .map_err(|e| format!("map dumb: {e}"))?;
             for (y, row) in map.chunks_exact_mut(pitch).enumerate().take(h as usize) {
                 for (x, px) in row.chunks_exact_mut(4).enumerate().take(w as usize) {
-                    let [r, g, b] = DUMB[quadrant(x as u32, y as u32, w, h)];
+                    let [r, g, b] = rgb(x as u32, y as u32, w, h);
                     px.copy_from_slice(&[b, g, r, 0xff]);
                 }
             }
@@ -156,7 +170,7 @@ fn dumb(card: &Card, outs: &[Output], hold: Duration) -> Result<(), String> {
             .map_err(|e| format!("set crtc on {}: {e}", o.name))?;
         keep.push((db, fb));
     }
-    say(format!("dumb shown {}", outs.len()));
+    say(format!("{what} shown {}", outs.len()));
     std::thread::sleep(hold);
     for (db, fb) in keep {
         let _ = card.destroy_framebuffer(fb);

@@ -9,8 +9,6 @@
 use std::time::Duration;
 
 use ash::vk;
-use drm::buffer::DrmFourcc;
-use drm::control::Device as ControlDevice;
 
 use crate::{say, Card, Output};
 
@@ -227,14 +225,27 @@ fn render() -> Result<(String, Vec<u8>), String> {
         let layers = vk::ImageSubresourceLayers::default()
             .aspect_mask(vk::ImageAspectFlags::COLOR)
             .layer_count(1);
-        let barrier = |old, new, src, dst| {
-            vk::ImageMemoryBarrier::default()
+        // One image barrier after `from_stage`, before the next transfer.
+        let barrier = |from_stage, old, new, src, dst| {
+            let b = vk::ImageMemoryBarrier::default()
                 .old_layout(old)
                 .new_layout(new)
                 .src_access_mask(src)
                 .dst_access_mask(dst)
                 .image(image)
-                .subresource_range(range)
+                .subresource_range(range);
+            // SAFETY: recorded into `cb` while it records (below), on this device's image.
+            unsafe {
+                dev.cmd_pipeline_barrier(
+                    cb,
+                    from_stage,
+                    vk::PipelineStageFlags::TRANSFER,
+                    vk::DependencyFlags::empty(),
+                    &[],
+                    &[],
+                    &[b],
+                )
+            };
         };
         let to_f = |c: u8| f32::from(c) / 255.0;
         // SAFETY: commands recorded into a fresh buffer on objects of this device, all alive
@@ -242,19 +253,12 @@ fn render() -> Result<(String, Vec<u8>), String> {
         unsafe {
             dev.begin_command_buffer(cb, &vk::CommandBufferBeginInfo::default())
                 .map_err(vkerr("vkBeginCommandBuffer"))?;
-            dev.cmd_pipeline_barrier(
-                cb,
+            barrier(
                 vk::PipelineStageFlags::TOP_OF_PIPE,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::DependencyFlags::empty(),
-                &[],
-                &[],
-                &[barrier(
-                    vk::ImageLayout::UNDEFINED,
-                    vk::ImageLayout::TRANSFER_DST_OPTIMAL,
-                    vk::AccessFlags::empty(),
-                    vk::AccessFlags::TRANSFER_WRITE,
-                )],
+                vk::ImageLayout::UNDEFINED,
+                vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                vk::AccessFlags::empty(),
+                vk::AccessFlags::TRANSFER_WRITE,
             );
             dev.cmd_clear_color_image(
                 cb,
@@ -265,19 +269,12 @@ fn render() -> Result<(String, Vec<u8>), String> {
                 },
                 &[range],
             );
-            dev.cmd_pipeline_barrier(
-                cb,
+            barrier(
                 vk::PipelineStageFlags::TRANSFER,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::DependencyFlags::empty(),
-                &[],
-                &[],
-                &[barrier(
-                    vk::ImageLayout::TRANSFER_DST_OPTIMAL,
-                    vk::ImageLayout::TRANSFER_DST_OPTIMAL,
-                    vk::AccessFlags::TRANSFER_WRITE,
-                    vk::AccessFlags::TRANSFER_WRITE,
-                )],
+                vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                vk::AccessFlags::TRANSFER_WRITE,
+                vk::AccessFlags::TRANSFER_WRITE,
             );
             dev.cmd_copy_buffer_to_image(
                 cb,
@@ -297,19 +294,12 @@ fn render() -> Result<(String, Vec<u8>), String> {
                         depth: 1,
                     })],
             );
-            dev.cmd_pipeline_barrier(
-                cb,
+            barrier(
                 vk::PipelineStageFlags::TRANSFER,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::DependencyFlags::empty(),
-                &[],
-                &[],
-                &[barrier(
-                    vk::ImageLayout::TRANSFER_DST_OPTIMAL,
-                    vk::ImageLayout::TRANSFER_SRC_OPTIMAL,
-                    vk::AccessFlags::TRANSFER_WRITE,
-                    vk::AccessFlags::TRANSFER_READ,
-                )],
+                vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                vk::ImageLayout::TRANSFER_SRC_OPTIMAL,
+                vk::AccessFlags::TRANSFER_WRITE,
+                vk::AccessFlags::TRANSFER_READ,
             );
             dev.cmd_copy_image_to_buffer(
                 cb,
@@ -401,39 +391,8 @@ pub fn render_and_check() -> Result<Vec<u8>, String> {
 
 /// Shows the picture scaled to every connector for `hold`.
 pub fn show(card: &Card, outs: &[Output], px: &[u8], hold: Duration) -> Result<(), String> {
-    let mut keep = Vec::new();
-    for o in outs {
-        let (w, h) = o.mode.size();
-        let (w, h) = (u32::from(w), u32::from(h));
-        let mut db = card
-            .create_dumb_buffer((w, h), DrmFourcc::Xrgb8888, 32)
-            .map_err(|e| format!("create dumb: {e}"))?;
-        let pitch = drm::buffer::Buffer::pitch(&db) as usize;
-        {
-            let mut map = card
-                .map_dumb_buffer(&mut db)
-                .map_err(|e| format!("map dumb: {e}"))?;
-            for (y, row) in map.chunks_exact_mut(pitch).enumerate().take(h as usize) {
-                let sy = y as u32 * SIZE / h;
-                for (x, out) in row.chunks_exact_mut(4).enumerate().take(w as usize) {
-                    let sx = x as u32 * SIZE / w;
-                    let i = ((sy * SIZE + sx) * 4) as usize;
-                    out.copy_from_slice(&[px[i + 2], px[i + 1], px[i], 0xff]);
-                }
-            }
-        }
-        let fb = card
-            .add_framebuffer(&db, 24, 32)
-            .map_err(|e| format!("addfb: {e}"))?;
-        card.set_crtc(o.crtc, Some(fb), (0, 0), &[o.conn], Some(o.mode))
-            .map_err(|e| format!("set crtc on {}: {e}", o.name))?;
-        keep.push((db, fb));
-    }
-    say(format!("vulkan shown {}", outs.len()));
-    std::thread::sleep(hold);
-    for (db, fb) in keep {
-        let _ = card.destroy_framebuffer(fb);
-        let _ = card.destroy_dumb_buffer(db);
-    }
-    Ok(())
+    crate::show_dumb(card, outs, hold, "vulkan", |x, y, w, h| {
+        let i = (((y * SIZE / h) * SIZE + x * SIZE / w) * 4) as usize;
+        [px[i], px[i + 1], px[i + 2]]
+    })
 }
