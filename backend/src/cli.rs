@@ -114,8 +114,9 @@ pub struct Cli {
     /// The host-visible memory region offered to a frontend that asks for one
     /// (GET_SHMEM_CONFIG): the guest maps host blobs into it (K, M, G suffixes; 0: none).
     /// It is guest address space; the blobs mapped there are counted in --max-host-memory.
-    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
-    pub hostmem: u64,
+    /// Default: 1G, or the largest power of two within a smaller --max-host-memory.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub hostmem: Option<u64>,
 
     /// virglrenderer's render server, which runs Venus (started by vhost-gpu, confined).
     #[arg(long, value_name = "PATH", default_value = crate::render_server::DEFAULT_PATH)]

@@ -44,6 +44,16 @@ pub fn host_page_size() -> u32 {
     u32::try_from(n).ok().filter(|&p| p > 0).unwrap_or(4096)
 }
 
+/// The host-visible region's size when `--hostmem` is not given: 1 GiB, or the largest power
+/// of two within a smaller `max_host_memory` (0 when that is under a page).
+pub fn default_hostmem(max_host_memory: u64, page: u64) -> u64 {
+    let cap = max_host_memory.min(1 << 30);
+    match cap.checked_ilog2() {
+        Some(bits) if (1u64 << bits) >= page => 1 << bits,
+        _ => 0,
+    }
+}
+
 /// Parses a byte size: `1073741824`, `512M`, `1G`, `64k`, `1GiB`.
 pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     let bad = || ConfigError::BadSize(s.to_string());
@@ -164,5 +174,15 @@ mod tests {
             1
         )
         .is_err());
+    }
+
+    #[test]
+    fn the_default_region_fits_the_memory_limit() {
+        assert_eq!(default_hostmem(1 << 30, 4096), 1 << 30);
+        assert_eq!(default_hostmem(8 << 30, 4096), 1 << 30);
+        assert_eq!(default_hostmem(64 << 20, 4096), 64 << 20);
+        assert_eq!(default_hostmem(100 << 20, 4096), 64 << 20);
+        assert_eq!(default_hostmem(4095, 4096), 0);
+        assert_eq!(default_hostmem(0, 4096), 0);
     }
 }

@@ -184,23 +184,21 @@ fn run(cli: &Cli) -> Result<Option<String>> {
             }
         },
     };
-    if venus && cli.hostmem > cli.max_host_memory {
-        bail!(
-            "--hostmem {} is larger than --max-host-memory {}: the blobs mapped there are counted in it, so the region could never fill",
-            cli.hostmem,
-            cli.max_host_memory
-        );
-    }
     let page = u64::from(vhost_gpu::config::host_page_size());
-    if venus && cli.hostmem != 0 && (!cli.hostmem.is_power_of_two() || cli.hostmem < page) {
-        bail!(
-            "--hostmem {}: QEMU takes a region size that is a power of two, at least a page",
-            cli.hostmem
-        );
-    }
+    let hostmem = match cli.hostmem {
+        Some(size) if venus && size > cli.max_host_memory => bail!(
+            "--hostmem {size} is larger than --max-host-memory {}: the blobs mapped there are counted in it, so the region could never fill",
+            cli.max_host_memory
+        ),
+        Some(size) if venus && size != 0 && (!size.is_power_of_two() || size < page) => bail!(
+            "--hostmem {size}: QEMU takes a region size that is a power of two, at least a page"
+        ),
+        Some(size) => size,
+        None => vhost_gpu::config::default_hostmem(cli.max_host_memory, page),
+    };
     let mut config = DeviceConfig::new(cli.displays.clone(), cli.max_host_memory)?;
     // Host-visible memory is for Venus's blobs (virgl's stay in guest memory here).
-    config.hostmem = if venus { cli.hostmem } else { 0 };
+    config.hostmem = if venus { hostmem } else { 0 };
     config.poll_us = cli.poll_us;
     config.max_resources = cli.max_resources;
     config.max_contexts = cli.max_contexts;

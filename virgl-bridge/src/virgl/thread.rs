@@ -132,9 +132,14 @@ fn init_on_thread(options: &VirglOptions) -> Result<Vec<CapsetInfo>, String> {
         // Venus runs in the render server. Its blobs leave the process as file descriptors
         // (the frontend maps them), which USE_EXTERNAL_BLOB asks of every blob: virgl then
         // stops offering GL persistent mappings, which it could only give as pointers here.
+        // Venus contexts' fences retire in the render server; virglrenderer learns of them on
+        // a per-context sync thread, which exists only with ASYNC_FENCE_CB: without it no
+        // Venus fence ever completes. The callbacks (push_fence) take a lock and wake the
+        // device, from whichever thread calls them.
         flags |= sys::VIRGL_RENDERER_VENUS
             | sys::VIRGL_RENDERER_RENDER_SERVER
-            | sys::VIRGL_RENDERER_USE_EXTERNAL_BLOB;
+            | sys::VIRGL_RENDERER_USE_EXTERNAL_BLOB
+            | sys::VIRGL_RENDERER_ASYNC_FENCE_CB;
     }
     // The cookie only has to be non-null (virglrenderer refuses NULL); callbacks ignore it.
     let cookie = sink() as *const FenceSink as *mut c_void;
@@ -166,10 +171,14 @@ fn init_on_thread(options: &VirglOptions) -> Result<Vec<CapsetInfo>, String> {
     Ok(capsets)
 }
 
-fn run(rx: Receiver<Job>, wake: RawFd) {
+fn run(rx: Receiver<Job>, wake: RawFd, async_fences: bool) {
     let mut state = State::default();
     // SAFETY: no arguments; -1 when virglrenderer has no poll fd.
     let poll_fd = unsafe { sys::virgl_renderer_get_poll_fd() };
+    // A poll fd means virglrenderer's sync thread runs; with ASYNC_FENCE_CB that thread reports
+    // fences itself and the fd must not be watched. Without one, fences are polled for.
+    let threaded = poll_fd >= 0;
+    let poll_fd = if async_fences { -1 } else { poll_fd };
     loop {
         let mut fds = [
             libc::pollfd {
@@ -185,7 +194,7 @@ fn run(rx: Receiver<Job>, wake: RawFd) {
         ];
         let n = if poll_fd >= 0 { 2 } else { 1 };
         // With no poll fd, look for signalled fences every 2 ms.
-        let timeout = if poll_fd >= 0 { -1 } else { 2 };
+        let timeout = if threaded { -1 } else { 2 };
         // SAFETY: `fds` is a live array of at least `n` pollfds.
         unsafe { libc::poll(fds.as_mut_ptr(), n, timeout) };
         if fds[0].revents & libc::POLLIN != 0 {
@@ -219,7 +228,7 @@ pub(super) fn worker(options: &VirglOptions) -> RendererResult<&'static Worker> 
                 let ok = r.is_ok();
                 let _ = init_tx.send(r);
                 if ok {
-                    run(rx, wake_fd);
+                    run(rx, wake_fd, opts.venus);
                 }
             })
             .map_err(|e| format!("renderer thread: {e}"))?;
