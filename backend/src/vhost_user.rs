@@ -169,9 +169,7 @@ impl ShmemPort {
         msg: &VhostUserMMap,
         fd: Option<std::os::fd::BorrowedFd<'_>>,
     ) -> Result<(), String> {
-        if !self.0.asked.load(Ordering::Acquire) {
-            return Err("the frontend never asked for shared memory regions (GET_SHMEM_CONFIG), so it has none: QEMU 11.1's vhost-user-gpu-pci acks SHMEM but makes no region; use vhost-user-test-device-pci".into());
-        }
+        self.available()?;
         // A clone of the channel (it shares the connection): the lock is not held while the
         // frontend answers, so the request thread never waits on a mapping.
         let ch = lock(&self.0.channel)
@@ -189,6 +187,16 @@ impl ShmemPort {
 }
 
 impl SharedMemoryPort for ShmemPort {
+    fn available(&self) -> Result<(), String> {
+        if !self.0.asked.load(Ordering::Acquire) {
+            return Err("the frontend never asked for shared memory regions (GET_SHMEM_CONFIG), so it has none: QEMU 11.1's vhost-user-gpu-pci acks SHMEM but makes no region; use vhost-user-test-device-pci".into());
+        }
+        if lock(&self.0.channel).is_none() {
+            return Err("the frontend gave no backend request channel (BACKEND_REQ)".into());
+        }
+        Ok(())
+    }
+
     fn map(&self, fd: std::os::fd::BorrowedFd<'_>, offset: u64, len: u64) -> Result<(), String> {
         let msg = VhostUserMMap {
             shmid: SHM_ID_HOST_VISIBLE,

@@ -5,8 +5,13 @@
 //! a guest memory write (a u32 address, taken modulo the first region's size, then the bytes);
 //! otherwise it is one command on the wire (header and body), decoded and carried out.
 //!
+//! The device has a host-visible region whose frontend side checks every mapping it is asked for
+//! (inside the region, no overlap, unmaps of what is mapped). The 2D renderer makes no host
+//! blobs, so MAP_BLOB and UNMAP_BLOB meet the region and every check before the blob's own.
+//!
 //! After each command: the reply encodes to its advertised length, and host memory and the
-//! resource count stay within the limits. At the end a device reset leaves nothing behind.
+//! resource count stay within the limits. At the end a device reset leaves nothing behind,
+//! nothing mapped included.
 #![no_main]
 
 use std::sync::Arc;
@@ -14,7 +19,7 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use vhost::vhost_user::GpuBackend;
 use vhost_gpu::protocol::{self, DecodeLimits};
-use vhost_gpu_fuzz::{device_2d, guest_memory, polite_frontend, Input, LOW_SIZE};
+use vhost_gpu_fuzz::{device_2d, guest_memory, polite_frontend, with_region, Input, LOW_SIZE};
 use vhost_gpu_fuzz::{MAX_HOST_MEMORY, MAX_RESOURCES};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -24,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let mem = Arc::new(guest_memory());
     let mut device = device_2d();
+    let mapped = with_region(&mut device);
     let (sock, drain) = polite_frontend(0);
     device
         .display_mut()
@@ -72,6 +78,11 @@ fuzz_target!(|data: &[u8]| {
     device.reset();
     assert_eq!(device.host_memory_used(), 0, "host memory left after reset");
     assert_eq!(device.resource_count(), 0, "resources left after reset");
+    assert_eq!(device.mapped_blobs(), 0, "mappings left after reset");
+    assert!(
+        mapped.lock().unwrap_or_else(|e| e.into_inner()).is_empty(),
+        "the frontend still holds mappings after reset"
+    );
     drop(device);
     drain.join().expect("frontend reader");
 });

@@ -4,12 +4,15 @@
 //! Each target's input format is described in its file; `fuzz/make-seeds` writes the checked-in
 //! seed corpus in those formats.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use vhost_gpu::config::{DeviceConfig, Mode};
-use vhost_gpu::device::GpuDevice;
+use vhost_gpu::device::{GpuDevice, HostVisible, SharedMemoryPort};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 /// Bytes of the first guest memory region, at guest address 0.
@@ -57,6 +60,57 @@ pub fn config() -> DeviceConfig {
 pub fn device_2d() -> GpuDevice {
     let r = virgl_bridge::Renderer2D::new().expect("2D renderer");
     GpuDevice::new(config(), Box::new(r))
+}
+
+/// Bytes of the fuzzed device's host-visible region.
+pub const HOSTMEM_SIZE: u64 = 16 << 20;
+
+/// The frontend's side of the host-visible region, as QEMU's generic device checks it: every
+/// mapping the device asks for must lie inside the region and overlap no other, and every
+/// unmapping must name a mapping that exists. A request that breaks this fails the run.
+pub struct CheckingPort(pub Arc<Mutex<BTreeMap<u64, u64>>>);
+
+impl SharedMemoryPort for CheckingPort {
+    fn available(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn map(&self, _fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<(), String> {
+        let end = offset.checked_add(len).expect("mapping end overflows");
+        assert!(
+            len > 0 && end <= HOSTMEM_SIZE,
+            "mapping {offset:#x}+{len:#x} leaves the region"
+        );
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((&o, &l)) = m.range(..end).next_back() {
+            assert!(
+                o + l <= offset,
+                "mapping {offset:#x}+{len:#x} overlaps {o:#x}+{l:#x}"
+            );
+        }
+        m.insert(offset, len);
+        Ok(())
+    }
+
+    fn unmap(&self, offset: u64, len: u64) -> Result<(), String> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(
+            m.remove(&offset),
+            Some(len),
+            "unmap of {offset:#x}+{len:#x}: not mapped"
+        );
+        Ok(())
+    }
+}
+
+/// Gives `device` a host-visible region behind a [`CheckingPort`]; returns what is mapped.
+pub fn with_region(device: &mut GpuDevice) -> Arc<Mutex<BTreeMap<u64, u64>>> {
+    let maps = Arc::new(Mutex::new(BTreeMap::new()));
+    device.set_host_visible(HostVisible::new(
+        HOSTMEM_SIZE,
+        Box::new(CheckingPort(Arc::clone(&maps))),
+    ));
+    maps
 }
 
 /// A well-behaved frontend end of a display channel: it answers GET_PROTOCOL_FEATURES with

@@ -380,6 +380,16 @@ impl Gpu {
         self.ctrl_code(m)
     }
 
+    /// RESOURCE_MAP_BLOB of `id` at `offset` in the host-visible region.
+    pub fn map_blob(&mut self, id: u32, offset: u64) -> Reply {
+        self.ctrl(Msg::cmd(RESOURCE_MAP_BLOB).u32(id).u32(0).u64(offset), 32)
+    }
+
+    /// RESOURCE_UNMAP_BLOB of `id`.
+    pub fn unmap_blob(&mut self, id: u32) -> u32 {
+        self.ctrl_code(Msg::cmd(RESOURCE_UNMAP_BLOB).u32(id).u32(0))
+    }
+
     /// SET_SCANOUT_BLOB with one plane.
     #[allow(clippy::too_many_arguments)]
     pub fn set_scanout_blob(

@@ -219,6 +219,10 @@ pub struct ConnectOptions {
     pub event_idx: bool,
     /// Which frontend's vhost-user set-up to play.
     pub profile: Profile,
+    /// Take host-visible memory as QEMU 11.1's generic device does: ack SHMEM and
+    /// BACKEND_REQ when offered, open the backend request channel, make the regions
+    /// GET_SHMEM_CONFIG asks for and map there what the backend asks (QEMU profile only).
+    pub shmem: bool,
 }
 
 /// The vhost-user frontend a connection plays.
@@ -258,6 +262,7 @@ impl Default for ConnectOptions {
             }),
             event_idx: true,
             profile: Profile::Qemu,
+            shmem: false,
         }
     }
 }
@@ -276,6 +281,9 @@ pub struct Connection {
     pub guest_features: u64,
     /// Config space as read at connect: events_read, events_clear, num_scanouts, num_capsets.
     pub config: [u32; 4],
+    /// The host-visible region and its backend request channel (`ConnectOptions::shmem`, when
+    /// the backend offered SHMEM).
+    pub shmem: Option<crate::shmem::SharedMemory>,
 }
 
 fn sock_err(what: &str, e: impl std::fmt::Debug) -> String {
@@ -329,12 +337,36 @@ impl Connection {
         let pf = fe
             .get_protocol_features()
             .map_err(|e| sock_err("get_protocol_features", e))?;
-        let want = VhostUserProtocolFeatures::CONFIG
+        let mut want = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        if opts.shmem {
+            want |= VhostUserProtocolFeatures::SHMEM | VhostUserProtocolFeatures::BACKEND_REQ;
+        }
         fe.set_protocol_features(pf & want)
             .map_err(|e| sock_err("set_protocol_features", e))?;
+        // QEMU 11.1's generic device: the backend request channel, then the regions, each
+        // made the size the backend asks for.
+        let shm = VhostUserProtocolFeatures::SHMEM | VhostUserProtocolFeatures::BACKEND_REQ;
+        let shmem = if opts.shmem && pf.contains(shm) {
+            let cfg = fe
+                .get_shmem_config()
+                .map_err(|e| sock_err("get_shmem_config", e))?;
+            let id = usize::from(crate::shmem::SHM_ID_HOST_VISIBLE);
+            if cfg.nregions as usize <= id || cfg.memory_sizes[id] == 0 {
+                return Err(format!(
+                    "GET_SHMEM_CONFIG: no region {id} ({} regions)",
+                    cfg.nregions
+                ));
+            }
+            let sm = crate::shmem::SharedMemory::start(cfg.memory_sizes[id])?;
+            fe.set_backend_request_fd(&sm.backend_end())
+                .map_err(|e| sock_err("set_backend_request_fd", e))?;
+            Some(sm)
+        } else {
+            None
+        };
         let nq = fe
             .get_queue_num()
             .map_err(|e| sock_err("get_queue_num", e))?;
@@ -378,6 +410,7 @@ impl Connection {
             device_features,
             guest_features: device_features,
             config,
+            shmem,
         };
         conn.start_queues(opts.queue_size)?;
         Ok(conn)
@@ -448,6 +481,7 @@ impl Connection {
             device_features,
             guest_features: acked,
             config,
+            shmem: None,
         };
         // setup_vhost_user: SET_VRING_NUM for all, then per queue ADDR, BASE (the avail
         // index), CALL, KICK; then every queue enabled.

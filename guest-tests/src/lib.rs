@@ -11,6 +11,7 @@ pub mod driver;
 pub mod frontend;
 pub mod host;
 pub mod memory;
+pub mod shmem;
 pub mod virtqueue;
 pub mod vnc;
 pub mod wire;

@@ -15,6 +15,7 @@ pub const RESOURCE_ASSIGN_UUID: u32 = 0x010b;
 pub const RESOURCE_CREATE_BLOB: u32 = 0x010c;
 pub const SET_SCANOUT_BLOB: u32 = 0x010d;
 pub const RESOURCE_MAP_BLOB: u32 = 0x0208;
+pub const RESOURCE_UNMAP_BLOB: u32 = 0x0209;
 pub const CTX_CREATE: u32 = 0x0200;
 pub const CTX_DESTROY: u32 = 0x0201;
 pub const CTX_ATTACH_RESOURCE: u32 = 0x0202;
@@ -32,11 +33,16 @@ pub const OK_CAPSET_INFO: u32 = 0x1102;
 pub const OK_CAPSET: u32 = 0x1103;
 pub const OK_EDID: u32 = 0x1104;
 pub const OK_RESOURCE_UUID: u32 = 0x1105;
+pub const OK_MAP_INFO: u32 = 0x1106;
 pub const ERR_UNSPEC: u32 = 0x1200;
 pub const ERR_OUT_OF_MEMORY: u32 = 0x1201;
 pub const ERR_INVALID_SCANOUT_ID: u32 = 0x1202;
 pub const BLOB_MEM_GUEST: u32 = 1;
 pub const BLOB_MEM_HOST3D: u32 = 2;
+/// VIRTIO_GPU_BLOB_FLAG_USE_MAPPABLE.
+pub const BLOB_FLAG_MAPPABLE: u32 = 1;
+/// VIRTIO_GPU_CAPSET_VENUS.
+pub const CAPSET_VENUS: u32 = 4;
 pub const ERR_INVALID_RESOURCE_ID: u32 = 0x1203;
 pub const ERR_INVALID_CONTEXT_ID: u32 = 0x1204;
 pub const ERR_INVALID_PARAMETER: u32 = 0x1205;

@@ -20,6 +20,8 @@ pub(super) const BLOB_FLAG_MAPPABLE: u32 = 1;
 
 /// How the device asks the frontend to map and unmap in its shared memory region.
 pub trait SharedMemoryPort: Send {
+    /// Whether the frontend made the region and can be asked to map (or why not).
+    fn available(&self) -> Result<(), String>;
     /// Maps `len` bytes of `fd` (from its offset 0) at `offset` in the region, writable; returns
     /// once the frontend has done it (or said why not).
     fn map(&self, fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<(), String>;
@@ -92,6 +94,9 @@ impl GpuDevice {
                     .into(),
             ));
         };
+        hv.port
+            .available()
+            .map_err(|why| GpuError::Unspec(format!("there is no host-visible memory: {why}")))?;
         let res = self
             .resources
             .get(&id)
@@ -136,10 +141,14 @@ impl GpuDevice {
                 )));
             }
         }
+        let size = res.size;
         let exported = self.renderer.export_blob(id)?;
-        if exported.size < len {
+        // The mapping is whole pages; its last page may run past the memory's end (a blob of
+        // 5000 bytes in a 5000-byte file), which the kernel fills with zeros. Only memory
+        // shorter than the blob would leave whole pages that fault when touched.
+        if exported.size < size {
             return Err(invalid(format!(
-                "blob {id}: {len:#x} bytes to map, its memory holds {:#x}",
+                "blob {id}: {size:#x} bytes to map, its memory holds {:#x}",
                 exported.size
             )));
         }
