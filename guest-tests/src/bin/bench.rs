@@ -625,6 +625,57 @@ fn virgl(n: usize) -> Option<(Stat, Stat)> {
     ))
 }
 
+/// MAP_BLOB and UNMAP_BLOB round trips of a 64 KiB Venus blob (the backend exports it and asks
+/// the frontend to map it, SHMEM_MAP, and waits for the answer before replying), with the
+/// control round trip on the same connection as the baseline; in µs. None where the backend
+/// offers no host-visible memory (no Venus: the Debian 13 stack has it).
+fn hostmem(n: usize) -> Option<(Stat, Stat, Stat)> {
+    std::env::set_var("VHOST_GPU_BIN", binary_path_ours());
+    let b = Backend::start(&BackendOptions {
+        args: vec!["--virgl".into()],
+    });
+    pin(b.pid(), 1);
+    let mut g = Gpu::connect(
+        &b,
+        &ConnectOptions {
+            mem_size: 256 << 20,
+            shmem: true,
+            ..Default::default()
+        },
+    );
+    if g.conn.shmem.is_none() {
+        eprintln!("  not measured: this backend offers no host-visible memory (no Venus here)");
+        return None;
+    }
+    assert_eq!(g.ctx_create(1, CAPSET_VENUS, "bench"), OK_NODATA);
+    assert_eq!(g.create_2d(1, B8G8R8X8, 1, 1), OK_NODATA);
+    let base = time(n, n / 10 + 5, || {
+        assert_eq!(g.flush(1, (0, 0, 1, 1)), OK_NODATA)
+    });
+    assert_eq!(
+        g.create_blob(1, 2, BLOB_MEM_HOST3D, BLOB_FLAG_MAPPABLE, 0, 64 << 10, &[]),
+        OK_NODATA
+    );
+    let (mut map, mut unmap) = (Vec::new(), Vec::new());
+    for i in 0..n + n / 10 + 5 {
+        let t = Instant::now();
+        assert_eq!(g.map_blob(2, (i as u64 % 16) << 16).code(), OK_MAP_INFO);
+        let m = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        assert_eq!(g.unmap_blob(2), OK_NODATA);
+        let u = t.elapsed().as_secs_f64();
+        if i >= n / 10 + 5 {
+            map.push(m * 1e6);
+            unmap.push(u * 1e6);
+        }
+    }
+    Some((
+        stat(map),
+        stat(unmap),
+        stat(base.into_iter().map(|s| s * 1e6).collect()),
+    ))
+}
+
 /// Our binary, resolved once before any workload points VHOST_GPU_BIN elsewhere.
 fn binary_path_ours() -> PathBuf {
     static OURS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -835,6 +886,24 @@ fn main() {
                 baseline: None,
                 higher_better: false,
             });
+        }
+    }
+    if run("hostmem") {
+        eprintln!("hostmem...");
+        if let Some((map, unmap, base)) = hostmem(n) {
+            for (name, st) in [
+                ("MAP_BLOB round trip, 64 KiB Venus blob (SHMEM_MAP)", map),
+                ("UNMAP_BLOB round trip (SHMEM_UNMAP)", unmap),
+            ] {
+                rows.push(Row {
+                    name: name.into(),
+                    unit: "µs",
+                    ours: st,
+                    theirs: None,
+                    baseline: Some(("control round trip", base)),
+                    higher_better: false,
+                });
+            }
         }
     }
 
