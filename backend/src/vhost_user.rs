@@ -197,10 +197,16 @@ impl SharedMemoryPort for ShmemPort {
         Ok(())
     }
 
-    fn map(&self, fd: std::os::fd::BorrowedFd<'_>, offset: u64, len: u64) -> Result<(), String> {
+    fn map(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        fd_offset: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), String> {
         let msg = VhostUserMMap {
             shmid: SHM_ID_HOST_VISIBLE,
-            fd_offset: 0,
+            fd_offset,
             shm_offset: offset,
             len,
             flags: VhostUserMMapFlags::WRITABLE.bits(),

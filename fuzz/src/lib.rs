@@ -75,7 +75,13 @@ impl SharedMemoryPort for CheckingPort {
         Ok(())
     }
 
-    fn map(&self, _fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<(), String> {
+    fn map(
+        &self,
+        _fd: BorrowedFd<'_>,
+        _fd_offset: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), String> {
         let end = offset.checked_add(len).expect("mapping end overflows");
         assert!(
             len > 0 && end <= HOSTMEM_SIZE,

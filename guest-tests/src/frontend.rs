@@ -180,6 +180,22 @@ impl Backend {
             .unwrap_or_else(|_| panic!("RssAnon {v:?}"))
     }
 
+    /// [`Backend::rss_anon_kib`] once the backend is idle: the least of five readings 100 ms
+    /// apart, after 300 ms. Frames still on their way to the display channel and buffers
+    /// malloc has not yet handed back come and go; a leak stays.
+    pub fn settled_rss_anon_kib(&self) -> u64 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        (0..5)
+            .map(|i| {
+                if i > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                self.rss_anon_kib()
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
     /// The backend's own temporary directory (socket, log; a place for a capture dir).
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -68,11 +68,13 @@ fn leak_per_command_resident_memory_stays_flat_2d() {
     for _ in 0..300 {
         cycle(&mut g);
     }
-    let warm = b.rss_anon_kib();
+    let warm = b.settled_rss_anon_kib();
     for _ in 0..3000 {
         cycle(&mut g);
     }
-    let after = b.rss_anon_kib();
+    let now = b.rss_anon_kib();
+    let after = b.settled_rss_anon_kib();
+    eprintln!("2D: resident {warm} KiB warm, {now} KiB at the end, {after} KiB settled");
     assert!(
         after <= warm + 1024,
         "resident memory grew from {warm} KiB to {after} KiB over 3000 cycles"
@@ -105,11 +107,11 @@ fn leak_per_command_resident_memory_stays_flat_virgl() {
     for _ in 0..200 {
         cycle(&mut g);
     }
-    let warm = b.rss_anon_kib();
+    let warm = b.settled_rss_anon_kib();
     for _ in 0..2000 {
         cycle(&mut g);
     }
-    let after = b.rss_anon_kib();
+    let after = b.settled_rss_anon_kib();
     assert!(
         after <= warm + 4096,
         "resident memory grew from {warm} KiB to {after} KiB over 2000 cycles"

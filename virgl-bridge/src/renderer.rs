@@ -31,9 +31,12 @@ pub enum RendererError {
 /// A host blob's memory, exported for mapping (RESOURCE_MAP_BLOB).
 #[derive(Debug)]
 pub struct ExportedBlob {
-    /// A descriptor of the memory, mappable with `mmap` from offset 0.
+    /// A descriptor of the memory, mappable with `mmap`.
     pub fd: std::os::fd::OwnedFd,
-    /// Bytes behind `fd` (at least the blob's size).
+    /// Where the blob's bytes start in `fd` (page-aligned): 0 for dma-bufs and shared memory;
+    /// a driver's opaque descriptor may keep a header first (lavapipe keeps one page).
+    pub offset: u64,
+    /// Bytes behind `fd` from its start (at least `offset` plus the blob's size).
     pub size: u64,
     /// The caching the guest must map it with: VIRTIO_GPU_MAP_CACHE_* (0 none, 1 cached,
     /// 2 uncached, 3 write-combined), as virglrenderer reports it.

@@ -22,9 +22,9 @@ pub(super) const BLOB_FLAG_MAPPABLE: u32 = 1;
 pub trait SharedMemoryPort: Send {
     /// Whether the frontend made the region and can be asked to map (or why not).
     fn available(&self) -> Result<(), String>;
-    /// Maps `len` bytes of `fd` (from its offset 0) at `offset` in the region, writable; returns
+    /// Maps `len` bytes of `fd` from `fd_offset` at `offset` in the region, writable; returns
     /// once the frontend has done it (or said why not).
-    fn map(&self, fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<(), String>;
+    fn map(&self, fd: BorrowedFd<'_>, fd_offset: u64, offset: u64, len: u64) -> Result<(), String>;
     /// Takes the mapping of `len` bytes at `offset` away.
     fn unmap(&self, offset: u64, len: u64) -> Result<(), String>;
 }
@@ -146,15 +146,15 @@ impl GpuDevice {
         // The mapping is whole pages; its last page may run past the memory's end (a blob of
         // 5000 bytes in a 5000-byte file), which the kernel fills with zeros. Only memory
         // shorter than the blob would leave whole pages that fault when touched.
-        if exported.size < size {
+        if exported.size.saturating_sub(exported.offset) < size {
             return Err(invalid(format!(
-                "blob {id}: {size:#x} bytes to map, its memory holds {:#x}",
-                exported.size
+                "blob {id}: {size:#x} bytes to map, its memory holds {:#x} from {:#x}",
+                exported.size, exported.offset
             )));
         }
         use std::os::fd::AsFd;
         hv.port
-            .map(exported.fd.as_fd(), offset, len)
+            .map(exported.fd.as_fd(), exported.offset, offset, len)
             .map_err(|e| GpuError::Unspec(format!("the frontend did not map blob {id}: {e}")))?;
         // The frontend holds its own mapping now; our descriptor closes here.
         drop(exported.fd);

@@ -8,6 +8,7 @@
 //! eventfd the device polls: nothing of the C library's global state is visible outside.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::c_void;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::mpsc::sync_channel;
@@ -566,7 +567,7 @@ impl Renderer for VirglRenderer {
 
     fn export_blob(&mut self, id: u32) -> RendererResult<ExportedBlob> {
         self.known(id)?;
-        let (ret, fd_type, fd, map_ret, map_info) = self.call(move |_| {
+        let (ret, fd_type, fd, map_ret, map_info, opaque_at) = self.call(move |_| {
             let (mut fd_type, mut fd, mut map_info) = (0u32, -1i32, 0u32);
             // SAFETY: a live resource this handle made; the out-pointers are live locals.
             // virglrenderer hands over a new descriptor (ours to close) on success.
@@ -574,7 +575,9 @@ impl Renderer for VirglRenderer {
                 unsafe { sys::virgl_renderer_resource_export_blob(id, &mut fd_type, &mut fd) };
             // SAFETY: as above; map_info is only written.
             let map_ret = unsafe { sys::virgl_renderer_resource_get_map_info(id, &mut map_info) };
-            (ret, fd_type, fd, map_ret, map_info)
+            let opaque_at = (ret == 0 && fd_type == sys::VIRGL_RENDERER_BLOB_FD_TYPE_OPAQUE)
+                .then(|| opaque_offset(id));
+            (ret, fd_type, fd, map_ret, map_info, opaque_at)
         })?;
         if ret != 0 || fd < 0 {
             return Err(RendererError::InvalidParameter(
@@ -586,8 +589,6 @@ impl Renderer for VirglRenderer {
         if map_ret != 0 {
             return Err(RendererError::InvalidParameter("blob has no map info"));
         }
-        // DMABUF, OPAQUE (a memfd from lavapipe) and SHM descriptors all map with mmap; the
-        // size is what the descriptor holds, for the caller's bounds checks.
         let size = match fd_type {
             sys::VIRGL_RENDERER_BLOB_FD_TYPE_DMABUF
             | sys::VIRGL_RENDERER_BLOB_FD_TYPE_OPAQUE
@@ -610,8 +611,45 @@ impl Renderer for VirglRenderer {
                 )))
             }
         };
+        // DMABUF and SHM descriptors hold the blob's bytes from offset 0. An OPAQUE one is the
+        // Vulkan driver's own format (lavapipe's memfd starts with a page of header), so where
+        // the bytes are is learnt from virglrenderer's own mapping of it (it imports the
+        // descriptor into a Vulkan device and maps the memory), which must map that same file.
+        let offset = match opaque_at {
+            None => 0,
+            Some(Ok(at)) => {
+                // SAFETY: fstat fills a stat buffer for a descriptor we own.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: as above.
+                if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+                    return Err(RendererError::Backend(format!(
+                        "exported blob: fstat: {}",
+                        std::io::Error::last_os_error()
+                    )));
+                }
+                if (at.dev, at.ino) != (st.st_dev, st.st_ino) {
+                    return Err(RendererError::Backend(format!(
+                        "opaque blob {id}: the driver maps another file than the one it exports, so the guest cannot be given its memory"
+                    )));
+                }
+                at.offset
+            }
+            Some(Err(e)) => {
+                return Err(RendererError::Backend(format!(
+                    "opaque blob {id}: where its memory starts is unknown: {e}"
+                )))
+            }
+        };
+        // SAFETY: sysconf reads a constant.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+        if offset % page != 0 || offset > size {
+            return Err(RendererError::Backend(format!(
+                "blob {id}: its memory starts at {offset:#x} of {size:#x} bytes, not at a page"
+            )));
+        }
         Ok(ExportedBlob {
             fd,
+            offset,
             size,
             map_info: map_info & sys::VIRGL_RENDERER_MAP_CACHE_MASK,
         })
@@ -686,8 +724,79 @@ impl Renderer for VirglRenderer {
     }
 }
 
+/// Where a mapping in this process comes from: the file (device, inode) and the offset in it.
+#[derive(Debug, PartialEq, Eq)]
+struct FileAt {
+    dev: u64,
+    ino: u64,
+    offset: u64,
+}
+
+/// Maps an opaque blob the way virglrenderer does for an in-process user (its Vulkan allocator
+/// imports the descriptor and maps the memory), finds which file and offset that address comes
+/// from in /proc/self/maps, and unmaps. Runs on the renderer thread.
+fn opaque_offset(id: u32) -> Result<FileAt, String> {
+    let (mut p, mut len) = (std::ptr::null_mut::<c_void>(), 0u64);
+    // SAFETY: a live blob resource; the out-pointers are live locals. On success virglrenderer
+    // keeps the mapping until resource_unmap, called below.
+    let r = unsafe { sys::virgl_renderer_resource_map(id, &mut p, &mut len) };
+    if r != 0 || p.is_null() {
+        return Err(format!("virglrenderer cannot map it ({r})"));
+    }
+    let at = std::fs::read_to_string("/proc/self/maps")
+        .map_err(|e| format!("/proc/self/maps: {e}"))
+        .and_then(|maps| file_at(&maps, p as u64).ok_or_else(|| "not a file mapping".into()));
+    // SAFETY: undoes the mapping made above; nothing kept its address.
+    unsafe { sys::virgl_renderer_resource_unmap(id) };
+    at
+}
+
+/// The file and offset behind `addr`, from /proc/PID/maps text.
+fn file_at(maps: &str, addr: u64) -> Option<FileAt> {
+    maps.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (start, end) = f.next()?.split_once('-')?;
+        let (start, end) = (
+            u64::from_str_radix(start, 16).ok()?,
+            u64::from_str_radix(end, 16).ok()?,
+        );
+        if !(start..end).contains(&addr) {
+            return None;
+        }
+        let _perms = f.next()?;
+        let off = u64::from_str_radix(f.next()?, 16).ok()?;
+        let (major, minor) = f.next()?.split_once(':')?;
+        let dev = libc::makedev(
+            u32::from_str_radix(major, 16).ok()?,
+            u32::from_str_radix(minor, 16).ok()?,
+        );
+        let ino: u64 = f.next()?.parse().ok()?;
+        (ino != 0).then(|| FileAt {
+            dev,
+            ino,
+            offset: addr - start + off,
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_mapping_is_traced_to_its_file_and_offset() {
+        let maps = "7f0000000000-7f0000003000 rw-s 00000000 00:01 4242 /memfd:llvmpipe memory fd (deleted)\n\
+                    7f0000003000-7f0000005000 rw-p 00000000 00:00 0 \n";
+        assert_eq!(
+            file_at(maps, 0x7f0000001000),
+            Some(FileAt {
+                dev: libc::makedev(0, 1),
+                ino: 4242,
+                offset: 0x1000
+            })
+        );
+        assert_eq!(file_at(maps, 0x7f0000004000), None, "anonymous memory");
+        assert_eq!(file_at(maps, 0x7f0000006000), None, "not mapped");
+    }
+
     use super::*;
     use std::time::{Duration, Instant};
 
