@@ -117,6 +117,34 @@ pub fn quadrants(img: &Image, q: [Rgb; 4], what: &str) -> Result<(), String> {
 }
 
 /// Checks that `img` is `size`.
+/// The agent's Vulkan picture (guest-tests/agent/src/vulkan.rs), scaled to the scanout: a
+/// 128x128 image cleared to [`VK_BACK`] with a centred square of half its side in
+/// [`VK_FRONT`], sampled at a 16x16 grid of points (nearest-pixel scaling keeps them exact).
+pub fn vulkan_picture(img: &Image, what: &str) -> Result<(), String> {
+    const SIZE: u32 = 128;
+    let (w, h) = (img.width, img.height);
+    for j in 0..16 {
+        for i in 0..16 {
+            let (x, y) = ((2 * i + 1) * w / 32, (2 * j + 1) * h / 32);
+            let (px, py) = (x * SIZE / w, y * SIZE / h);
+            let inside =
+                (SIZE / 4..SIZE * 3 / 4).contains(&px) && (SIZE / 4..SIZE * 3 / 4).contains(&py);
+            let want = if inside { VK_FRONT } else { VK_BACK };
+            if !img.near(x, y, want, 2) {
+                return Err(format!(
+                    "{what}: pixel ({x},{y}) is {:?}, want {want:?}",
+                    img.pixel(x, y)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The Vulkan picture's clear colour and its square's (RGB).
+pub const VK_BACK: Rgb = [0x20, 0x60, 0xc0];
+pub const VK_FRONT: Rgb = [0xf0, 0xa0, 0x10];
+
 pub fn sized(img: &Image, size: (u32, u32)) -> Result<(), String> {
     if (img.width, img.height) == size {
         Ok(())

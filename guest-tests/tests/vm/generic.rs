@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use guest_tests::capture::{gl_picture, quadrants, sized, BLOB, DUMB};
+use guest_tests::capture::{gl_picture, quadrants, sized, vulkan_picture, BLOB, DUMB};
 
 use crate::infra::*;
 use crate::vnc::{free_port, vnc_matches_capture, vncsnapshot};
@@ -212,16 +212,37 @@ fn guest_blob_on_a_scanout() {
 #[test]
 #[ignore = "needs QEMU >= 11.1, lavapipe and the Debian 13 test guest: run by scripts/test --host trixie"]
 fn trixie_guest_generic_device_venus_vulkan_over_host_visible_memory() {
-    on(Release::Trixie, venus_vulkaninfo);
+    on(Release::Trixie, venus_vulkan);
 }
 
 /// Venus: the guest's Vulkan (Mesa's Venus driver) finds a device backed by lavapipe in
 /// vhost-gpu's confined render server, through host-visible memory that QEMU's generic device
-/// maps for the backend (GET_SHMEM_CONFIG, SHMEM_MAP): Venus's command rings live there.
-fn venus_vulkaninfo() {
-    let (mut backend, _cap) = backend("g-venus", &["--virgl", "--display", "1024x768"]);
-    let mut vm = Vm::boot_generic(&backend, "g-venus", GENERIC_GPU, "vulkan", "vgt.frames=0");
-    vm.wait_for(&mut backend, "GUEST: done", BOOT);
+/// maps for the backend (GET_SHMEM_CONFIG, SHMEM_MAP): Venus's command rings live there. Then
+/// the agent renders its picture with Vulkan, reads it back through mapped host-visible memory
+/// and checks it pixel by pixel in the guest, and shows it: the host checks the same picture
+/// in its capture and over VNC.
+fn venus_vulkan() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (mut backend, cap) = backend(
+        "g-venus",
+        &["--virgl", "--display", "1024x768", "--vnc", &addr],
+    );
+    let mut vm = Vm::boot_generic(
+        &backend,
+        "g-venus",
+        GENERIC_GPU,
+        "vulkan",
+        "vgt.frames=0 vgt.hold=8",
+    );
+    vm.wait_for(&mut backend, "AGENT: vulkan shown", BOOT);
+    let s = shot_until(&backend, &cap, &mut 0, &[0], |s| {
+        sized(&s[0], (1024, 768))?;
+        vulkan_picture(&s[0], "the guest's Vulkan picture")
+    });
+    let v = vncsnapshot(&addr, backend.dir(), 1);
+    vulkan_picture(&v, "the Vulkan picture through VNC").unwrap();
+    vnc_matches_capture(&v, &s[0]);
+    vm.agent_passed(&mut backend);
     let serial = vm.serial_text();
     let features = vm.drm_features();
     for f in ["+virgl", "+resource_blob", "+host_visible", "+context_init"] {
@@ -236,6 +257,13 @@ fn venus_vulkaninfo() {
         "vulkaninfo device: {dev}\n{}",
         vm.guest_lines()
     );
+    let agent_dev = vm.line_after("AGENT: vulkan device").unwrap_or_default();
+    assert!(agent_dev.contains("Venus"), "{}", vm.guest_lines());
+    assert!(
+        serial.contains("AGENT: vulkan readback pass 16384 pixels"),
+        "{}",
+        vm.guest_lines()
+    );
     let log = backend.log_text();
     for want in [
         "venus: on, Vulkan on llvmpipe",
@@ -248,7 +276,7 @@ fn venus_vulkaninfo() {
     assert!(!log.contains("outside its policy"), "{log}");
     vm.quit();
     assert!(backend.alive(), "{}", backend.log_text());
-    eprintln!("Debian 13 guest, generic device, Venus: {features}; vulkaninfo {dev}");
+    eprintln!("Debian 13 guest, generic device, Venus: {features}; vulkaninfo {dev}; agent picture checked in the guest, the capture and over VNC");
 }
 
 /// Waits up to `timeout` for `text` in the backend's log.
