@@ -184,12 +184,33 @@ impl VhostUserFrontendReqHandlerMut for Region {
                 &mut self.refused,
             ));
         }
+        // QEMU maps the descriptor as a RAM block, which must lie inside the file
+        // ("backing store size ... is too small for 'size' option ... plus 'offset' option").
+        let raw: RawFd = fd.as_raw_fd();
+        // SAFETY: fstat fills a zeroed stat buffer for a descriptor the request carried.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(raw, &mut st) } != 0 {
+            let e = std::io::Error::last_os_error();
+            self.refused.push(format!("SHMEM_MAP: fstat: {e}"));
+            return Err(e);
+        }
+        let file_size = u64::try_from(st.st_size).unwrap_or(0);
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && fd_off.checked_add(len).is_none_or(|e| e > file_size)
+        {
+            return Err(einval(
+                format!(
+                    "SHMEM_MAP: backing store size {file_size:#x} is too small for 'size' option {len:#x} plus 'offset' option {fd_off:#x}"
+                ),
+                &mut self.refused,
+            ));
+        }
         let prot = if flags & VhostUserMMapFlags::WRITABLE.bits() != 0 {
             libc::PROT_READ | libc::PROT_WRITE
         } else {
             libc::PROT_READ
         };
-        let raw: RawFd = fd.as_raw_fd();
         // SAFETY: [off, end) lies inside the reservation this Region owns (checked above) and
         // overlaps no mapping the tests read; MAP_FIXED replaces the reserved pages only.
         let p = unsafe {

@@ -36,7 +36,8 @@ pub struct ExportedBlob {
     /// Where the blob's bytes start in `fd` (page-aligned): 0 for dma-bufs and shared memory;
     /// a driver's opaque descriptor may keep a header first (lavapipe keeps one page).
     pub offset: u64,
-    /// Bytes behind `fd` from its start (at least `offset` plus the blob's size).
+    /// Bytes behind `fd` from its start (a driver's allocation may end inside the blob's last
+    /// page: virglrenderer 1.1 does not round host-visible allocations up to whole pages).
     pub size: u64,
     /// The caching the guest must map it with: VIRTIO_GPU_MAP_CACHE_* (0 none, 1 cached,
     /// 2 uncached, 3 write-combined), as virglrenderer reports it.

@@ -141,14 +141,20 @@ impl GpuDevice {
                 )));
             }
         }
-        let size = res.size;
         let exported = self.renderer.export_blob(id)?;
-        // The mapping is whole pages; its last page may run past the memory's end (a blob of
-        // 5000 bytes in a 5000-byte file), which the kernel fills with zeros. Only memory
-        // shorter than the blob would leave whole pages that fault when touched.
-        if exported.size.saturating_sub(exported.offset) < size {
+        // The frontend maps the descriptor as a RAM block of whole pages, which must lie inside
+        // the file: QEMU refuses a shorter one ("backing store size ... is too small"), and
+        // the memory's files are sealed against growing. Virglrenderer 1.1's render server
+        // allocates host-visible memory of the size the guest's driver asked (an 800x600 image:
+        // 0x1d4c00 bytes, lavapipe's memfd ending 0x28 bytes after it); 1.3's rounds it up to
+        // whole pages, as the guest's kernel does the blob.
+        if exported
+            .offset
+            .checked_add(len)
+            .is_none_or(|e| e > exported.size)
+        {
             return Err(invalid(format!(
-                "blob {id}: {size:#x} bytes to map, its memory holds {:#x} from {:#x}",
+                "blob {id}: its memory ends at {:#x}, short of the {len:#x} bytes (whole pages) to map from {:#x}: the frontend cannot map it (virglrenderer before 1.3 does not round host-visible allocations up to whole pages)",
                 exported.size, exported.offset
             )));
         }
