@@ -88,6 +88,16 @@ impl Backend {
     /// [`Backend::start`] with `home` as HOME instead of a new empty one (a second run on the
     /// same shader cache).
     pub fn start_with_home(opts: &BackendOptions, home: Option<&Path>) -> Self {
+        Self::start_with_env(opts, home, &[])
+    }
+
+    /// [`Backend::start_with_home`] with more environment variables, e.g. LD_LIBRARY_PATH
+    /// for another virglrenderer than the one it was built against.
+    pub fn start_with_env(
+        opts: &BackendOptions,
+        home: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "vhost-gpu-test-{}-{}",
             std::process::id(),
@@ -116,6 +126,7 @@ impl Backend {
                 "RUST_LOG",
                 std::env::var("VHOST_GPU_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)

@@ -86,8 +86,9 @@ impl VirglRenderer {
     pub fn new(options: &VirglOptions) -> RendererResult<Self> {
         let worker = worker(options)?;
         info!(
-            "virgl renderer up (virglrenderer {}, {}), capsets {:?}",
+            "virgl renderer up (built against virglrenderer {}, loaded {}; {}), capsets {:?}",
             env!("VIRGLRENDERER_VERSION"),
+            loaded_library().unwrap_or_else(|| "?".into()),
             options
                 .render_node
                 .as_ref()
@@ -749,6 +750,17 @@ fn opaque_offset(id: u32) -> Result<FileAt, String> {
     // SAFETY: undoes the mapping made above; nothing kept its address.
     unsafe { sys::virgl_renderer_resource_unmap(id) };
     at
+}
+
+/// The virglrenderer library this process runs (a newer one may come first on
+/// LD_LIBRARY_PATH than the one vhost-gpu was built against), from /proc/self/maps.
+fn loaded_library() -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let path = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("/libvirglrenderer.so"))?;
+    Some(std::fs::canonicalize(path).map_or_else(|_| path.to_string(), |p| p.display().to_string()))
 }
 
 /// The file and offset behind `addr`, from /proc/PID/maps text.
