@@ -288,11 +288,41 @@ fn trixie_guest_generic_device_venus_vkmark_with_virglrenderer_1_3() {
 /// Where scripts/newer-virglrenderer unpacks sid's virglrenderer 1.3 in the Debian 13 root.
 pub(crate) const VIRGL_SID: &str = "/opt/virglrenderer-sid";
 
+/// vkmark's scenes, run `hold` seconds each (the guest's init and the host runs alike).
+const VKMARK_SCENES: [&str; 3] = ["vertex", "cube", "shading"];
+
+/// One vkmark run's frames per second per scene (in [`VKMARK_SCENES`] order) and its score,
+/// from vkmark's output; None for what is missing.
+fn vkmark_result(out: &str) -> (Vec<Option<u32>>, Option<u32>) {
+    let after = |key: &str| {
+        out.lines()
+            .find_map(|l| l.split_once(key).map(|(_, v)| v.trim().to_string()))
+    };
+    let fps = VKMARK_SCENES
+        .iter()
+        .map(|scene| {
+            out.lines()
+                .find(|l| l.contains(&format!("[{scene}]")))
+                .and_then(|l| l.split("FPS: ").nth(1))
+                .and_then(|f| f.split_whitespace().next())
+                .and_then(|f| f.parse::<u32>().ok())
+        })
+        .collect();
+    (fps, after("vkmark Score:").and_then(|s| s.parse().ok()))
+}
+
 /// vkmark in the guest on Venus (vertex, cube and phong shading, offscreen), through vhost-gpu
 /// running sid's virglrenderer 1.3 (library and render server): 1.1's render server leaves
 /// host-visible allocations of vkmark's 800x600 images unmappable through a vhost-user
 /// frontend (see the harness's hostmem test). Every scene must run and the score be given.
 fn venus_vkmark() {
+    let (fps, score) = guest_vkmark(4);
+    eprintln!("Debian 13 guest, generic device, Venus on virglrenderer 1.3: vkmark score {score}, fps {fps:?}");
+}
+
+/// Runs vkmark in a Debian 13 guest (scenes of `hold` s) through vhost-gpu on sid's
+/// virglrenderer 1.3, checks the run, and returns each scene's frames per second and the score.
+fn guest_vkmark(hold: u32) -> (Vec<u32>, u32) {
     let root = std::env::var("VHOST_GPU_HOST_ROOT").unwrap_or_default();
     let server = format!("{VIRGL_SID}/usr/libexec/virgl_render_server");
     assert!(
@@ -300,6 +330,7 @@ fn venus_vkmark() {
         "no {root}{server}: run scripts/host-root (scripts/newer-virglrenderer)"
     );
     let lib = format!("{VIRGL_SID}/usr/lib/x86_64-linux-gnu");
+    let cap = std::env::temp_dir().join(format!("vhost-gpu-vm-g-vkmark-{}", std::process::id()));
     let a: Vec<String> = [
         "--virgl",
         "--display",
@@ -307,20 +338,23 @@ fn venus_vkmark() {
         "--render-server",
         &server,
         "--capture-dir",
+        &cap.display().to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
-    .chain([std::env::temp_dir()
-        .join(format!("vhost-gpu-vm-g-vkmark-{}", std::process::id()))
-        .display()
-        .to_string()])
     .collect();
     let mut backend = guest_tests::Backend::start_with_env(
         &guest_tests::BackendOptions { args: a },
         None,
         &[("LD_LIBRARY_PATH", &lib)],
     );
-    let mut vm = Vm::boot_generic(&backend, "g-vkmark", GENERIC_GPU, "vkmark", "vgt.hold=4");
+    let mut vm = Vm::boot_generic(
+        &backend,
+        "g-vkmark",
+        GENERIC_GPU,
+        "vkmark",
+        &format!("vgt.hold={hold}"),
+    );
     vm.wait_for(&mut backend, "GUEST: vkmark rc", BOOT);
     let lines = vm.guest_lines();
     let rc = vm.line_after("GUEST: vkmark rc").unwrap_or_default();
@@ -330,25 +364,26 @@ fn venus_vkmark() {
         "vkmark failed:\n{lines}\n{}",
         backend.log_text()
     );
-    let after = |key: &str| {
-        lines
-            .lines()
-            .find_map(|l| l.split_once(key).map(|(_, v)| v.trim().to_string()))
-            .unwrap_or_default()
-    };
-    let dev = after("Device Name:");
+    let dev = lines
+        .lines()
+        .find_map(|l| {
+            l.split_once("Device Name:")
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default();
     assert!(dev.contains("Virtio-GPU Venus (llvmpipe"), "{lines}");
-    for scene in ["[vertex]", "[cube]", "[shading]"] {
-        let fps = lines
-            .lines()
-            .find(|l| l.contains(scene))
-            .and_then(|l| l.split("FPS: ").nth(1))
-            .and_then(|f| f.split_whitespace().next())
-            .and_then(|f| f.parse::<u32>().ok());
-        assert!(fps.is_some_and(|f| f > 0), "{scene}: no frames\n{lines}");
-    }
-    let score = after("vkmark Score:").parse::<u32>().ok();
-    assert!(score.is_some_and(|s| s > 0), "no score:\n{lines}");
+    let (fps, score) = vkmark_result(&lines);
+    let fps: Vec<u32> = fps
+        .iter()
+        .zip(VKMARK_SCENES)
+        .map(|(f, scene)| {
+            f.filter(|&f| f > 0)
+                .unwrap_or_else(|| panic!("{scene}: no frames\n{lines}"))
+        })
+        .collect();
+    let score = score
+        .filter(|&s| s > 0)
+        .unwrap_or_else(|| panic!("no score:\n{lines}"));
     let log = backend.log_text();
     for want in [
         "loaded /opt/virglrenderer-sid/",
@@ -362,10 +397,89 @@ fn venus_vkmark() {
     assert!(!log.contains("outside its policy"), "{log}");
     vm.quit();
     assert!(backend.alive(), "{}", backend.log_text());
-    eprintln!(
-        "Debian 13 guest, generic device, Venus on virglrenderer 1.3: vkmark score {}",
-        score.unwrap_or(0)
+    (fps, score)
+}
+
+/// The same vkmark scenes on the host, natively on lavapipe (the ceiling: no guest, no TCG,
+/// no Venus). Through vtest they cannot run here: vtest hands host-visible memory to its
+/// client as a descriptor, and lavapipe's (opaque, without udmabuf) cannot be exported, so
+/// `virgl_test_server --venus` refuses the first mappable blob (export_blob: -22).
+fn host_vkmark(hold: u32) -> (Vec<u32>, u32) {
+    let home = std::env::temp_dir().join(format!("vhost-gpu-vkmark-host-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).expect("home");
+    let mut c = guest_tests::host::command("vkmark");
+    c.env("HOME", &home)
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("MESA_VK_WSI_DEBUG", "sw")
+        .env("VK_ICD_FILENAMES", "/usr/share/vulkan/icd.d/lvp_icd.json")
+        .args(["--winsys", "headless", "-s", "800x600"]);
+    for scene in ["vertex", "cube", "shading:shading=phong"] {
+        c.arg("-b").arg(format!("{scene}:duration={hold}"));
+    }
+    let out = c.output().expect("vkmark on the host");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "vkmark on the host: {}\n{text}",
+        out.status
     );
+    let (fps, score) = vkmark_result(&text);
+    (
+        fps.into_iter()
+            .map(|f| f.unwrap_or_else(|| panic!("{text}")))
+            .collect(),
+        score.unwrap_or_else(|| panic!("{text}")),
+    )
+}
+
+/// `scripts/bench --vkmark`: vkmark's score and frames per second in a Debian 13 guest through
+/// vhost-gpu (Venus on lavapipe, QEMU 11.1's generic device, TCG) against the same scenes
+/// natively on the host, alternating, `VHOST_GPU_VKMARK_ROUNDS` rounds (default 2) of 5 s
+/// scenes; the medians and their ratio.
+#[test]
+#[ignore = "a benchmark: scripts/bench --vkmark"]
+fn venus_vkmark_bench() {
+    on(Release::Trixie, || {
+        let rounds: usize = std::env::var("VHOST_GPU_VKMARK_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(2);
+        let (mut guest, mut host) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            host.push(host_vkmark(5));
+            guest.push(guest_vkmark(5));
+        }
+        let median = |runs: &[(Vec<u32>, u32)], f: &dyn Fn(&(Vec<u32>, u32)) -> u32| {
+            let mut v: Vec<u32> = runs.iter().map(f).collect();
+            v.sort_unstable();
+            v[v.len() / 2]
+        };
+        println!("vkmark, 800x600 offscreen, {rounds} rounds, medians; guest on TCG (2 host cores shared with QEMU and vhost-gpu)");
+        println!(
+            "{:<10} {:>14} {:>14} {:>8}",
+            "", "guest (ours)", "host lavapipe", "ratio"
+        );
+        for (i, scene) in VKMARK_SCENES.iter().enumerate() {
+            let (g, h) = (median(&guest, &|r| r.0[i]), median(&host, &|r| r.0[i]));
+            println!(
+                "{:<10} {:>10} fps {:>10} fps {:>8.2}",
+                scene,
+                g,
+                h,
+                f64::from(g) / f64::from(h)
+            );
+        }
+        let (g, h) = (median(&guest, &|r| r.1), median(&host, &|r| r.1));
+        println!(
+            "{:<10} {:>14} {:>14} {:>8.2}",
+            "score",
+            g,
+            h,
+            f64::from(g) / f64::from(h)
+        );
+    });
 }
 
 /// Waits up to `timeout` for `text` in the backend's log.
