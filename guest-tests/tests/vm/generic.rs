@@ -291,6 +291,9 @@ pub(crate) const VIRGL_SID: &str = "/opt/virglrenderer-sid";
 /// vkmark's scenes, run `hold` seconds each (the guest's init and the host runs alike).
 const VKMARK_SCENES: [&str; 3] = ["vertex", "cube", "shading"];
 
+/// One vkmark run: frames per second per scene (in [`VKMARK_SCENES`] order) and the score.
+type VkmarkRun = (Vec<u32>, u32);
+
 /// One vkmark run's frames per second per scene (in [`VKMARK_SCENES`] order) and its score,
 /// from vkmark's output; None for what is missing.
 fn vkmark_result(out: &str) -> (Vec<Option<u32>>, Option<u32>) {
@@ -322,7 +325,7 @@ fn venus_vkmark() {
 
 /// Runs vkmark in a Debian 13 guest (scenes of `hold` s) through vhost-gpu on sid's
 /// virglrenderer 1.3, checks the run, and returns each scene's frames per second and the score.
-fn guest_vkmark(hold: u32) -> (Vec<u32>, u32) {
+fn guest_vkmark(hold: u32) -> VkmarkRun {
     let root = std::env::var("VHOST_GPU_HOST_ROOT").unwrap_or_default();
     let server = format!("{VIRGL_SID}/usr/libexec/virgl_render_server");
     assert!(
@@ -404,7 +407,7 @@ fn guest_vkmark(hold: u32) -> (Vec<u32>, u32) {
 /// no Venus). Through vtest they cannot run here: vtest hands host-visible memory to its
 /// client as a descriptor, and lavapipe's (opaque, without udmabuf) cannot be exported, so
 /// `virgl_test_server --venus` refuses the first mappable blob (export_blob: -22).
-fn host_vkmark(hold: u32) -> (Vec<u32>, u32) {
+fn host_vkmark(hold: u32) -> VkmarkRun {
     let home = std::env::temp_dir().join(format!("vhost-gpu-vkmark-host-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&home);
     std::fs::create_dir_all(&home).expect("home");
@@ -451,7 +454,7 @@ fn venus_vkmark_bench() {
             host.push(host_vkmark(5));
             guest.push(guest_vkmark(5));
         }
-        let median = |runs: &[(Vec<u32>, u32)], f: &dyn Fn(&(Vec<u32>, u32)) -> u32| {
+        let median = |runs: &[VkmarkRun], f: &dyn Fn(&VkmarkRun) -> u32| {
             let mut v: Vec<u32> = runs.iter().map(f).collect();
             v.sort_unstable();
             v[v.len() / 2]
