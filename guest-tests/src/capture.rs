@@ -118,8 +118,10 @@ pub fn quadrants(img: &Image, q: [Rgb; 4], what: &str) -> Result<(), String> {
 
 /// Checks that `img` is `size`.
 /// The agent's Vulkan picture (guest-tests/agent/src/vulkan.rs), scaled to the scanout: a
-/// 128x128 image cleared to [`VK_BACK`] with a centred square of half its side in
-/// [`VK_FRONT`], sampled at a 16x16 grid of points (nearest-pixel scaling keeps them exact).
+/// 128x128 image cleared to [`VK_BACK`], a centred square of half its side in [`VK_FRONT`], and
+/// a triangle in [`VK_TRIANGLE`] in the top left corner (pixels with x >= 8, y >= 8 and
+/// x + y <= 62), sampled at a 16x16 grid of points (nearest-pixel scaling keeps them exact;
+/// at 1024x768, 15 of them fall in the triangle).
 pub fn vulkan_picture(img: &Image, what: &str) -> Result<(), String> {
     const SIZE: u32 = 128;
     let (w, h) = (img.width, img.height);
@@ -129,7 +131,13 @@ pub fn vulkan_picture(img: &Image, what: &str) -> Result<(), String> {
             let (px, py) = (x * SIZE / w, y * SIZE / h);
             let inside =
                 (SIZE / 4..SIZE * 3 / 4).contains(&px) && (SIZE / 4..SIZE * 3 / 4).contains(&py);
-            let want = if inside { VK_FRONT } else { VK_BACK };
+            let want = if px >= 8 && py >= 8 && px + py <= 62 {
+                VK_TRIANGLE
+            } else if inside {
+                VK_FRONT
+            } else {
+                VK_BACK
+            };
             if !img.near(x, y, want, 2) {
                 return Err(format!(
                     "{what}: pixel ({x},{y}) is {:?}, want {want:?}",
@@ -141,8 +149,9 @@ pub fn vulkan_picture(img: &Image, what: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The Vulkan picture's clear colour and its square's (RGB).
+/// The Vulkan picture's clear colour, its square's and its triangle's (RGB).
 pub const VK_BACK: Rgb = [0x20, 0x60, 0xc0];
+pub const VK_TRIANGLE: Rgb = [0x30, 0xd0, 0x50];
 pub const VK_FRONT: Rgb = [0xf0, 0xa0, 0x10];
 
 pub fn sized(img: &Image, size: (u32, u32)) -> Result<(), String> {
@@ -193,4 +202,42 @@ pub fn gl_picture(img: &Image, size: (u32, u32)) -> Result<(), String> {
         return Err(format!("centre ({x},{y}) is {:?}", img.pixel(x, y)));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent's picture scaled to `w` x `h` as the guest shows it (nearest pixel), with or
+    /// without its triangle.
+    fn vulkan_shown(w: u32, h: u32, triangle: bool) -> Image {
+        let mut rgb = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                let (px, py) = (x * 128 / w, y * 128 / h);
+                let c = if triangle && px >= 8 && py >= 8 && px + py <= 62 {
+                    VK_TRIANGLE
+                } else if (32..96).contains(&px) && (32..96).contains(&py) {
+                    VK_FRONT
+                } else {
+                    VK_BACK
+                };
+                rgb.extend_from_slice(&c);
+            }
+        }
+        Image {
+            width: w,
+            height: h,
+            rgb,
+        }
+    }
+
+    #[test]
+    fn the_vulkan_picture_needs_its_triangle() {
+        for (w, h) in [(1024, 768), (1280, 800), (640, 480)] {
+            vulkan_picture(&vulkan_shown(w, h, true), "shown").unwrap();
+            let e = vulkan_picture(&vulkan_shown(w, h, false), "no triangle").unwrap_err();
+            assert!(e.contains("want [48, 208, 80]"), "{e}");
+        }
+    }
 }

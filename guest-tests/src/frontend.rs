@@ -175,6 +175,13 @@ impl Backend {
         self.child.id()
     }
 
+    /// Every thread of the backend and of its descendants (the render server and its
+    /// workers): process, thread name, state, the kernel function it sleeps in, and the
+    /// system call it is in. For a hang's report: what each thread was waiting for.
+    pub fn thread_dump(&self) -> String {
+        thread_dump(self.pid())
+    }
+
     /// A field of the process's `/proc/PID/status`, e.g. `"Seccomp"` → `"2"`.
     pub fn status_field(&self, key: &str) -> String {
         status_field(Path::new(&format!("/proc/{}/status", self.pid())), key)
@@ -594,4 +601,66 @@ pub fn status_field(status: &Path, key: &str) -> String {
                 .map(|v| v.trim().to_string())
         })
         .unwrap_or_else(|| panic!("no {key} in {}", status.display()))
+}
+
+/// The parent pid of a process, from `/proc/PID/stat` (after the command's closing paren).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// [`Backend::thread_dump`] for any process tree rooted at `root`.
+pub fn thread_dump(root: u32) -> String {
+    let mut tree = vec![root];
+    let all: Vec<u32> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // Descendants: repeat until no process joins (children before grandchildren, any order).
+    loop {
+        let before = tree.len();
+        for &p in &all {
+            if !tree.contains(&p) && parent_of(p).is_some_and(|pp| tree.contains(&pp)) {
+                tree.push(p);
+            }
+        }
+        if tree.len() == before {
+            break;
+        }
+    }
+    let read = |p: String| std::fs::read_to_string(p).unwrap_or_default();
+    let mut out = String::new();
+    for pid in tree {
+        let cmd = read(format!("/proc/{pid}/cmdline")).replace('\0', " ");
+        out.push_str(&format!("process {pid}: {}\n", cmd.trim()));
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        let mut tids: Vec<u32> = tasks
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        tids.sort_unstable();
+        for tid in tids {
+            let t = format!("/proc/{pid}/task/{tid}");
+            let state = read(format!("{t}/stat"))
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(str::to_string))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  {tid} {:<16} {state} wchan {:<24} syscall {}\n",
+                read(format!("{t}/comm")).trim(),
+                read(format!("{t}/wchan")).trim(),
+                read(format!("{t}/syscall"))
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("?"),
+            ));
+        }
+    }
+    out
 }

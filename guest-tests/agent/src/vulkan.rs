@@ -4,7 +4,9 @@
 //!
 //! The picture (SIZE x SIZE): the whole image cleared to [`BACK`] (vkCmdClearColorImage), then
 //! a centred square of half the size written with [`FRONT`] from a host-visible buffer
-//! (vkCmdCopyBufferToImage); then the image is copied into a host-visible buffer and read.
+//! (vkCmdCopyBufferToImage), then a triangle in [`TRIANGLE`] drawn in the top left corner by a
+//! graphics pipeline (a render pass, SPIR-V shaders from src/triangle.wgsl); then the image is
+//! copied into a host-visible buffer and read.
 
 use std::time::Duration;
 
@@ -19,9 +21,229 @@ pub const BACK: [u8; 3] = [0x20, 0x60, 0xc0];
 /// The centre square's colour.
 pub const FRONT: [u8; 3] = [0xf0, 0xa0, 0x10];
 
+/// The triangle's colour.
+pub const TRIANGLE: [u8; 3] = [0x30, 0xd0, 0x50];
+
 fn inside(x: u32, y: u32, size: u32) -> bool {
     let (lo, hi) = (size / 4, size * 3 / 4);
     (lo..hi).contains(&x) && (lo..hi).contains(&y)
+}
+
+/// Pixel (x, y) of the SIZE x SIZE picture lies in the triangle (see src/triangle.wgsl: no
+/// pixel centre is on an edge, so this is exact).
+fn in_triangle(x: u32, y: u32) -> bool {
+    x >= 8 && y >= 8 && x + y <= 62
+}
+
+/// The picture's colour at (x, y).
+fn expected(x: u32, y: u32) -> [u8; 3] {
+    if in_triangle(x, y) {
+        TRIANGLE
+    } else if inside(x, y, SIZE) {
+        FRONT
+    } else {
+        BACK
+    }
+}
+
+/// The triangle's shaders as SPIR-V (build.rs).
+const VS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/triangle_vs.spv"));
+const FS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/triangle_fs.spv"));
+
+/// What draws the triangle into the image: a render pass that keeps the image's contents, its
+/// framebuffer, and a pipeline with the viewport fixed to the whole picture.
+struct Triangle<'a> {
+    dev: &'a ash::Device,
+    view: vk::ImageView,
+    pass: vk::RenderPass,
+    framebuffer: vk::Framebuffer,
+    layout: vk::PipelineLayout,
+    pipeline: vk::Pipeline,
+}
+
+impl Drop for Triangle<'_> {
+    fn drop(&mut self) {
+        // SAFETY: all made from `dev` (null handles are ignored), used by no pending command.
+        unsafe {
+            self.dev.destroy_pipeline(self.pipeline, None);
+            self.dev.destroy_pipeline_layout(self.layout, None);
+            self.dev.destroy_framebuffer(self.framebuffer, None);
+            self.dev.destroy_render_pass(self.pass, None);
+            self.dev.destroy_image_view(self.view, None);
+        }
+    }
+}
+
+fn shader(dev: &ash::Device, spv: &[u8]) -> Result<vk::ShaderModule, String> {
+    let words =
+        ash::util::read_spv(&mut std::io::Cursor::new(spv)).map_err(|e| format!("SPIR-V: {e}"))?;
+    // SAFETY: valid SPIR-V words (naga validated them at build time).
+    unsafe { dev.create_shader_module(&vk::ShaderModuleCreateInfo::default().code(&words), None) }
+        .map_err(vkerr("vkCreateShaderModule"))
+}
+
+impl<'a> Triangle<'a> {
+    fn new(dev: &'a ash::Device, image: vk::Image) -> Result<Triangle<'a>, String> {
+        let mut t = Triangle {
+            dev,
+            view: vk::ImageView::null(),
+            pass: vk::RenderPass::null(),
+            framebuffer: vk::Framebuffer::null(),
+            layout: vk::PipelineLayout::null(),
+            pipeline: vk::Pipeline::null(),
+        };
+        let range = vk::ImageSubresourceRange::default()
+            .aspect_mask(vk::ImageAspectFlags::COLOR)
+            .level_count(1)
+            .layer_count(1);
+        // SAFETY: an image of this device made with COLOR_ATTACHMENT usage; destroyed in drop.
+        t.view = unsafe {
+            dev.create_image_view(
+                &vk::ImageViewCreateInfo::default()
+                    .image(image)
+                    .view_type(vk::ImageViewType::TYPE_2D)
+                    .format(vk::Format::R8G8B8A8_UNORM)
+                    .subresource_range(range),
+                None,
+            )
+        }
+        .map_err(vkerr("vkCreateImageView"))?;
+        // The image comes in and goes out as a colour attachment; the barriers around the
+        // render pass move it from and to the transfers.
+        let attachment = [vk::AttachmentDescription::default()
+            .format(vk::Format::R8G8B8A8_UNORM)
+            .samples(vk::SampleCountFlags::TYPE_1)
+            .load_op(vk::AttachmentLoadOp::LOAD)
+            .store_op(vk::AttachmentStoreOp::STORE)
+            .initial_layout(vk::ImageLayout::COLOR_ATTACHMENT_OPTIMAL)
+            .final_layout(vk::ImageLayout::COLOR_ATTACHMENT_OPTIMAL)];
+        let color = [vk::AttachmentReference::default()
+            .attachment(0)
+            .layout(vk::ImageLayout::COLOR_ATTACHMENT_OPTIMAL)];
+        let subpass = [vk::SubpassDescription::default()
+            .pipeline_bind_point(vk::PipelineBindPoint::GRAPHICS)
+            .color_attachments(&color)];
+        // SAFETY: valid create info; destroyed in drop.
+        t.pass = unsafe {
+            dev.create_render_pass(
+                &vk::RenderPassCreateInfo::default()
+                    .attachments(&attachment)
+                    .subpasses(&subpass),
+                None,
+            )
+        }
+        .map_err(vkerr("vkCreateRenderPass"))?;
+        let views = [t.view];
+        // SAFETY: the view and pass above, of the image's size; destroyed in drop.
+        t.framebuffer = unsafe {
+            dev.create_framebuffer(
+                &vk::FramebufferCreateInfo::default()
+                    .render_pass(t.pass)
+                    .attachments(&views)
+                    .width(SIZE)
+                    .height(SIZE)
+                    .layers(1),
+                None,
+            )
+        }
+        .map_err(vkerr("vkCreateFramebuffer"))?;
+        // SAFETY: an empty layout (no descriptors, no push constants); destroyed in drop.
+        t.layout =
+            unsafe { dev.create_pipeline_layout(&vk::PipelineLayoutCreateInfo::default(), None) }
+                .map_err(vkerr("vkCreatePipelineLayout"))?;
+        let vs = shader(dev, VS)?;
+        let fs = shader(dev, FS).inspect_err(|_| {
+            // SAFETY: made just above, used by nothing.
+            unsafe { dev.destroy_shader_module(vs, None) }
+        })?;
+        let stages = [
+            vk::PipelineShaderStageCreateInfo::default()
+                .stage(vk::ShaderStageFlags::VERTEX)
+                .module(vs)
+                .name(c"vs"),
+            vk::PipelineShaderStageCreateInfo::default()
+                .stage(vk::ShaderStageFlags::FRAGMENT)
+                .module(fs)
+                .name(c"fs"),
+        ];
+        let vertex_input = vk::PipelineVertexInputStateCreateInfo::default();
+        let assembly = vk::PipelineInputAssemblyStateCreateInfo::default()
+            .topology(vk::PrimitiveTopology::TRIANGLE_LIST);
+        let viewport = [vk::Viewport {
+            x: 0.0,
+            y: 0.0,
+            width: SIZE as f32,
+            height: SIZE as f32,
+            min_depth: 0.0,
+            max_depth: 1.0,
+        }];
+        let scissor = [vk::Rect2D {
+            offset: vk::Offset2D { x: 0, y: 0 },
+            extent: vk::Extent2D {
+                width: SIZE,
+                height: SIZE,
+            },
+        }];
+        let viewport_state = vk::PipelineViewportStateCreateInfo::default()
+            .viewports(&viewport)
+            .scissors(&scissor);
+        let raster = vk::PipelineRasterizationStateCreateInfo::default()
+            .polygon_mode(vk::PolygonMode::FILL)
+            .cull_mode(vk::CullModeFlags::NONE)
+            .line_width(1.0);
+        let multisample = vk::PipelineMultisampleStateCreateInfo::default()
+            .rasterization_samples(vk::SampleCountFlags::TYPE_1);
+        let blend_attachment = [vk::PipelineColorBlendAttachmentState::default()
+            .color_write_mask(vk::ColorComponentFlags::RGBA)];
+        let blend = vk::PipelineColorBlendStateCreateInfo::default().attachments(&blend_attachment);
+        let info = [vk::GraphicsPipelineCreateInfo::default()
+            .stages(&stages)
+            .vertex_input_state(&vertex_input)
+            .input_assembly_state(&assembly)
+            .viewport_state(&viewport_state)
+            .rasterization_state(&raster)
+            .multisample_state(&multisample)
+            .color_blend_state(&blend)
+            .layout(t.layout)
+            .render_pass(t.pass)
+            .subpass(0)];
+        // SAFETY: every state the pipeline needs is given, on objects of this device; the
+        // shader modules are destroyed once the pipeline exists (it keeps its own code).
+        let made = unsafe {
+            let r = dev.create_graphics_pipelines(vk::PipelineCache::null(), &info, None);
+            dev.destroy_shader_module(vs, None);
+            dev.destroy_shader_module(fs, None);
+            r
+        };
+        t.pipeline = made.map_err(|(_, e)| format!("vkCreateGraphicsPipelines: {e}"))?[0];
+        Ok(t)
+    }
+
+    /// Records the triangle's render pass into `cb`.
+    fn record(&self, cb: vk::CommandBuffer) {
+        let area = vk::Rect2D {
+            offset: vk::Offset2D { x: 0, y: 0 },
+            extent: vk::Extent2D {
+                width: SIZE,
+                height: SIZE,
+            },
+        };
+        // SAFETY: `cb` is recording; pass, framebuffer and pipeline belong together.
+        unsafe {
+            self.dev.cmd_begin_render_pass(
+                cb,
+                &vk::RenderPassBeginInfo::default()
+                    .render_pass(self.pass)
+                    .framebuffer(self.framebuffer)
+                    .render_area(area),
+                vk::SubpassContents::INLINE,
+            );
+            self.dev
+                .cmd_bind_pipeline(cb, vk::PipelineBindPoint::GRAPHICS, self.pipeline);
+            self.dev.cmd_draw(cb, 3, 1, 0, 0);
+            self.dev.cmd_end_render_pass(cb);
+        }
+    }
 }
 
 fn vkerr(what: &'static str) -> impl Fn(vk::Result) -> String {
@@ -150,7 +372,11 @@ fn render() -> Result<(String, Vec<u8>), String> {
             .array_layers(1)
             .samples(vk::SampleCountFlags::TYPE_1)
             .tiling(vk::ImageTiling::OPTIMAL)
-            .usage(vk::ImageUsageFlags::TRANSFER_DST | vk::ImageUsageFlags::TRANSFER_SRC);
+            .usage(
+                vk::ImageUsageFlags::TRANSFER_DST
+                    | vk::ImageUsageFlags::TRANSFER_SRC
+                    | vk::ImageUsageFlags::COLOR_ATTACHMENT,
+            );
         // SAFETY: valid create info; destroyed below.
         let image =
             unsafe { dev.create_image(&image_info, None) }.map_err(vkerr("vkCreateImage"))?;
@@ -174,6 +400,7 @@ fn render() -> Result<(String, Vec<u8>), String> {
         // SAFETY: fresh memory bound once.
         unsafe { dev.bind_image_memory(image, image_mem, 0) }
             .map_err(vkerr("vkBindImageMemory"))?;
+        let triangle = Triangle::new(&dev, image)?;
         let half = SIZE / 2;
         let upload = host_buffer(
             &dev,
@@ -225,8 +452,8 @@ fn render() -> Result<(String, Vec<u8>), String> {
         let layers = vk::ImageSubresourceLayers::default()
             .aspect_mask(vk::ImageAspectFlags::COLOR)
             .layer_count(1);
-        // One image barrier after `from_stage`, before the next transfer.
-        let barrier = |from_stage, old, new, src, dst| {
+        // One image barrier after `from_stage`, before `to_stage`.
+        let barrier = |from_stage, to_stage, old, new, src, dst| {
             let b = vk::ImageMemoryBarrier::default()
                 .old_layout(old)
                 .new_layout(new)
@@ -239,7 +466,7 @@ fn render() -> Result<(String, Vec<u8>), String> {
                 dev.cmd_pipeline_barrier(
                     cb,
                     from_stage,
-                    vk::PipelineStageFlags::TRANSFER,
+                    to_stage,
                     vk::DependencyFlags::empty(),
                     &[],
                     &[],
@@ -253,8 +480,14 @@ fn render() -> Result<(String, Vec<u8>), String> {
         unsafe {
             dev.begin_command_buffer(cb, &vk::CommandBufferBeginInfo::default())
                 .map_err(vkerr("vkBeginCommandBuffer"))?;
-            barrier(
+            let (top, transfer, draw) = (
                 vk::PipelineStageFlags::TOP_OF_PIPE,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::PipelineStageFlags::COLOR_ATTACHMENT_OUTPUT,
+            );
+            barrier(
+                top,
+                transfer,
                 vk::ImageLayout::UNDEFINED,
                 vk::ImageLayout::TRANSFER_DST_OPTIMAL,
                 vk::AccessFlags::empty(),
@@ -270,7 +503,8 @@ fn render() -> Result<(String, Vec<u8>), String> {
                 &[range],
             );
             barrier(
-                vk::PipelineStageFlags::TRANSFER,
+                transfer,
+                transfer,
                 vk::ImageLayout::TRANSFER_DST_OPTIMAL,
                 vk::ImageLayout::TRANSFER_DST_OPTIMAL,
                 vk::AccessFlags::TRANSFER_WRITE,
@@ -295,10 +529,20 @@ fn render() -> Result<(String, Vec<u8>), String> {
                     })],
             );
             barrier(
-                vk::PipelineStageFlags::TRANSFER,
+                transfer,
+                draw,
                 vk::ImageLayout::TRANSFER_DST_OPTIMAL,
-                vk::ImageLayout::TRANSFER_SRC_OPTIMAL,
+                vk::ImageLayout::COLOR_ATTACHMENT_OPTIMAL,
                 vk::AccessFlags::TRANSFER_WRITE,
+                vk::AccessFlags::COLOR_ATTACHMENT_READ | vk::AccessFlags::COLOR_ATTACHMENT_WRITE,
+            );
+            triangle.record(cb);
+            barrier(
+                draw,
+                transfer,
+                vk::ImageLayout::COLOR_ATTACHMENT_OPTIMAL,
+                vk::ImageLayout::TRANSFER_SRC_OPTIMAL,
+                vk::AccessFlags::COLOR_ATTACHMENT_WRITE,
                 vk::AccessFlags::TRANSFER_READ,
             );
             dev.cmd_copy_image_to_buffer(
@@ -346,6 +590,7 @@ fn render() -> Result<(String, Vec<u8>), String> {
             px.copy_from_slice(std::slice::from_raw_parts(p, n));
             dev.unmap_memory(readback.memory);
             dev.destroy_command_pool(pool, None);
+            drop(triangle);
             dev.destroy_image(image, None);
             dev.free_memory(image_mem, None);
         }
@@ -367,7 +612,7 @@ pub fn render_and_check() -> Result<Vec<u8>, String> {
     for y in 0..SIZE {
         for x in 0..SIZE {
             let i = ((y * SIZE + x) * 4) as usize;
-            let want = if inside(x, y, SIZE) { FRONT } else { BACK };
+            let want = expected(x, y);
             if px[i..i + 3] != want {
                 if bad < 3 {
                     say(format!(

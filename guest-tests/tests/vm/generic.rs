@@ -364,8 +364,9 @@ fn guest_vkmark(hold: u32) -> VkmarkRun {
     assert_eq!(
         rc.trim(),
         "0",
-        "vkmark failed:\n{lines}\n{}",
-        backend.log_text()
+        "vkmark failed:\n{lines}\n{}\nthreads of the backend and its children:\n{}",
+        backend.log_text(),
+        backend.thread_dump()
     );
     let dev = lines
         .lines()

@@ -268,7 +268,11 @@ impl Vm {
             Ok(())
         });
         if let Err(e) = r {
-            panic!("{e}\nbackend:\n{}", backend.log_text());
+            panic!(
+                "{e}\nbackend:\n{}\nthreads of the backend and its children:\n{}",
+                backend.log_text(),
+                backend.thread_dump()
+            );
         }
     }
 
