@@ -610,8 +610,8 @@ fn parent_of(pid: u32) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// [`Backend::thread_dump`] for any process tree rooted at `root`.
-pub fn thread_dump(root: u32) -> String {
+/// `root` and its descendants, parents before their children.
+fn process_tree(root: u32) -> Vec<u32> {
     let mut tree = vec![root];
     let all: Vec<u32> = std::fs::read_dir("/proc")
         .map(|d| {
@@ -620,7 +620,7 @@ pub fn thread_dump(root: u32) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    // Descendants: repeat until no process joins (children before grandchildren, any order).
+    // Repeat until no process joins.
     loop {
         let before = tree.len();
         for &p in &all {
@@ -629,9 +629,44 @@ pub fn thread_dump(root: u32) -> String {
             }
         }
         if tree.len() == before {
-            break;
+            return tree;
         }
     }
+}
+
+/// Every thread's user-space stack in the process tree at `root`, from gdb (`thread apply all
+/// bt`), when gdb is installed: for a hang's report. Attaching stops each process for a moment.
+pub fn stacks(root: u32) -> String {
+    let mut out = String::new();
+    for pid in process_tree(root) {
+        let r = Command::new("gdb")
+            .args([
+                "-p",
+                &pid.to_string(),
+                "-batch",
+                "-nx",
+                "-ex",
+                "thread apply all bt 30",
+            ])
+            .stdin(Stdio::null())
+            .output();
+        match r {
+            Ok(o) => {
+                out.push_str(&format!("=== gdb -p {pid}\n"));
+                out.push_str(&String::from_utf8_lossy(&o.stdout));
+            }
+            Err(e) => {
+                out.push_str(&format!("(no stacks: gdb: {e})\n"));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// [`Backend::thread_dump`] for any process tree rooted at `root`.
+pub fn thread_dump(root: u32) -> String {
+    let tree = process_tree(root);
     let read = |p: String| std::fs::read_to_string(p).unwrap_or_default();
     let mut out = String::new();
     for pid in tree {

@@ -1,6 +1,7 @@
 //! A VNC client for the tests, written from RFC 6143 apart from the server's code: the
 //! handshake (None or VNC authentication), SetPixelFormat, SetEncodings, update requests,
-//! input, and Raw, ZRLE, DesktopSize and Cursor decoding into a B8G8R8X8 framebuffer.
+//! input, and Raw, ZRLE, Tight (fill, palette, copy, JPEG), DesktopSize and Cursor decoding into
+//! a B8G8R8X8 framebuffer.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -14,6 +15,9 @@ use flate2::{Decompress, FlushDecompress};
 
 pub const RAW: i32 = 0;
 pub const ZRLE: i32 = 16;
+pub const TIGHT: i32 = 7;
+/// Tight's JPEG quality pseudo-encoding for level 0 (level n: this + n).
+pub const TIGHT_QUALITY_0: i32 = -32;
 pub const CURSOR: i32 = -239;
 pub const DESKTOP_SIZE: i32 = -223;
 
@@ -34,6 +38,30 @@ pub struct VncClient<S = UnixStream> {
     /// The last cursor shape.
     pub cursor: Option<CursorShape>,
     zlib: Decompress,
+    /// Tight's four zlib streams.
+    tight: [Decompress; 4],
+    /// Bytes of each encoding received, by encoding number (for the benches).
+    pub bytes: std::collections::BTreeMap<i32, u64>,
+    /// Tight subrectangles received by kind: "fill", "mono", "indexed", "copy", "jpeg".
+    pub tight_kinds: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// Inflates `z` on the connection's stream `zlib` (each message ends in a sync flush).
+fn inflate(zlib: &mut Decompress, z: &[u8], expect: usize) -> Result<Vec<u8>, String> {
+    let mut plain = Vec::with_capacity(expect + 1024);
+    let before = zlib.total_in();
+    loop {
+        let used = (zlib.total_in() - before) as usize;
+        if plain.capacity() - plain.len() < 1024 {
+            plain.reserve(plain.capacity());
+        }
+        zlib.decompress_vec(&z[used..], &mut plain, FlushDecompress::Sync)
+            .map_err(|e| format!("zlib: {e}"))?;
+        if (zlib.total_in() - before) as usize == z.len() && plain.capacity() - plain.len() >= 1024
+        {
+            return Ok(plain);
+        }
+    }
 }
 
 fn rd<const N: usize>(s: &mut impl Read) -> std::io::Result<[u8; N]> {
@@ -141,6 +169,9 @@ impl<S: Read + Write> VncClient<S> {
             name: String::from_utf8_lossy(&name).into(),
             cursor: None,
             zlib: Decompress::new(true),
+            tight: std::array::from_fn(|_| Decompress::new(true)),
+            bytes: Default::default(),
+            tight_kinds: Default::default(),
         })
     }
 
@@ -207,13 +238,19 @@ impl<S: Read + Write> VncClient<S> {
                 RAW => {
                     let mut px = vec![0u8; w as usize * hh as usize * 4];
                     self.s.read_exact(&mut px).map_err(e)?;
+                    *self.bytes.entry(RAW).or_default() += 12 + px.len() as u64;
                     self.put(x, y, w, hh, &px)?;
                 }
                 ZRLE => {
                     let len = be32(&rd::<4>(&mut self.s).map_err(e)?) as usize;
                     let mut z = vec![0u8; len];
                     self.s.read_exact(&mut z).map_err(e)?;
+                    *self.bytes.entry(ZRLE).or_default() += 16 + len as u64;
                     let px = self.zrle(&z, w as usize, hh as usize)?;
+                    self.put(x, y, w, hh, &px)?;
+                }
+                TIGHT => {
+                    let px = self.tight(w as usize, hh as usize)?;
                     self.put(x, y, w, hh, &px)?;
                 }
                 DESKTOP_SIZE => {
@@ -252,22 +289,7 @@ impl<S: Read + Write> VncClient<S> {
 
     /// Decodes ZRLE (all subencodings of RFC 6143 7.7.6) with 3-byte CPIXELs.
     fn zrle(&mut self, z: &[u8], w: usize, h: usize) -> Result<Vec<u8>, String> {
-        let mut plain = Vec::with_capacity(w * h * 4 + 1024);
-        let before = self.zlib.total_in();
-        loop {
-            let used = (self.zlib.total_in() - before) as usize;
-            if plain.capacity() - plain.len() < 1024 {
-                plain.reserve(plain.capacity());
-            }
-            self.zlib
-                .decompress_vec(&z[used..], &mut plain, FlushDecompress::Sync)
-                .map_err(|e| format!("zlib: {e}"))?;
-            if (self.zlib.total_in() - before) as usize == z.len()
-                && plain.capacity() - plain.len() >= 1024
-            {
-                break;
-            }
-        }
+        let plain = inflate(&mut self.zlib, z, w * h * 4)?;
         let mut out = vec![0u8; w * h * 4];
         let mut p = 0usize;
         let mut take = |n: usize| -> Result<&[u8], String> {
@@ -337,6 +359,131 @@ impl<S: Read + Write> VncClient<S> {
             }
         }
         Ok(out)
+    }
+
+    /// Reads and decodes one Tight rectangle (TightVNC's definition, as TigerVNC decodes it),
+    /// for the native pixel format (TPIXELs are 3 bytes, R, G, B).
+    fn tight(&mut self, w: usize, h: usize) -> Result<Vec<u8>, String> {
+        let e = |err: std::io::Error| format!("tight: {err}");
+        let [ctl] = rd::<1>(&mut self.s).map_err(e)?;
+        let mut got = 1u64;
+        for (i, z) in self.tight.iter_mut().enumerate() {
+            if ctl & (1 << i) != 0 {
+                *z = Decompress::new(true);
+            }
+        }
+        let mut out = vec![0u8; w * h * 4];
+        let put_rgb = |out: &mut [u8], i: usize, c: &[u8]| {
+            out[i * 4..i * 4 + 3].copy_from_slice(&[c[2], c[1], c[0]]);
+        };
+        match ctl >> 4 {
+            8 => {
+                *self.tight_kinds.entry("fill").or_default() += 1;
+                let c: [u8; 3] = rd(&mut self.s).map_err(e)?;
+                for i in 0..w * h {
+                    put_rgb(&mut out, i, &c);
+                }
+                got += 3;
+            }
+            9 => {
+                *self.tight_kinds.entry("jpeg").or_default() += 1;
+                let (len, n) = self.compact_len()?;
+                let mut jpeg = vec![0u8; len];
+                self.s.read_exact(&mut jpeg).map_err(e)?;
+                got += (n + len) as u64;
+                let img = turbojpeg::decompress(&jpeg, turbojpeg::PixelFormat::BGRX)
+                    .map_err(|err| format!("tight JPEG: {err}"))?;
+                if (img.width, img.height) != (w, h) {
+                    return Err(format!(
+                        "tight JPEG {}x{} in a {w}x{h} rectangle",
+                        img.width, img.height
+                    ));
+                }
+                for row in 0..h {
+                    out[row * w * 4..(row + 1) * w * 4]
+                        .copy_from_slice(&img.pixels[row * img.pitch..row * img.pitch + w * 4]);
+                }
+            }
+            k if k < 8 => {
+                let stream = (k & 3) as usize;
+                let mut palette: Vec<[u8; 3]> = Vec::new();
+                if k & 4 != 0 {
+                    let [filter] = rd::<1>(&mut self.s).map_err(e)?;
+                    got += 1;
+                    match filter {
+                        0 => {}
+                        1 => {
+                            let [n] = rd::<1>(&mut self.s).map_err(e)?;
+                            for _ in 0..=n {
+                                palette.push(rd(&mut self.s).map_err(e)?);
+                            }
+                            got += 1 + 3 * (u64::from(n) + 1);
+                        }
+                        other => return Err(format!("tight filter {other}")),
+                    }
+                }
+                let kind = match palette.len() {
+                    0 => "copy",
+                    1 | 2 => "mono",
+                    _ => "indexed",
+                };
+                *self.tight_kinds.entry(kind).or_default() += 1;
+                let row_bytes = match palette.len() {
+                    0 => w * 3,
+                    1 | 2 => w.div_ceil(8),
+                    _ => w,
+                };
+                let size = row_bytes * h;
+                let data = if size < 12 {
+                    let mut d = vec![0u8; size];
+                    self.s.read_exact(&mut d).map_err(e)?;
+                    got += size as u64;
+                    d
+                } else {
+                    let (len, n) = self.compact_len()?;
+                    let mut z = vec![0u8; len];
+                    self.s.read_exact(&mut z).map_err(e)?;
+                    got += (n + len) as u64;
+                    inflate(&mut self.tight[stream], &z, size)?
+                };
+                if data.len() != size {
+                    return Err(format!("tight data {} bytes, want {size}", data.len()));
+                }
+                for y in 0..h {
+                    let row = &data[y * row_bytes..(y + 1) * row_bytes];
+                    for x in 0..w {
+                        let c = match palette.len() {
+                            0 => [row[x * 3], row[x * 3 + 1], row[x * 3 + 2]],
+                            1 | 2 => {
+                                let bit = (row[x / 8] >> (7 - x % 8)) & 1;
+                                *palette.get(bit as usize).ok_or("tight mono index")?
+                            }
+                            _ => *palette.get(row[x] as usize).ok_or("tight palette index")?,
+                        };
+                        put_rgb(&mut out, y * w + x, &c);
+                    }
+                }
+            }
+            other => return Err(format!("tight compression {other}")),
+        }
+        *self.bytes.entry(TIGHT).or_default() += 12 + got;
+        Ok(out)
+    }
+
+    /// Tight's compact length: (the length, the bytes it took).
+    fn compact_len(&mut self) -> Result<(usize, usize), String> {
+        let mut len = 0usize;
+        for i in 0..3 {
+            let [b] = rd::<1>(&mut self.s).map_err(|e| format!("tight length: {e}"))?;
+            if i == 2 {
+                return Ok((len | (usize::from(b) << 14), 3));
+            }
+            len |= usize::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok((len, i + 1));
+            }
+        }
+        Ok((len, 3))
     }
 
     /// The framebuffer without the X bytes, as (B, G, R) triples.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use guest_tests::frontend::ConnectOptions;
-use guest_tests::vnc::{VncClient, CURSOR, DESKTOP_SIZE, RAW, ZRLE};
+use guest_tests::vnc::{VncClient, CURSOR, DESKTOP_SIZE, RAW, TIGHT, TIGHT_QUALITY_0, ZRLE};
 use guest_tests::wire::*;
 use guest_tests::{Backend, Gpu};
 
@@ -153,6 +153,108 @@ fn clients_see_what_the_guest_flushed_raw_and_zrle_damage_resize_and_cursor() {
         (scale(p[2], 31) << 11) | (scale(p[1], 63) << 5) | scale(p[0], 31)
     );
     assert!(b.log_text().contains("VNC on unix:"), "{}", b.log_text());
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A 320x192 picture with every kind of Tight subrectangle: a solid band, two-colour stripes,
+/// a 12-colour checkerboard, and a photo-like gradient with noise (B8G8R8X8).
+fn tight_picture(seed: u32) -> Vec<u8> {
+    let mut px = Vec::new();
+    for y in 0..192u32 {
+        for x in 0..320u32 {
+            let [r, g, b] = if y < 64 {
+                [0x20, 0x40, (0x80 + seed) as u8]
+            } else if x < 128 {
+                if (x / 3 + seed) % 2 == 0 {
+                    [0, 0, 0]
+                } else {
+                    [0xff, 0xf0, 0xe0]
+                }
+            } else if x < 192 {
+                let i = (x / 8 + y / 8 + seed) % 12;
+                [(i * 20) as u8, (255 - i * 20) as u8, (i * 7) as u8]
+            } else {
+                // Smooth, with a little noise: what JPEG is for.
+                let n = (x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503) ^ seed) % 9;
+                [(x + n) as u8, (y + n) as u8, ((x + y) / 2 + seed) as u8]
+            };
+            px.extend_from_slice(&[b, g, r, 0]);
+        }
+    }
+    px
+}
+
+#[test]
+fn tight_is_exact_without_jpeg_and_close_with_it_and_keeps_its_zlib_streams() {
+    let dir = temp_dir("tight");
+    let (b, mut g, sock) = start_vnc(&dir, &["--display", "320x192"]);
+    let (w, h) = (320u32, 192u32);
+    let px = tight_picture(0);
+    let entries = resource_with(&mut g, 1, B8G8R8X8, w, h, &px);
+    let mut lossless = VncClient::connect(&sock, None).unwrap();
+    lossless.set_encodings(&[TIGHT, RAW]);
+    let mut jpeg = VncClient::connect(&sock, None).unwrap();
+    jpeg.set_encodings(&[TIGHT, TIGHT_QUALITY_0 + 9, RAW]);
+    assert_eq!(g.set_scanout(0, 1, (0, 0, w, h)), OK_NODATA);
+    assert_eq!(g.transfer(1, (0, 0, w, h), w * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, w, h)), OK_NODATA);
+    // The largest difference of any colour of any pixel.
+    let worst = |a: &[u8], b: &[u8]| a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max();
+    for round in 0..3u32 {
+        let want = tight_picture(round);
+        if round > 0 {
+            // New pixels, sent incrementally: the zlib streams carry on from before.
+            g.write_backing(&entries, &want);
+            assert_eq!(g.transfer(1, (0, 0, w, h), w * 4), OK_NODATA);
+            assert_eq!(g.flush(1, (0, 0, w, h)), OK_NODATA);
+        }
+        for (c, name) in [(&mut lossless, "lossless"), (&mut jpeg, "JPEG")] {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                c.request(round > 0);
+                let rects = c.read_update().unwrap();
+                assert!(rects.iter().all(|r| r.4 == TIGHT), "{name}: {rects:?}");
+                let diff = worst(&c.bgr(), &bgr(&want)).unwrap_or(0);
+                // JPEG at quality level 9 (100, 4:4:4) is within a few steps.
+                if diff == 0 || (name == "JPEG" && diff <= 8) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{name}, round {round}: off by up to {diff}"
+                );
+            }
+        }
+    }
+    // Lossless is exact everywhere; JPEG only where the picture is photo-like: the solid,
+    // striped and checkered parts went as fill and palettes to it too.
+    assert_eq!(lossless.bgr(), bgr(&tight_picture(2)));
+    let (got, want) = (jpeg.bgr(), bgr(&tight_picture(2)));
+    for y in 0..h as usize {
+        let row = y * w as usize * 3;
+        assert_eq!(got[row..row + 192 * 3], want[row..row + 192 * 3], "row {y}");
+    }
+    for kind in ["fill", "mono", "indexed", "copy"] {
+        assert!(
+            lossless.tight_kinds.contains_key(kind),
+            "{:?}",
+            lossless.tight_kinds
+        );
+    }
+    assert!(!lossless.tight_kinds.contains_key("jpeg"));
+    for kind in ["fill", "mono", "indexed", "jpeg"] {
+        assert!(
+            jpeg.tight_kinds.contains_key(kind),
+            "{:?}",
+            jpeg.tight_kinds
+        );
+    }
+    assert!(
+        !jpeg.tight_kinds.contains_key("copy"),
+        "{:?}",
+        jpeg.tight_kinds
+    );
     drop(b);
     std::fs::remove_dir_all(&dir).unwrap();
 }

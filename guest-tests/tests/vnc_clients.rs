@@ -1,5 +1,6 @@
 //! The VNC server against real clients from Debian: TigerVNC's `vncpasswd` writes the password
-//! file, `vncsnapshot` (TightVNC/RealVNC 3.3 code) logs in with it and takes the picture.
+//! file, `vncsnapshot` (TightVNC/RealVNC 3.3 code) logs in with it and takes the picture, in
+//! Tight with and without JPEG.
 //! Ignored by plain `cargo test` (they need the Debian tools); `scripts/test` runs them.
 
 mod common;
@@ -35,6 +36,34 @@ fn bars() -> Vec<u8> {
     v
 }
 
+/// A 320x200 picture: the bars in the top half, a photo-like gradient with noise below.
+fn bars_and_photo() -> Vec<u8> {
+    let mut v = bars();
+    for y in 100..200u32 {
+        for x in 0..320u32 {
+            let n = (x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503)) % 7;
+            let (r, g, b) = ((x * 255 / 320 + n) as u8, (y * 2 + n) as u8, 128u8);
+            let at = ((y * 320 + x) * 4) as usize;
+            v[at..at + 4].copy_from_slice(&[b, g, r, 0]);
+        }
+    }
+    v
+}
+
+/// Decodes vncsnapshot's JPEG with djpeg into RGB (320x200).
+fn djpeg(jpg: &std::path::Path) -> Vec<u8> {
+    let ppm = Command::new("djpeg")
+        .args(["-pnm"])
+        .arg(jpg)
+        .output()
+        .expect("djpeg");
+    assert!(ppm.status.success());
+    // Binary PPM: "P6\n320 200\n255\n" then RGB.
+    let header = b"P6\n320 200\n255\n";
+    assert!(ppm.stdout.starts_with(header), "{:?}", &ppm.stdout[..16]);
+    ppm.stdout[header.len()..].to_vec()
+}
+
 fn vncsnapshot(port: u16, passwd: &std::path::Path, out: &std::path::Path) -> std::process::Output {
     Command::new("timeout")
         .args(["60", "vncsnapshot", "-quiet", "-quality", "100", "-passwd"])
@@ -43,6 +72,102 @@ fn vncsnapshot(port: u16, passwd: &std::path::Path, out: &std::path::Path) -> st
         .arg(out)
         .output()
         .expect("vncsnapshot (scripts/setup installs it)")
+}
+
+/// vncsnapshot asks for Tight first (then JPEG at its -vncQuality, or none with -nojpeg):
+/// the bars come as fills, exact, and the photo-like half as JPEG (close) or full colour
+/// (exact); its own output is a JPEG at quality 100, so "exact" is within 3.
+#[test]
+#[ignore = "needs vncsnapshot and djpeg (scripts/setup): run by scripts/test"]
+fn vncsnapshot_decodes_tight_with_and_without_jpeg() {
+    let dir = std::env::temp_dir().join(format!("vhost-gpu-vnc-tight-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let b = Backend::start(&opts_2d(&[
+        "--display",
+        "320x200",
+        "--vnc",
+        &format!("127.0.0.1:{port}"),
+    ]));
+    let mut g = Gpu::connect(
+        &b,
+        &ConnectOptions {
+            display: None,
+            ..Default::default()
+        },
+    );
+    let px = bars_and_photo();
+    let _ = resource_with(&mut g, 1, B8G8R8X8, 320, 200, &px);
+    assert_eq!(g.set_scanout(0, 1, (0, 0, 320, 200)), OK_NODATA);
+    assert_eq!(g.transfer(1, (0, 0, 320, 200), 320 * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, 320, 200)), OK_NODATA);
+    let want: Vec<u8> = px
+        .chunks_exact(4)
+        .flat_map(|p| [p[2], p[1], p[0]])
+        .collect();
+    for (name, opts, photo_limit) in [
+        // Limits in hundredths of a step (JPEG quality level 5 is libjpeg's 62, 4:2:0).
+        (
+            "jpeg",
+            &["-encodings", "tight", "-vncQuality", "5"][..],
+            800u32,
+        ),
+        ("nojpeg", &["-encodings", "tight", "-nojpeg"][..], 200),
+    ] {
+        let jpg = dir.join(format!("{name}.jpg"));
+        let out = Command::new("timeout")
+            .args(["60", "vncsnapshot", "-quiet", "-quality", "100"])
+            .args(opts)
+            .arg(format!("127.0.0.1::{port}"))
+            .arg(&jpg)
+            .output()
+            .expect("vncsnapshot (scripts/setup installs it)");
+        assert!(
+            out.status.success() && jpg.exists(),
+            "vncsnapshot {name}: {}\n{}\nbackend:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            b.log_text()
+        );
+        let got = djpeg(&jpg);
+        // The bars, away from their edges (the output JPEG blurs those).
+        for (i, bar) in BARS.iter().enumerate() {
+            for (x, y) in [(i * 40 + 20, 20usize), (i * 40 + 10, 80)] {
+                let at = (y * 320 + x) * 3;
+                let px = &got[at..at + 3];
+                assert!(
+                    px.iter().zip(bar).all(|(a, b)| a.abs_diff(*b) <= 3),
+                    "{name}: bar {i} at ({x},{y}): {px:?}, want {bar:?}"
+                );
+            }
+        }
+        // The photo-like half: the mean difference per colour.
+        let (from, to) = (110 * 320 * 3, 190 * 320 * 3);
+        let total: u32 = got[from..to]
+            .iter()
+            .zip(&want[from..to])
+            .map(|(a, b)| u32::from(a.abs_diff(*b)))
+            .sum();
+        let mean = total * 100 / (to - from) as u32;
+        assert!(
+            mean <= photo_limit,
+            "{name}: the photo-like half is off by {}.{:02} on average",
+            mean / 100,
+            mean % 100
+        );
+        eprintln!(
+            "vncsnapshot {name}: bars exact, photo-like half off by {}.{:02} on average",
+            mean / 100,
+            mean % 100
+        );
+    }
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -110,16 +235,7 @@ fn vncsnapshot_logs_in_with_a_vncpasswd_file_and_sees_the_picture() {
         String::from_utf8_lossy(&ok.stderr),
         b.log_text()
     );
-    let ppm = Command::new("djpeg")
-        .args(["-pnm"])
-        .arg(&jpg)
-        .output()
-        .expect("djpeg");
-    assert!(ppm.status.success());
-    // Binary PPM: "P6\n320 200\n255\n" then RGB.
-    let header = b"P6\n320 200\n255\n";
-    assert!(ppm.stdout.starts_with(header), "{:?}", &ppm.stdout[..16]);
-    let rgb = &ppm.stdout[header.len()..];
+    let rgb = djpeg(&jpg);
     for (i, want) in BARS.iter().enumerate() {
         let (x, y) = (i * 40 + 20, 100usize);
         let at = (y * 320 + x) * 3;

@@ -11,6 +11,7 @@ use log::{debug, info};
 use super::auth;
 use super::qmp::{self, Input, ABS_MAX};
 use super::rfb::{self, ClientMessage, PixelFormat, Zrle};
+use super::tight::{Tight, TightOptions, ENC_TIGHT};
 use super::{Conn, Shared};
 use crate::screens::Area;
 
@@ -41,7 +42,9 @@ pub enum SessionError {
 /// What the reader tells the writer.
 struct State {
     format: PixelFormat,
-    zrle: bool,
+    /// The encoding for pixels: Raw, ZRLE or Tight (the client's first choice of these).
+    encoding: i32,
+    tight: TightOptions,
     desktop_size: bool,
     cursor: bool,
     /// The pending FramebufferUpdateRequest: (incremental, area).
@@ -85,7 +88,8 @@ pub fn serve(conn: Conn, shared: Arc<Shared>, admitted: bool) -> Result<(), Sess
         shared: Arc::clone(&shared),
         state: Mutex::new(State {
             format: PixelFormat::NATIVE,
-            zrle: false,
+            encoding: rfb::ENC_RAW,
+            tight: TightOptions::default(),
             desktop_size: false,
             cursor: false,
             request: None,
@@ -212,10 +216,12 @@ fn read_loop(mut conn: Conn, s: &Session) -> Result<(), SessionError> {
             ClientMessage::SetEncodings(encs) => {
                 let mut st = s.lock();
                 // The client lists encodings in its order of preference.
-                st.zrle = encs
+                st.encoding = encs
                     .iter()
-                    .find(|&&e| e == rfb::ENC_ZRLE || e == rfb::ENC_RAW)
-                    .is_some_and(|&e| e == rfb::ENC_ZRLE);
+                    .copied()
+                    .find(|&e| e == rfb::ENC_ZRLE || e == rfb::ENC_RAW || e == ENC_TIGHT)
+                    .unwrap_or(rfb::ENC_RAW);
+                st.tight = TightOptions::from_encodings(&encs);
                 st.desktop_size = encs.contains(&rfb::ENC_DESKTOP_SIZE);
                 st.cursor = encs.contains(&rfb::ENC_CURSOR);
             }
@@ -294,23 +300,31 @@ fn write_loop(conn: &Conn, s: &Session, size: (u32, u32)) -> Result<(), SessionE
         size,
     };
     let mut zrle = Zrle::default();
+    let mut tight = Tight::default();
     let mut out = BufWriter::with_capacity(1 << 16, conn);
     let mut scratch = Vec::new();
     loop {
         let now = shared.screens.serial();
-        let (format, use_zrle, desktop_size, cursor, request) = {
+        let (format, encoding, tight_opts, desktop_size, cursor, request) = {
             let st = s.lock();
             if st.closed {
                 return Ok(());
             }
-            (st.format, st.zrle, st.desktop_size, st.cursor, st.request)
+            (
+                st.format,
+                st.encoding,
+                st.tight,
+                st.desktop_size,
+                st.cursor,
+                st.request,
+            )
         };
         let Some((incremental, area)) = request else {
             shared.screens.wait(now, Duration::from_millis(500));
             continue;
         };
         let wants = (format, desktop_size, cursor);
-        let Some(update) = build_update(shared, &mut seen, wants, incremental, area) else {
+        let Some(mut update) = build_update(shared, &mut seen, wants, incremental, area) else {
             shared.screens.wait(now, Duration::from_millis(500));
             continue;
         };
@@ -321,7 +335,30 @@ fn write_loop(conn: &Conn, s: &Session, size: (u32, u32)) -> Result<(), SessionE
                 st.request = None;
             }
         }
+        if encoding == ENC_TIGHT {
+            // Tight cuts each rectangle into several: encoded first, so that the update's
+            // header can say how many there are.
+            scratch.clear();
+            let mut n = usize::from(update.pseudo);
+            for (a, px) in &update.rects {
+                let area = (a.x, a.y, a.width, a.height);
+                n += usize::from(
+                    tight
+                        .encode(&format, tight_opts, area, px, &mut scratch)
+                        .map_err(std::io::Error::from)?,
+                );
+            }
+            let n = u16::try_from(n)
+                .map_err(|_| std::io::Error::other("more than 65535 rectangles in an update"))?;
+            update.head[2..4].copy_from_slice(&n.to_be_bytes());
+            out.write_all(&update.head)?;
+            out.write_all(&scratch)?;
+            out.flush()?;
+            shared.stats.updates.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         out.write_all(&update.head)?;
+        let use_zrle = encoding == rfb::ENC_ZRLE;
         for (a, px) in &update.rects {
             let mut h = Vec::with_capacity(12);
             let enc = if use_zrle {
@@ -352,6 +389,8 @@ fn write_loop(conn: &Conn, s: &Session, size: (u32, u32)) -> Result<(), SessionE
 /// rectangles with their B8G8R8X8 pixels, encoded as they are written.
 struct Update {
     head: Vec<u8>,
+    /// Pseudo-rectangles in `head`.
+    pseudo: u16,
     rects: Vec<(Area, Vec<u8>)>,
 }
 
@@ -377,6 +416,7 @@ fn build_update(
             update_and_rect(&mut head, 1, (0, 0, w, h), rfb::ENC_DESKTOP_SIZE);
             return Some(Update {
                 head,
+                pseudo: 1,
                 rects: Vec::new(),
             });
         }
@@ -419,7 +459,11 @@ fn build_update(
     let mut head = Vec::with_capacity(4 + body.len());
     rfb::update_header(&mut head, rects.len() as u16 + pseudo);
     head.extend_from_slice(&body);
-    Some(Update { head, rects })
+    Some(Update {
+        head,
+        pseudo,
+        rects,
+    })
 }
 
 fn update_and_rect(msg: &mut Vec<u8>, n: u16, (x, y, w, h): (u32, u32, u32, u32), enc: i32) {

@@ -24,6 +24,7 @@ pub mod auth;
 pub mod client;
 pub mod qmp;
 pub mod rfb;
+pub mod tight;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};

@@ -397,14 +397,16 @@ fn flip(g: &mut Gpu, i: usize) {
 
 /// From a 1080p flush to a VNC client holding the whole update (ms), for `encoding`; and, as
 /// the baseline, the same flush to the display channel's UPDATE (what QEMU's window gets).
-fn vnc_latency(n: usize, encoding: i32) -> (Stat, Stat) {
+/// Also returns the bytes a frame took on the wire (KB, mean).
+fn vnc_latency(n: usize, encodings: &[i32]) -> (Stat, Stat, f64) {
     let (_b, mut g, sock) = vnc_backend(true);
     let mut c = VncClient::connect(&sock, None).expect("VNC client");
-    c.set_encodings(&[encoding]);
+    c.set_encodings(encodings);
     c.request(false);
     c.read_update().expect("first update");
     let mut vnc = Vec::new();
     let mut chan = Vec::new();
+    let mut bytes = 0u64;
     for i in 0..n + 3 {
         c.request(true);
         // Let the request arrive before the clock starts.
@@ -417,15 +419,17 @@ fn vnc_latency(n: usize, encoding: i32) -> (Stat, Stat) {
             })
             .expect("UPDATE");
         let to_channel = t.elapsed().as_secs_f64();
+        let before: u64 = c.bytes.values().sum();
         let rects = c.read_update().expect("VNC update");
         let to_vnc = t.elapsed().as_secs_f64();
         assert!(!rects.is_empty());
         if i >= 3 {
             vnc.push(to_vnc * 1e3);
             chan.push(to_channel * 1e3);
+            bytes += c.bytes.values().sum::<u64>() - before;
         }
     }
-    (stat(vnc), stat(chan))
+    (stat(vnc), stat(chan), bytes as f64 / n as f64 / 1e3)
 }
 
 /// The backend's CPU time (user + system) in seconds.
@@ -438,9 +442,9 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
-/// vhost-gpu's CPU per 1080p frame (ms) with `clients` VNC clients (ZRLE) keeping up, no
-/// display channel: what VNC costs the host.
-fn vnc_cpu(n: usize, clients: usize) -> Stat {
+/// vhost-gpu's CPU per 1080p frame (ms) with `clients` VNC clients (asking for `encodings`)
+/// keeping up, no display channel: what VNC costs the host.
+fn vnc_cpu(n: usize, clients: usize, encodings: &'static [i32]) -> Stat {
     let (b, mut g, sock) = vnc_backend(false);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let readers: Vec<_> = (0..clients)
@@ -449,7 +453,7 @@ fn vnc_cpu(n: usize, clients: usize) -> Stat {
             let stop = std::sync::Arc::clone(&stop);
             std::thread::spawn(move || {
                 let mut c = VncClient::connect(&sock, None).expect("VNC client");
-                c.set_encodings(&[vnc::ZRLE]);
+                c.set_encodings(encodings);
                 c.request(false);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     if c.read_update().is_err() {
@@ -811,10 +815,19 @@ fn main() {
     if run("vnc") {
         eprintln!("vnc...");
         let nv = (n / 20).max(10);
-        for (enc, name) in [(vnc::ZRLE, "ZRLE"), (vnc::RAW, "Raw")] {
-            let (v, chan) = vnc_latency(nv, enc);
+        let q = |level: i32| vnc::TIGHT_QUALITY_0 + level;
+        for (encs, name) in [
+            (&[vnc::ZRLE][..], "ZRLE"),
+            (&[vnc::RAW][..], "Raw"),
+            (&[vnc::TIGHT][..], "Tight, lossless"),
+            (&[vnc::TIGHT, q(6)][..], "Tight, JPEG quality 6"),
+            (&[vnc::TIGHT, q(9)][..], "Tight, JPEG quality 9"),
+        ] {
+            let (v, chan, kb) = vnc_latency(nv, encs);
             rows.push(Row {
-                name: format!("VNC: 1080p flush to client has it ({name}, Unix socket)"),
+                name: format!(
+                    "VNC: 1080p flush to client has it ({name}, Unix socket; {kb:.0} KB a frame)"
+                ),
                 unit: "ms",
                 ours: v,
                 theirs: None,
@@ -822,12 +835,18 @@ fn main() {
                 higher_better: false,
             });
         }
-        let none = vnc_cpu(nv, 0);
-        for k in [1, 2] {
+        let none = vnc_cpu(nv, 0, &[]);
+        const JPEG6: &[i32] = &[vnc::TIGHT, vnc::TIGHT_QUALITY_0 + 6];
+        for (k, encs, name) in [
+            (1, &[vnc::ZRLE][..], "ZRLE"),
+            (2, &[vnc::ZRLE][..], "ZRLE"),
+            (1, JPEG6, "Tight JPEG 6"),
+            (2, JPEG6, "Tight JPEG 6"),
+        ] {
             rows.push(Row {
-                name: format!("VNC: vhost-gpu CPU per 1080p frame, {k} ZRLE client(s)"),
+                name: format!("VNC: vhost-gpu CPU per 1080p frame, {k} {name} client(s)"),
                 unit: "ms",
-                ours: vnc_cpu(nv, k),
+                ours: vnc_cpu(nv, k, encs),
                 theirs: None,
                 baseline: Some(("no client", none)),
                 higher_better: false,

@@ -358,6 +358,23 @@ fn guest_vkmark(hold: u32) -> VkmarkRun {
         "vkmark",
         &format!("vgt.hold={hold}"),
     );
+    // A hang the guest reports (it then waits 15 s before ending vkmark): the host's side of it
+    // while it lasts, every thread of vhost-gpu and the render server with its stack.
+    // ("GUEST: vkmark " begins both the "rc" and the "hung" line, and no other.)
+    vm.wait_for(&mut backend, "GUEST: vkmark ", BOOT);
+    if vm.serial_text().contains("GUEST: vkmark hung") {
+        let dump = format!(
+            "{}\n{}",
+            backend.thread_dump(),
+            guest_tests::frontend::stacks(backend.pid())
+        );
+        let at = std::env::temp_dir().join(format!("vhost-gpu-vkmark-hang-{}.txt", backend.pid()));
+        let _ = std::fs::write(&at, &dump);
+        eprintln!(
+            "vkmark hung in the guest; the host's threads (also in {}):\n{dump}",
+            at.display()
+        );
+    }
     vm.wait_for(&mut backend, "GUEST: vkmark rc", BOOT);
     let lines = vm.guest_lines();
     let rc = vm.line_after("GUEST: vkmark rc").unwrap_or_default();
