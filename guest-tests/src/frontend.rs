@@ -664,6 +664,49 @@ pub fn stacks(root: u32) -> String {
     out
 }
 
+/// The control words of every Venus command ring mapped in the process tree at `root`: for a
+/// hang's report. Mesa's ring layout (`vn_ring_get_layout`) puts head, tail and status each in
+/// its own 64-byte line at the start of a 0x21000-byte shared mapping (a 128 KiB ring); a ring
+/// whose tail is ahead of its head while its status says idle (bit 0) lost a wake-up.
+pub fn venus_rings(root: u32) -> String {
+    use std::os::unix::fs::FileExt;
+    let mut out = String::new();
+    for pid in process_tree(root) {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        let Ok(mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
+            continue;
+        };
+        for line in maps.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+                continue;
+            };
+            let Some((a, b)) = range.split_once('-') else {
+                continue;
+            };
+            let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+                continue;
+            };
+            if b - a != 0x21000 || !perms.starts_with("rw") || !perms.ends_with('s') {
+                continue;
+            }
+            let word = |off: u64| {
+                let mut w = [0u8; 4];
+                mem.read_exact_at(&mut w, a + off)
+                    .map(|_| u32::from_le_bytes(w))
+                    .ok()
+            };
+            out.push_str(&format!(
+                "process {pid}: ring? {line}\n  head {:?} tail {:?} status {:?}\n",
+                word(0),
+                word(64),
+                word(128)
+            ));
+        }
+    }
+    out
+}
+
 /// [`Backend::thread_dump`] for any process tree rooted at `root`.
 pub fn thread_dump(root: u32) -> String {
     let tree = process_tree(root);

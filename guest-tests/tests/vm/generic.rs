@@ -364,8 +364,9 @@ fn guest_vkmark(hold: u32) -> VkmarkRun {
     vm.wait_for(&mut backend, "GUEST: vkmark ", BOOT);
     if vm.serial_text().contains("GUEST: vkmark hung") {
         let dump = format!(
-            "{}\n{}",
+            "{}\n{}\n{}",
             backend.thread_dump(),
+            guest_tests::frontend::venus_rings(backend.pid()),
             guest_tests::frontend::stacks(backend.pid())
         );
         let at = std::env::temp_dir().join(format!("vhost-gpu-vkmark-hang-{}.txt", backend.pid()));
