@@ -486,7 +486,9 @@ impl VhostUserGpu {
         {
             let mut held = lock(&self.held);
             for d in done {
+                let n = ready.len();
                 ready.extend(held.complete(d));
+                log::trace!("fence {d:?} released {} replies", ready.len() - n);
             }
         }
         if ready.is_empty() {

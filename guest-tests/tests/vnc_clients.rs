@@ -1,12 +1,15 @@
 //! The VNC server against real clients from Debian: TigerVNC's `vncpasswd` writes the password
 //! file, `vncsnapshot` (TightVNC/RealVNC 3.3 code) logs in with it and takes the picture, in
-//! Tight with and without JPEG.
+//! Tight with and without JPEG; TigerVNC's viewer shows the picture (Tight, JPEG) in its
+//! window on Xvfb.
 //! Ignored by plain `cargo test` (they need the Debian tools); `scripts/test` runs them.
 
 mod common;
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 use guest_tests::frontend::ConnectOptions;
@@ -248,4 +251,207 @@ fn vncsnapshot_logs_in_with_a_vncpasswd_file_and_sees_the_picture() {
     assert!(b.log_text().contains("VNC authentication"));
     drop(b);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Decodes `xwd -root` output (ZPixmap, 32 bits a pixel, 8-bit masks) into (width, height,
+/// RGB).
+fn xwd_rgb(x: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
+    let word = |i: usize| -> Result<u32, String> {
+        x.get(i * 4..i * 4 + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(|| "xwd header short".to_string())
+    };
+    let (header, format, w, h) = (word(0)? as usize, word(2)?, word(4)?, word(5)?);
+    let (order, bpp, stride) = (word(7)?, word(11)?, word(12)? as usize);
+    let (rmask, gmask, bmask) = (word(14)?, word(15)?, word(16)?);
+    let ncolors = word(19)? as usize;
+    if format != 2 || bpp != 32 || (rmask, gmask, bmask) != (0xff0000, 0xff00, 0xff) {
+        return Err(format!(
+            "xwd format {format}, {bpp} bits, masks {rmask:#x} {gmask:#x} {bmask:#x}"
+        ));
+    }
+    let data = x.get(header + ncolors * 12..).ok_or("xwd colormap short")?;
+    let (w, h) = (w as usize, h as usize);
+    let mut rgb = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        for px in 0..w {
+            let p = data
+                .get(y * stride + px * 4..y * stride + px * 4 + 4)
+                .ok_or("xwd data short")?;
+            let v = if order == 0 {
+                u32::from_le_bytes([p[0], p[1], p[2], p[3]])
+            } else {
+                u32::from_be_bytes([p[0], p[1], p[2], p[3]])
+            };
+            rgb.extend_from_slice(&[(v >> 16) as u8, (v >> 8) as u8, v as u8]);
+        }
+    }
+    Ok((w, h, rgb))
+}
+
+/// An Xvfb of `w` x `h` on the first free display from :70; killed on drop.
+struct Xvfb {
+    child: std::process::Child,
+    display: String,
+}
+
+impl Xvfb {
+    fn start(w: u32, h: u32) -> Xvfb {
+        let n = (70..120)
+            .find(|n| {
+                !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+                    && !Path::new(&format!("/tmp/.X{n}-lock")).exists()
+            })
+            .expect("a free X display");
+        let display = format!(":{n}");
+        let child = Command::new("Xvfb")
+            .arg(&display)
+            .args(["-screen", "0", &format!("{w}x{h}x24"), "-nolisten", "tcp"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Xvfb (scripts/setup installs xvfb)");
+        let socket = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "Xvfb {display} did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Xvfb { child, display }
+    }
+
+    fn screenshot(&self) -> (usize, usize, Vec<u8>) {
+        let out = Command::new("xwd")
+            .args(["-root", "-silent", "-display", &self.display])
+            .output()
+            .expect("xwd (scripts/setup installs x11-apps)");
+        assert!(out.status.success(), "xwd: {out:?}");
+        xwd_rgb(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        // SIGTERM, so that Xvfb removes its socket and lock file.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// TigerVNC's viewer, full screen on an Xvfb of the guest's size, asks for Tight with JPEG at
+/// quality level 6: its window (the X screen) shows the bars' band exactly and the rest within
+/// JPEG's error, and vhost-gpu says what it sends.
+#[test]
+#[ignore = "needs Xvfb, xwd and TigerVNC's viewer (scripts/setup): run by scripts/test"]
+fn tigervnc_viewer_shows_the_picture_in_tight_with_jpeg() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let b = Backend::start(&opts_2d(&[
+        "--display",
+        "320x200",
+        "--vnc",
+        &format!("127.0.0.1:{port}"),
+    ]));
+    let mut g = Gpu::connect(
+        &b,
+        &ConnectOptions {
+            display: None,
+            ..Default::default()
+        },
+    );
+    let px = bars_and_photo();
+    let _ = resource_with(&mut g, 1, B8G8R8X8, 320, 200, &px);
+    assert_eq!(g.set_scanout(0, 1, (0, 0, 320, 200)), OK_NODATA);
+    assert_eq!(g.transfer(1, (0, 0, 320, 200), 320 * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, 320, 200)), OK_NODATA);
+    let want: Vec<u8> = px
+        .chunks_exact(4)
+        .flat_map(|p| [p[2], p[1], p[0]])
+        .collect();
+
+    let x = Xvfb::start(320, 200);
+    let home = std::env::temp_dir().join(format!("vhost-gpu-tigervnc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).unwrap();
+    let mut viewer = Command::new("xtigervncviewer")
+        .args([
+            "-FullScreen",
+            "-AutoSelect=0",
+            "-PreferredEncoding=Tight",
+            "-QualityLevel=6",
+            "-CompressLevel=2",
+            "-SecurityTypes=None",
+            "-Log=*:stderr:30",
+        ])
+        .arg(format!("127.0.0.1::{port}"))
+        .env("DISPLAY", &x.display)
+        .env("HOME", &home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("xtigervncviewer (scripts/setup installs tigervnc-viewer)");
+    // The window has the picture once the bars are there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let shot = loop {
+        let (w, h, rgb) = x.screenshot();
+        let bars_there = (w, h) == (320, 200)
+            && BARS.iter().enumerate().all(|(i, bar)| {
+                let at = (20 * 320 + i * 40 + 20) * 3;
+                rgb[at..at + 3]
+                    .iter()
+                    .zip(bar)
+                    .all(|(a, b)| a.abs_diff(*b) <= 3)
+            });
+        if bars_there {
+            break rgb;
+        }
+        if Instant::now() > deadline || matches!(viewer.try_wait(), Ok(Some(_))) {
+            let _ = viewer.kill();
+            let out = viewer.wait_with_output().unwrap();
+            panic!(
+                "TigerVNC's window never showed the bars ({w}x{h}):\n{}\nbackend:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                b.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = viewer.kill();
+    let _ = viewer.wait();
+    // Every pixel of the first 64 rows, all bars (Tight's first band of tiles: fills, exact);
+    // below, the band that mixes bars and the photo-like half and the rest went as JPEG.
+    for y in 0..64usize {
+        for px in 0..320usize {
+            let at = (y * 320 + px) * 3;
+            assert!(
+                shot[at..at + 3]
+                    .iter()
+                    .zip(&want[at..at + 3])
+                    .all(|(a, b)| a == b),
+                "bars: pixel ({px},{y}) {:?}, want {:?}",
+                &shot[at..at + 3],
+                &want[at..at + 3]
+            );
+        }
+    }
+    let (from, to) = (64 * 320 * 3, 200 * 320 * 3);
+    let total: u64 = shot[from..to]
+        .iter()
+        .zip(&want[from..to])
+        .map(|(a, b)| u64::from(a.abs_diff(*b)))
+        .sum();
+    let mean = total as f64 / (to - from) as f64;
+    assert!(mean < 8.0, "photo-like half off by {mean:.2} on average");
+    let log = b.log_text();
+    assert!(
+        log.contains("VNC client: sending Tight with JPEG at quality level 6, compression level 2"),
+        "{log}"
+    );
+    eprintln!("TigerVNC's viewer: the bars exact, the photo-like half off by {mean:.2} on average (Tight, JPEG level 6)");
+    let _ = std::fs::remove_dir_all(&home);
 }

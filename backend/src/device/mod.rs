@@ -323,6 +323,29 @@ impl GpuDevice {
         mem: &Arc<GuestMemoryMmap>,
     ) -> GpuResponse {
         let name = cmd.name();
+        if log::log_enabled!(log::Level::Trace) {
+            // The command history, for a hang's report (RUST_LOG=vhost_gpu::device=trace): a
+            // SUBMIT_3D's first word is its stream's first command (Venus: its command type).
+            let first = match &cmd {
+                GpuCommand::Submit3d { cmds } => cmds
+                    .get(..4)
+                    .map(|b| {
+                        format!(
+                            " first word {}",
+                            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+                        )
+                    })
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            log::trace!(
+                "ctx {} {name} flags {:#x} fence {} ring {}{first}",
+                hdr.ctx_id,
+                hdr.flags,
+                hdr.fence_id,
+                hdr.ring_idx
+            );
+        }
         if !matches!(
             cmd,
             GpuCommand::Submit3d { .. } | GpuCommand::ResourceFlush { .. }

@@ -216,14 +216,33 @@ fn read_loop(mut conn: Conn, s: &Session) -> Result<(), SessionError> {
             ClientMessage::SetEncodings(encs) => {
                 let mut st = s.lock();
                 // The client lists encodings in its order of preference.
-                st.encoding = encs
+                let encoding = encs
                     .iter()
                     .copied()
                     .find(|&e| e == rfb::ENC_ZRLE || e == rfb::ENC_RAW || e == ENC_TIGHT)
                     .unwrap_or(rfb::ENC_RAW);
-                st.tight = TightOptions::from_encodings(&encs);
+                let tight = TightOptions::from_encodings(&encs);
+                let changed = (st.encoding, st.tight) != (encoding, tight);
+                st.encoding = encoding;
+                st.tight = tight;
                 st.desktop_size = encs.contains(&rfb::ENC_DESKTOP_SIZE);
                 st.cursor = encs.contains(&rfb::ENC_CURSOR);
+                drop(st);
+                if changed {
+                    let what = match (encoding, tight.quality) {
+                        (ENC_TIGHT, Some(q)) => format!(
+                            "Tight with JPEG at quality level {q}, compression level {}",
+                            tight.compression
+                        ),
+                        (ENC_TIGHT, None) => format!(
+                            "Tight without JPEG, compression level {}",
+                            tight.compression
+                        ),
+                        (rfb::ENC_ZRLE, _) => "ZRLE".into(),
+                        _ => "Raw".into(),
+                    };
+                    info!("VNC client: sending {what}");
+                }
             }
             ClientMessage::UpdateRequest {
                 incremental,
