@@ -162,6 +162,11 @@ pub struct Cli {
     #[arg(long, value_name = "LISTEN")]
     pub vnc: Option<crate::vnc::Listen>,
 
+    /// Also serve VNC over WebSocket on HOST:PORT, for noVNC in a browser without websockify
+    /// (loopback unless --vnc-password-file is given).
+    #[arg(long, value_name = "HOST:PORT", requires = "vnc")]
+    pub vnc_websocket: Option<String>,
+
     /// VNC authentication with the first line of this file (VNC uses its first 8 bytes).
     #[arg(long, value_name = "PATH", requires = "vnc")]
     pub vnc_password_file: Option<PathBuf>,

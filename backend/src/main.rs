@@ -264,7 +264,10 @@ fn run(cli: &Cli) -> Result<Option<String>> {
                 }
                 None => None,
             };
-            let server = VncServer::bind(listen, password.is_some())?;
+            let mut server = VncServer::bind(listen, password.is_some())?;
+            if let Some(ws) = &cli.vnc_websocket {
+                server = server.with_websocket(ws, password.is_some())?;
+            }
             Some((server, password))
         }
         None => None,

@@ -116,6 +116,83 @@ impl VncClient<TcpStream> {
     }
 }
 
+/// RFB over a WebSocket (what noVNC does): a client of `tungstenite`, its binary messages read
+/// as one byte stream, each write sent as one binary message.
+pub struct WsStream {
+    ws: tungstenite::WebSocket<TcpStream>,
+    pending: Vec<u8>,
+    at: usize,
+}
+
+impl WsStream {
+    /// Connects to `ws://addr/` and runs the opening handshake, offering `protocols`.
+    pub fn connect(addr: &str, protocols: Option<&str>) -> Result<WsStream, String> {
+        let tcp = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut req =
+            tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{addr}/"))
+                .map_err(|e| format!("request: {e}"))?;
+        if let Some(p) = protocols {
+            req.headers_mut()
+                .insert("Sec-WebSocket-Protocol", p.parse().unwrap());
+        }
+        let (ws, resp) =
+            tungstenite::client(req, tcp).map_err(|e| format!("WebSocket handshake: {e}"))?;
+        if let Some(p) = protocols {
+            let got = resp
+                .headers()
+                .get("Sec-WebSocket-Protocol")
+                .and_then(|v| v.to_str().ok());
+            if got != Some(p) {
+                return Err(format!("subprotocol {got:?}, offered {p}"));
+            }
+        }
+        Ok(WsStream {
+            ws,
+            pending: Vec::new(),
+            at: 0,
+        })
+    }
+
+    /// Sends a ping and a close, as a browser may.
+    pub fn ping(&mut self) {
+        self.ws
+            .send(tungstenite::Message::Ping(b"vgt".to_vec().into()))
+            .unwrap();
+    }
+}
+
+impl Read for WsStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.pending.len() {
+            match self.ws.read().map_err(std::io::Error::other)? {
+                tungstenite::Message::Binary(b) => {
+                    self.pending = b.to_vec();
+                    self.at = 0;
+                }
+                tungstenite::Message::Close(_) => return Ok(0),
+                _ => {}
+            }
+        }
+        let n = buf.len().min(self.pending.len() - self.at);
+        buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+impl Write for WsStream {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.ws
+            .send(tungstenite::Message::Binary(b.to_vec().into()))
+            .map_err(std::io::Error::other)?;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.ws.flush().map_err(std::io::Error::other)
+    }
+}
+
 impl<S: Read + Write> VncClient<S> {
     pub fn handshake(mut s: S, password: Option<&[u8]>) -> Result<Self, String> {
         fn e(w: &str) -> impl Fn(std::io::Error) -> String + '_ {
@@ -177,6 +254,10 @@ impl<S: Read + Write> VncClient<S> {
 
     pub fn stream(&self) -> &S {
         &self.s
+    }
+
+    pub fn stream_mut(&mut self) -> &mut S {
+        &mut self.s
     }
 
     pub fn set_encodings(&mut self, encs: &[i32]) {

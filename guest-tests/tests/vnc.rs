@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use guest_tests::frontend::ConnectOptions;
-use guest_tests::vnc::{VncClient, CURSOR, DESKTOP_SIZE, RAW, TIGHT, TIGHT_QUALITY_0, ZRLE};
+use guest_tests::vnc::{
+    VncClient, WsStream, CURSOR, DESKTOP_SIZE, RAW, TIGHT, TIGHT_QUALITY_0, ZRLE,
+};
 use guest_tests::wire::*;
 use guest_tests::{Backend, Gpu};
 
@@ -255,6 +257,66 @@ fn tight_is_exact_without_jpeg_and_close_with_it_and_keeps_its_zlib_streams() {
         "{:?}",
         jpeg.tight_kinds
     );
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--vnc-websocket`: a WebSocket client (as noVNC is) gets the same RFB session, the picture
+/// exact in Tight, across pings; a plain RFB client or garbage on the WebSocket port is closed,
+/// and the server goes on serving.
+#[test]
+fn websocket_clients_get_the_same_session_and_bad_upgrades_are_closed() {
+    let dir = temp_dir("ws");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let (b, mut g, _sock) = start_vnc(&dir, &["--display", "320x192", "--vnc-websocket", &addr]);
+    let (w, h) = (320u32, 192u32);
+    let px = tight_picture(4);
+    let _ = resource_with(&mut g, 1, B8G8R8X8, w, h, &px);
+    assert_eq!(g.set_scanout(0, 1, (0, 0, w, h)), OK_NODATA);
+    assert_eq!(g.transfer(1, (0, 0, w, h), w * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, w, h)), OK_NODATA);
+
+    // Garbage, then a plain RFB client, on the WebSocket port: closed without an RFB word.
+    for hello in [&b"\x16\x03\x01garbage\r\n\r\n"[..], b""] {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s.write_all(hello).unwrap();
+        if hello.is_empty() {
+            // A plain RFB client waits for the server's version; the upgrade times out.
+            let mut v = [0u8; 12];
+            assert!(
+                s.read_exact(&mut v).is_err(),
+                "an RFB greeting on the WebSocket port"
+            );
+        } else {
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            assert!(!rest.starts_with(b"RFB"), "{rest:?}");
+        }
+    }
+
+    for protocols in [Some("binary"), None] {
+        let ws = WsStream::connect(&addr, protocols).unwrap();
+        let mut c = VncClient::handshake(ws, None).unwrap();
+        assert_eq!((c.width, c.height), (w, h));
+        c.set_encodings(&[TIGHT, RAW]);
+        c.request(false);
+        let rects = c.read_update().unwrap();
+        assert!(rects.iter().all(|r| r.4 == TIGHT), "{rects:?}");
+        assert_eq!(c.bgr(), bgr(&px), "over WebSocket ({protocols:?})");
+        // Pings on the way are answered (tungstenite replies to the server's pong itself).
+        c.stream_mut().ping();
+        c.request(false);
+        c.read_update().unwrap();
+        assert_eq!(c.bgr(), bgr(&px));
+    }
+    let log = b.log_text();
+    assert!(log.contains(&format!("WebSocket on {addr}")), "{log}");
     drop(b);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -16,7 +16,7 @@ use super::{Conn, Shared};
 use crate::screens::Area;
 
 /// Time a client has for each step of the handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client that does not take an update within this is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a wrong password.

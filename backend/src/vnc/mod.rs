@@ -25,6 +25,7 @@ pub mod client;
 pub mod qmp;
 pub mod rfb;
 pub mod tight;
+pub mod ws;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -93,6 +94,8 @@ impl std::fmt::Display for Listen {
 pub enum Conn {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// A TCP connection after the WebSocket upgrade (`--vnc-websocket`).
+    Ws(ws::WsConn),
 }
 
 macro_rules! both {
@@ -100,6 +103,10 @@ macro_rules! both {
         match $self {
             Conn::Tcp($s) => $e,
             Conn::Unix($s) => $e,
+            Conn::Ws(w) => {
+                let $s = w.tcp();
+                $e
+            }
         }
     };
 }
@@ -109,6 +116,7 @@ impl Conn {
         Ok(match self {
             Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
             Conn::Unix(s) => Conn::Unix(s.try_clone()?),
+            Conn::Ws(w) => Conn::Ws(w.try_clone()?),
         })
     }
     fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
@@ -124,15 +132,19 @@ impl Conn {
 
 impl Read for Conn {
     fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
-        both!(self, s => s.read(b))
+        match self {
+            Conn::Tcp(s) => s.read(b),
+            Conn::Unix(s) => s.read(b),
+            Conn::Ws(w) => w.read(b),
+        }
     }
 }
 impl Write for Conn {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        both!(self, s => s.write(b))
+        (&*self).write(b)
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        both!(self, s => s.flush())
+        Ok(())
     }
 }
 impl Write for &Conn {
@@ -140,6 +152,7 @@ impl Write for &Conn {
         match self {
             Conn::Tcp(s) => (&*s).write(b),
             Conn::Unix(s) => (&*s).write(b),
+            Conn::Ws(w) => (&*w).write(b),
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -184,6 +197,8 @@ enum Listener {
 pub struct VncServer {
     listener: Listener,
     listen: Listen,
+    /// The WebSocket listener (`--vnc-websocket`): the same server, for noVNC.
+    websocket: Option<TcpListener>,
 }
 
 /// What `--vnc` needs besides the address.
@@ -231,7 +246,34 @@ impl VncServer {
         Ok(VncServer {
             listener,
             listen: listen.clone(),
+            websocket: None,
         })
+    }
+
+    /// Also listens for WebSocket clients (noVNC) on `addr` (HOST:PORT), under the same rule:
+    /// loopback only without a password.
+    pub fn with_websocket(mut self, addr: &str, has_password: bool) -> Result<Self, VncError> {
+        let what = format!("--vnc-websocket {addr}");
+        let Listen::Tcp(a) = addr.parse::<Listen>()? else {
+            return Err(VncError::Address(what));
+        };
+        let addrs: Vec<SocketAddr> = a
+            .to_socket_addrs()
+            .map_err(|e| VncError::Resolve(what.clone(), e))?
+            .collect();
+        if !has_password && !addrs.iter().all(is_loopback) {
+            return Err(VncError::NeedsPassword(what));
+        }
+        self.websocket = Some(TcpListener::bind(&addrs[..]).map_err(|e| VncError::Bind(what, e))?);
+        Ok(self)
+    }
+
+    /// Where the WebSocket listener listens, if there is one.
+    pub fn describe_websocket(&self) -> Option<String> {
+        self.websocket
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
     }
 
     /// Where it listens (for a TCP port 0, the port the kernel chose).
@@ -261,12 +303,21 @@ impl VncServer {
             max_clients: o.max_clients,
             stats: Stats::default(),
         });
-        let accept_shared = Arc::clone(&shared);
         let describe = self.describe();
-        std::thread::Builder::new()
-            .name("vnc-accept".into())
-            .spawn(move || self.accept_loop(&accept_shared))
-            .map_err(VncError::Thread)?;
+        let websocket = self.describe_websocket();
+        let listeners = std::iter::once((self.listener, false))
+            .chain(self.websocket.map(|l| (Listener::Tcp(l), true)));
+        for (listener, ws) in listeners {
+            let accept_shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name(if ws { "vnc-ws-accept" } else { "vnc-accept" }.into())
+                .spawn(move || Self::accept_loop(listener, ws, &accept_shared))
+                .map_err(VncError::Thread)?;
+        }
+        let describe = match websocket {
+            Some(w) => format!("{describe} and WebSocket on {w}"),
+            None => describe,
+        };
         info!(
             "VNC on {describe}: scanout {}, {}, {}",
             o.scanout,
@@ -283,8 +334,8 @@ impl VncServer {
         Ok(shared)
     }
 
-    fn accept(&self) -> std::io::Result<Conn> {
-        Ok(match &self.listener {
+    fn accept(listener: &Listener) -> std::io::Result<Conn> {
+        Ok(match listener {
             Listener::Tcp(l) => {
                 let (s, _) = l.accept()?;
                 let _ = s.set_nodelay(true);
@@ -294,10 +345,12 @@ impl VncServer {
         })
     }
 
-    fn accept_loop(self, shared: &Arc<Shared>) {
+    /// Accepts clients on `listener` for ever, each on its own thread; `websocket`: they
+    /// upgrade to WebSocket first.
+    fn accept_loop(listener: Listener, websocket: bool, shared: &Arc<Shared>) {
         let mut errors = 0u32;
         loop {
-            let conn = match self.accept() {
+            let conn = match Self::accept(&listener) {
                 Ok(c) => {
                     errors = 0;
                     c
@@ -326,6 +379,18 @@ impl VncServer {
                 .spawn(move || {
                     let _count = client::Admission(&sh);
                     let session = sh.stats.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+                    let conn = match (websocket, conn) {
+                        (true, Conn::Tcp(tcp)) => {
+                            match ws::accept(tcp, client::HANDSHAKE_TIMEOUT) {
+                                Ok(w) => Conn::Ws(w),
+                                Err(e) => {
+                                    crate::guest_warn!("VNC client {session}: {e}; closed");
+                                    return;
+                                }
+                            }
+                        }
+                        (_, conn) => conn,
+                    };
                     match client::serve(conn, Arc::clone(&sh), admitted) {
                         Ok(()) => log::debug!("VNC client {session}: closed"),
                         Err(e) => crate::guest_warn!("VNC client {session}: {e}; closed"),
