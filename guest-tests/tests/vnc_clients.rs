@@ -1,7 +1,8 @@
 //! The VNC server against real clients from Debian: TigerVNC's `vncpasswd` writes the password
 //! file, `vncsnapshot` (TightVNC/RealVNC 3.3 code) logs in with it and takes the picture, in
 //! Tight with and without JPEG; TigerVNC's viewer shows the picture (Tight, JPEG) in its
-//! window on Xvfb.
+//! window on Xvfb; noVNC in Debian's Chromium (Playwright) shows it over `--vnc-websocket` and
+//! sends a typed key on to QMP.
 //! Ignored by plain `cargo test` (they need the Debian tools); `scripts/test` runs them.
 
 mod common;
@@ -454,4 +455,170 @@ fn tigervnc_viewer_shows_the_picture_in_tight_with_jpeg() {
     );
     eprintln!("TigerVNC's viewer: the bars exact, the photo-like half off by {mean:.2} on average (Tight, JPEG level 6)");
     let _ = std::fs::remove_dir_all(&home);
+}
+
+/// Plays QEMU's QMP for `--vnc-input-qmp`: greets, answers every command, and passes on each
+/// command line it got.
+fn fake_qmp(path: &Path) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader};
+    let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut w) = conn else { return };
+            let r = BufReader::new(w.try_clone().unwrap());
+            let _ = w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\r\n");
+            for line in r.lines() {
+                let Ok(line) = line else { break };
+                let _ = w.write_all(b"{\"return\": {}}\r\n");
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// noVNC 1.7 (npm) in Debian's Chromium, driven by Playwright (`guest-tests/novnc/check.mjs`),
+/// connects to `--vnc-websocket` with no websockify: its canvas holds the picture (the fill
+/// band exact, the JPEG rest close), and a key typed in the page reaches QMP as
+/// `input-send-event` (the VM tests carry such events on to the guest's evdev).
+#[test]
+#[ignore = "needs Chromium, Node.js and scripts/novnc's npm packages: run by scripts/test"]
+fn novnc_in_chromium_shows_the_picture_over_websocket_and_types_into_qmp() {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let novnc = here.join("work/novnc");
+    assert!(
+        novnc.join("node_modules/@novnc/novnc/core/rfb.js").exists(),
+        "run scripts/novnc first"
+    );
+    let dir = std::env::temp_dir().join(format!("vhost-gpu-novnc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Three distinct free ports (each listener held until all are chosen).
+    let held: Vec<std::net::TcpListener> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let port = |i: usize| held[i].local_addr().unwrap().port();
+    let (vnc_port, ws_port, http_port) = (port(0), port(1), port(2));
+    drop(held);
+    let qmp = dir.join("qmp.sock");
+    let qmp_lines = fake_qmp(&qmp);
+    let b = Backend::start(&opts_2d(&[
+        "--display",
+        "320x200",
+        "--vnc",
+        &format!("127.0.0.1:{vnc_port}"),
+        "--vnc-websocket",
+        &format!("127.0.0.1:{ws_port}"),
+        "--vnc-input-qmp",
+        qmp.to_str().unwrap(),
+    ]));
+    let mut g = Gpu::connect(
+        &b,
+        &ConnectOptions {
+            display: None,
+            ..Default::default()
+        },
+    );
+    let px = bars_and_photo();
+    let _ = resource_with(&mut g, 1, B8G8R8X8, 320, 200, &px);
+    assert_eq!(g.set_scanout(0, 1, (0, 0, 320, 200)), OK_NODATA);
+    assert_eq!(g.transfer(1, (0, 0, 320, 200), 320 * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, 320, 200)), OK_NODATA);
+
+    let mut http = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(http_port.to_string())
+        .arg("--directory")
+        .arg(&novnc)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the page's HTTP server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = dir.join("novnc");
+    let run = Command::new("timeout")
+        .args(["120", "node"])
+        .arg(novnc.join("check.mjs"))
+        .arg(http_port.to_string())
+        .arg(ws_port.to_string())
+        .arg(&out)
+        .env("HOME", &dir)
+        .output()
+        .expect("node (scripts/setup installs nodejs)");
+    let _ = http.kill();
+    let _ = http.wait();
+    assert!(
+        run.status.success(),
+        "noVNC in Chromium: {}\n{}{}\nbackend:\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+        b.log_text()
+    );
+    let size = std::fs::read_to_string(out.with_extension("json")).unwrap();
+    assert_eq!(size, r#"{"width":320,"height":200}"#);
+    let rgba = std::fs::read(out.with_extension("rgba")).unwrap();
+    let got: Vec<u8> = rgba
+        .chunks_exact(4)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect();
+    let want: Vec<u8> = px
+        .chunks_exact(4)
+        .flat_map(|p| [p[2], p[1], p[0]])
+        .collect();
+    // Tight's first band of tiles, all bars, came as fills: exact on the canvas.
+    for y in 0..64usize {
+        let row = y * 320 * 3;
+        assert_eq!(
+            got[row..row + 320 * 3],
+            want[row..row + 320 * 3],
+            "canvas row {y}"
+        );
+    }
+    let (from, to) = (64 * 320 * 3, 200 * 320 * 3);
+    let total: u64 = got[from..to]
+        .iter()
+        .zip(&want[from..to])
+        .map(|(a, b)| u64::from(a.abs_diff(*b)))
+        .sum();
+    let mean = total as f64 / (to - from) as f64;
+    assert!(
+        mean < 8.0,
+        "the canvas's JPEG part is off by {mean:.2} on average"
+    );
+    // The key: "a" down and up through QMP.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut keys = Vec::new();
+    while keys.len() < 2 && Instant::now() < deadline {
+        if let Ok(l) = qmp_lines.recv_timeout(Duration::from_millis(200)) {
+            if l.contains(r#""key":{"type":"qcode","data":"a"}"#) {
+                keys.push(l);
+            }
+        }
+    }
+    assert!(
+        keys.iter().any(|l| l.contains(r#""down":true"#))
+            && keys.iter().any(|l| l.contains(r#""down":false"#)),
+        "the key typed in noVNC did not reach QMP: {keys:?}\nbackend:\n{}",
+        b.log_text()
+    );
+    let log = b.log_text();
+    assert!(
+        log.contains("VNC client: sending Tight with JPEG at quality level 6"),
+        "{log}"
+    );
+    eprintln!(
+        "noVNC in Chromium over --vnc-websocket: canvas 320x200, the fill band exact, the JPEG part off by {mean:.2} on average; the typed key reached QMP; screenshot {}",
+        out.with_extension("png").display()
+    );
 }
