@@ -17,8 +17,11 @@ try {
   const page = await browser.newPage({ viewport: { width: 480, height: 320 } });
   page.on('console', (m) => console.error(`page: ${m.text()}`));
   page.on('pageerror', (e) => console.error(`page error: ${e}`));
+  page.on('response', (r) => {
+    if (r.status() >= 400) console.error(`page: ${r.status()} for ${r.url()}`);
+  });
   await page.goto(`http://127.0.0.1:${http}/page.html?port=${ws}&quality=6`);
-  await page.waitForFunction(() => window.vgt.connected, null, { timeout: 30000 });
+  await page.waitForFunction(() => window.vgt && window.vgt.connected, null, { timeout: 30000 });
   await page.waitForFunction(() => {
     const c = document.querySelector('#screen canvas');
     if (!c || c.width < 320) return false;

@@ -19,6 +19,8 @@ pub const TIGHT: i32 = 7;
 /// Tight's JPEG quality pseudo-encoding for level 0 (level n: this + n).
 pub const TIGHT_QUALITY_0: i32 = -32;
 pub const CURSOR: i32 = -239;
+pub const CONTINUOUS_UPDATES: i32 = -313;
+pub const FENCE: i32 = -312;
 pub const DESKTOP_SIZE: i32 = -223;
 
 /// A rectangle the server sent: (x, y, width, height, encoding).
@@ -44,6 +46,10 @@ pub struct VncClient<S = UnixStream> {
     pub bytes: std::collections::BTreeMap<i32, u64>,
     /// Tight subrectangles received by kind: "fill", "mono", "indexed", "copy", "jpeg".
     pub tight_kinds: std::collections::BTreeMap<&'static str, u64>,
+    /// EndOfContinuousUpdates messages received.
+    pub end_of_continuous: u32,
+    /// Fences received: (flags, payload).
+    pub fences: Vec<(u32, Vec<u8>)>,
 }
 
 /// Inflates `z` on the connection's stream `zlib` (each message ends in a sync flush).
@@ -249,6 +255,8 @@ impl<S: Read + Write> VncClient<S> {
             tight: std::array::from_fn(|_| Decompress::new(true)),
             bytes: Default::default(),
             tight_kinds: Default::default(),
+            end_of_continuous: 0,
+            fences: Vec::new(),
         })
     }
 
@@ -298,14 +306,34 @@ impl<S: Read + Write> VncClient<S> {
 
     /// Reads one FramebufferUpdate (skipping other server messages) and applies it.
     pub fn read_update(&mut self) -> Result<Vec<Rect>, String> {
-        let e = |err: std::io::Error| format!("update: {err}");
         loop {
-            let [t] = rd::<1>(&mut self.s).map_err(e)?;
-            match t {
-                0 => break,
-                2 => continue, // Bell.
-                other => return Err(format!("server message type {other}")),
+            if let Some(rects) = self.read_message()? {
+                return Ok(rects);
             }
+        }
+    }
+
+    /// Reads one server message: an update is applied and its rectangles returned; a Bell,
+    /// an EndOfContinuousUpdates (counted) or a Fence (kept in `fences`) gives None.
+    pub fn read_message(&mut self) -> Result<Option<Vec<Rect>>, String> {
+        let e = |err: std::io::Error| format!("update: {err}");
+        let [t] = rd::<1>(&mut self.s).map_err(e)?;
+        match t {
+            0 => {}
+            2 => return Ok(None), // Bell.
+            150 => {
+                self.end_of_continuous += 1;
+                return Ok(None);
+            }
+            248 => {
+                let h: [u8; 8] = rd(&mut self.s).map_err(e)?;
+                let flags = be32(&h[3..]);
+                let mut payload = vec![0u8; h[7] as usize];
+                self.s.read_exact(&mut payload).map_err(e)?;
+                self.fences.push((flags, payload));
+                return Ok(None);
+            }
+            other => return Err(format!("server message type {other}")),
         }
         let h: [u8; 3] = rd(&mut self.s).map_err(e)?;
         let n = be16(&h[1..]);
@@ -349,7 +377,24 @@ impl<S: Read + Write> VncClient<S> {
                 other => return Err(format!("encoding {other}")),
             }
         }
-        Ok(rects)
+        Ok(Some(rects))
+    }
+
+    /// Sends a Fence (TigerVNC's extension).
+    pub fn fence(&mut self, flags: u32, payload: &[u8]) {
+        let mut m = vec![248, 0, 0, 0];
+        m.extend_from_slice(&flags.to_be_bytes());
+        m.push(payload.len() as u8);
+        m.extend_from_slice(payload);
+        self.s.write_all(&m).unwrap();
+    }
+
+    /// Sends EnableContinuousUpdates for the whole screen (or disables them).
+    pub fn continuous(&mut self, enable: bool) {
+        let mut m = vec![150, enable as u8, 0, 0, 0, 0];
+        m.extend_from_slice(&(self.width as u16).to_be_bytes());
+        m.extend_from_slice(&(self.height as u16).to_be_bytes());
+        self.s.write_all(&m).unwrap();
     }
 
     fn put(&mut self, x: u16, y: u16, w: u16, h: u16, px: &[u8]) -> Result<(), String> {

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use guest_tests::frontend::ConnectOptions;
 use guest_tests::vnc::{
-    VncClient, WsStream, CURSOR, DESKTOP_SIZE, RAW, TIGHT, TIGHT_QUALITY_0, ZRLE,
+    VncClient, WsStream, CONTINUOUS_UPDATES, CURSOR, DESKTOP_SIZE, FENCE, RAW, TIGHT,
+    TIGHT_QUALITY_0, ZRLE,
 };
 use guest_tests::wire::*;
 use guest_tests::{Backend, Gpu};
@@ -317,6 +318,73 @@ fn websocket_clients_get_the_same_session_and_bad_upgrades_are_closed() {
     }
     let log = b.log_text();
     assert!(log.contains(&format!("WebSocket on {addr}")), "{log}");
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// TigerVNC's extensions: a client that lists ContinuousUpdates and Fence learns the server
+/// has them (an EndOfContinuousUpdates, a fence asking for an answer); its fence is answered
+/// with its payload and only BlockBefore kept; with continuous updates on, each flush comes
+/// without a request; off, an EndOfContinuousUpdates, and nothing more unasked.
+#[test]
+fn continuous_updates_come_unasked_and_fences_are_answered_in_order() {
+    let dir = temp_dir("cu");
+    let (b, mut g, sock) = start_vnc(&dir, &["--display", "64x48"]);
+    let (w, h) = (64u32, 48u32);
+    let entries = resource_with(&mut g, 1, B8G8R8X8, w, h, &pattern(w, h, 1));
+    assert_eq!(g.set_scanout(0, 1, (0, 0, w, h)), OK_NODATA);
+    assert_eq!(g.transfer(1, (0, 0, w, h), w * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, w, h)), OK_NODATA);
+    let mut c = VncClient::connect(&sock, None).unwrap();
+    c.set_encodings(&[RAW, CONTINUOUS_UPDATES, FENCE]);
+    // The announcements: both, before anything else.
+    while c.end_of_continuous == 0 || c.fences.is_empty() {
+        assert_eq!(c.read_message().unwrap(), None);
+    }
+    assert_eq!(c.fences, vec![(1 << 31, Vec::new())]);
+    // A fence request: all flags asked, BlockBefore kept, the payload echoed.
+    c.fence((1 << 31) | 7, b"vgt-fence");
+    assert_eq!(c.read_message().unwrap(), None);
+    assert_eq!(c.fences[1], (1, b"vgt-fence".to_vec()));
+
+    c.continuous(true);
+    let mut frames = 0;
+    for seed in 2..5u8 {
+        let px = pattern(w, h, seed);
+        g.write_backing(&entries, &px);
+        assert_eq!(g.transfer(1, (0, 0, w, h), w * 4), OK_NODATA);
+        assert_eq!(g.flush(1, (0, 0, w, h)), OK_NODATA);
+        // No request sent: the update comes anyway (perhaps the previous frame's first).
+        let deadline = Instant::now() + WAIT;
+        while c.bgr() != bgr(&px) {
+            assert!(Instant::now() < deadline, "frame {seed} never came unasked");
+            if c.read_message().unwrap().is_some() {
+                frames += 1;
+            }
+        }
+    }
+    assert!(frames >= 3, "{frames}");
+    c.continuous(false);
+    let ends = c.end_of_continuous;
+    while c.end_of_continuous == ends {
+        c.read_message().unwrap();
+    }
+    // Off: a new flush sends nothing until asked.
+    g.write_backing(&entries, &pattern(w, h, 9));
+    assert_eq!(g.transfer(1, (0, 0, w, h), w * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, w, h)), OK_NODATA);
+    c.stream()
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let mut one = [0u8; 1];
+    assert!(
+        (&mut c.stream()).read_exact(&mut one).is_err(),
+        "an update came unasked after continuous updates were turned off"
+    );
+    c.stream().set_read_timeout(Some(WAIT)).unwrap();
+    c.request(true);
+    assert!(c.read_update().is_ok());
+    assert_eq!(c.bgr(), bgr(&pattern(w, h, 9)));
     drop(b);
     std::fs::remove_dir_all(&dir).unwrap();
 }

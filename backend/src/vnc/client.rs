@@ -49,6 +49,14 @@ struct State {
     cursor: bool,
     /// The pending FramebufferUpdateRequest: (incremental, area).
     request: Option<(bool, Area)>,
+    /// Continuous updates are on for this area (EnableContinuousUpdates): changes go out
+    /// without requests, as fast as the connection takes them.
+    continuous: Option<Area>,
+    /// Messages the writer sends before its next update: EndOfContinuousUpdates, fences.
+    outbox: Vec<Vec<u8>>,
+    /// The server's side of an extension was announced (once a connection each).
+    announced_continuous: bool,
+    announced_fence: bool,
     closed: bool,
 }
 
@@ -93,6 +101,10 @@ pub fn serve(conn: Conn, shared: Arc<Shared>, admitted: bool) -> Result<(), Sess
             desktop_size: false,
             cursor: false,
             request: None,
+            continuous: None,
+            outbox: Vec::new(),
+            announced_continuous: false,
+            announced_fence: false,
             closed: false,
         }),
     });
@@ -227,7 +239,23 @@ fn read_loop(mut conn: Conn, s: &Session) -> Result<(), SessionError> {
                 st.tight = tight;
                 st.desktop_size = encs.contains(&rfb::ENC_DESKTOP_SIZE);
                 st.cursor = encs.contains(&rfb::ENC_CURSOR);
+                // A client that knows the extensions learns that this server has them: an
+                // EndOfContinuousUpdates, and a fence (which it answers).
+                let mut poke = false;
+                if encs.contains(&rfb::ENC_CONTINUOUS_UPDATES) && !st.announced_continuous {
+                    st.announced_continuous = true;
+                    st.outbox.push(vec![rfb::MSG_END_OF_CONTINUOUS_UPDATES]);
+                    poke = true;
+                }
+                if encs.contains(&rfb::ENC_FENCE) && !st.announced_fence {
+                    st.announced_fence = true;
+                    st.outbox.push(rfb::fence(rfb::FENCE_REQUEST, &[]));
+                    poke = true;
+                }
                 drop(st);
+                if poke {
+                    s.shared.screens.poke();
+                }
                 if changed {
                     let what = match (encoding, tight.quality) {
                         (ENC_TIGHT, Some(q)) => format!(
@@ -264,6 +292,41 @@ fn read_loop(mut conn: Conn, s: &Session) -> Result<(), SessionError> {
                     st.request = Some((incremental && !keep_full, area));
                 }
                 s.shared.screens.poke();
+            }
+            ClientMessage::EnableContinuousUpdates {
+                enable,
+                x,
+                y,
+                width,
+                height,
+            } => {
+                {
+                    let mut st = s.lock();
+                    if enable {
+                        st.continuous = Some(Area {
+                            x: x.into(),
+                            y: y.into(),
+                            width: width.into(),
+                            height: height.into(),
+                        });
+                    } else {
+                        // Stopped: the client learns that no more will come unasked.
+                        st.continuous = None;
+                        st.outbox.push(vec![rfb::MSG_END_OF_CONTINUOUS_UPDATES]);
+                    }
+                }
+                s.shared.screens.poke();
+            }
+            ClientMessage::Fence { flags, payload } => {
+                if flags & rfb::FENCE_REQUEST != 0 {
+                    // Answered by the writer after everything it sent before (BlockBefore
+                    // holds by itself: one writer, in order); BlockAfter and SyncNext are
+                    // not offered, so their bits are cleared in the answer, as the
+                    // extension asks of a side that does not do them.
+                    let answer = rfb::fence(flags & rfb::FENCE_BLOCK_BEFORE, &payload);
+                    s.lock().outbox.push(answer);
+                    s.shared.screens.poke();
+                }
             }
             ClientMessage::Key { down, keysym } => match qmp::qcode(keysym) {
                 Some(qcode) => input(Input::Key { qcode, down }),
@@ -324,20 +387,30 @@ fn write_loop(conn: &Conn, s: &Session, size: (u32, u32)) -> Result<(), SessionE
     let mut scratch = Vec::new();
     loop {
         let now = shared.screens.serial();
-        let (format, encoding, tight_opts, desktop_size, cursor, request) = {
-            let st = s.lock();
+        let (format, encoding, tight_opts, desktop_size, cursor, request, outbox) = {
+            let mut st = s.lock();
             if st.closed {
                 return Ok(());
             }
+            // An explicit request first (a full one must be answered whole); else, with
+            // continuous updates on, an incremental one for their area, always pending.
+            let request = st.request.or(st.continuous.map(|a| (true, a)));
             (
                 st.format,
                 st.encoding,
                 st.tight,
                 st.desktop_size,
                 st.cursor,
-                st.request,
+                request,
+                std::mem::take(&mut st.outbox),
             )
         };
+        if !outbox.is_empty() {
+            for m in &outbox {
+                out.write_all(m)?;
+            }
+            out.flush()?;
+        }
         let Some((incremental, area)) = request else {
             shared.screens.wait(now, Duration::from_millis(500));
             continue;
@@ -350,7 +423,7 @@ fn write_loop(conn: &Conn, s: &Session, size: (u32, u32)) -> Result<(), SessionE
         {
             let mut st = s.lock();
             // Only this request was answered; one that came meanwhile stays.
-            if st.request == request {
+            if st.request.is_some() && st.request == request {
                 st.request = None;
             }
         }

@@ -10,6 +10,21 @@ pub const ENC_RAW: i32 = 0;
 pub const ENC_ZRLE: i32 = 16;
 pub const ENC_CURSOR: i32 = -239;
 pub const ENC_DESKTOP_SIZE: i32 = -223;
+/// The client takes continuous updates (EnableContinuousUpdates, TigerVNC's extension).
+pub const ENC_CONTINUOUS_UPDATES: i32 = -313;
+/// The client takes Fence messages.
+pub const ENC_FENCE: i32 = -312;
+/// Server message: EndOfContinuousUpdates (also says the server has the extension).
+pub const MSG_END_OF_CONTINUOUS_UPDATES: u8 = 150;
+/// Message type of Fence, both ways.
+pub const MSG_FENCE: u8 = 248;
+/// Fence flags.
+pub const FENCE_BLOCK_BEFORE: u32 = 1;
+pub const FENCE_BLOCK_AFTER: u32 = 2;
+pub const FENCE_SYNC_NEXT: u32 = 4;
+pub const FENCE_REQUEST: u32 = 1 << 31;
+/// The longest fence payload.
+pub const MAX_FENCE_PAYLOAD: usize = 64;
 
 /// Most bytes of ClientCutText we read (and drop) before closing the connection.
 pub const MAX_CUT_TEXT: u32 = 1 << 20;
@@ -25,6 +40,8 @@ pub enum RfbError {
     PixelFormat(&'static str),
     #[error("client cut text of {0} bytes (most {MAX_CUT_TEXT})")]
     CutText(u32),
+    #[error("client fence with {0} bytes of payload (most {MAX_FENCE_PAYLOAD})")]
+    Fence(usize),
 }
 
 /// A client's pixel format (RFC 6143 section 7.4). Only true colour is served.
@@ -340,6 +357,19 @@ pub enum ClientMessage {
         y: u16,
     },
     CutText,
+    /// TigerVNC's EnableContinuousUpdates: updates of the area without requests, or stop.
+    EnableContinuousUpdates {
+        enable: bool,
+        x: u16,
+        y: u16,
+        width: u16,
+        height: u16,
+    },
+    /// A Fence: flags and up to 64 bytes the answer echoes.
+    Fence {
+        flags: u32,
+        payload: Vec<u8>,
+    },
 }
 
 /// Most encodings in one SetEncodings that are kept (the rest are read and dropped).
@@ -408,8 +438,40 @@ pub fn read_message(r: &mut impl Read) -> Result<ClientMessage, RfbError> {
             io::copy(&mut r.take(u64::from(len)), &mut io::sink())?;
             ClientMessage::CutText
         }
+        150 => {
+            let b = read_n::<9>(r)?;
+            let u = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+            ClientMessage::EnableContinuousUpdates {
+                enable: b[0] != 0,
+                x: u(1),
+                y: u(3),
+                width: u(5),
+                height: u(7),
+            }
+        }
+        MSG_FENCE => {
+            let b = read_n::<8>(r)?;
+            let flags = u32::from_be_bytes([b[3], b[4], b[5], b[6]]);
+            let len = usize::from(b[7]);
+            if len > MAX_FENCE_PAYLOAD {
+                return Err(RfbError::Fence(len));
+            }
+            let mut payload = vec![0u8; len];
+            r.read_exact(&mut payload)?;
+            ClientMessage::Fence { flags, payload }
+        }
         t => return Err(RfbError::UnknownMessage(t)),
     })
+}
+
+/// A Fence message (server to client).
+pub fn fence(flags: u32, payload: &[u8]) -> Vec<u8> {
+    let mut m = vec![MSG_FENCE, 0, 0, 0];
+    m.extend_from_slice(&flags.to_be_bytes());
+    let n = payload.len().min(MAX_FENCE_PAYLOAD);
+    m.push(n as u8);
+    m.extend_from_slice(&payload[..n]);
+    m
 }
 
 /// Writes an RFB string (u32 length, bytes).
