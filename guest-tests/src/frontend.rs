@@ -666,8 +666,9 @@ pub fn stacks(root: u32) -> String {
 
 /// The control words of every Venus command ring mapped in the process tree at `root`: for a
 /// hang's report. Mesa's ring layout (`vn_ring_get_layout`) puts head, tail and status each in
-/// its own 64-byte line at the start of a 0x21000-byte shared mapping (a 128 KiB ring); a ring
-/// whose tail is ahead of its head while its status says idle (bit 0) lost a wake-up.
+/// its own 64-byte line at the start of a 0x21000-byte shared mapping (a 128 KiB ring, from
+/// byte 192); a ring whose tail is ahead of its head while its status says idle (bit 0) lost a
+/// wake-up; one that is not idle is inside the command at its head.
 pub fn venus_rings(root: u32) -> String {
     use std::os::unix::fs::FileExt;
     let mut out = String::new();
@@ -696,11 +697,15 @@ pub fn venus_rings(root: u32) -> String {
                     .map(|_| u32::from_le_bytes(w))
                     .ok()
             };
+            // The command the ring thread is in (the head moves past each one when it is
+            // done): its first word is its Venus command type (buffer at 192, 128 KiB).
+            let at_head = word(0).and_then(|h| word(192 + u64::from(h & 0x1ffff)));
             out.push_str(&format!(
-                "process {pid}: ring? {line}\n  head {:?} tail {:?} status {:?}\n",
+                "process {pid}: ring? {line}\n  head {:?} tail {:?} status {:?}; command at the head: type {:?}\n",
                 word(0),
                 word(64),
-                word(128)
+                word(128),
+                at_head
             ));
         }
     }
