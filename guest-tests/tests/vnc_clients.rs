@@ -54,6 +54,31 @@ fn bars_and_photo() -> Vec<u8> {
     v
 }
 
+/// A 2D backend with VNC (`args` besides the display), its guest showing [`bars_and_photo`]
+/// on a 320x200 scanout with no display channel; also the picture as RGB.
+fn serve_bars_and_photo(args: &[&str]) -> (Backend, Gpu, Vec<u8>) {
+    let mut a = vec!["--display", "320x200"];
+    a.extend_from_slice(args);
+    let b = Backend::start(&opts_2d(&a));
+    let mut g = Gpu::connect(
+        &b,
+        &ConnectOptions {
+            display: None,
+            ..Default::default()
+        },
+    );
+    let px = bars_and_photo();
+    let _ = resource_with(&mut g, 1, B8G8R8X8, 320, 200, &px);
+    assert_eq!(g.set_scanout(0, 1, (0, 0, 320, 200)), OK_NODATA);
+    assert_eq!(g.transfer(1, (0, 0, 320, 200), 320 * 4), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, 320, 200)), OK_NODATA);
+    let rgb = px
+        .chunks_exact(4)
+        .flat_map(|p| [p[2], p[1], p[0]])
+        .collect();
+    (b, g, rgb)
+}
+
 /// Decodes vncsnapshot's JPEG with djpeg into RGB (320x200).
 fn djpeg(jpg: &std::path::Path) -> Vec<u8> {
     let ppm = Command::new("djpeg")
@@ -92,28 +117,7 @@ fn vncsnapshot_decodes_tight_with_and_without_jpeg() {
         .local_addr()
         .unwrap()
         .port();
-    let b = Backend::start(&opts_2d(&[
-        "--display",
-        "320x200",
-        "--vnc",
-        &format!("127.0.0.1:{port}"),
-    ]));
-    let mut g = Gpu::connect(
-        &b,
-        &ConnectOptions {
-            display: None,
-            ..Default::default()
-        },
-    );
-    let px = bars_and_photo();
-    let _ = resource_with(&mut g, 1, B8G8R8X8, 320, 200, &px);
-    assert_eq!(g.set_scanout(0, 1, (0, 0, 320, 200)), OK_NODATA);
-    assert_eq!(g.transfer(1, (0, 0, 320, 200), 320 * 4), OK_NODATA);
-    assert_eq!(g.flush(1, (0, 0, 320, 200)), OK_NODATA);
-    let want: Vec<u8> = px
-        .chunks_exact(4)
-        .flat_map(|p| [p[2], p[1], p[0]])
-        .collect();
+    let (b, _g, want) = serve_bars_and_photo(&["--vnc", &format!("127.0.0.1:{port}")]);
     for (name, opts, photo_limit) in [
         // Limits in hundredths of a step (JPEG quality level 5 is libjpeg's 62, 4:2:0).
         (
@@ -352,28 +356,7 @@ fn tigervnc_viewer_shows_the_picture_in_tight_with_jpeg() {
         .local_addr()
         .unwrap()
         .port();
-    let b = Backend::start(&opts_2d(&[
-        "--display",
-        "320x200",
-        "--vnc",
-        &format!("127.0.0.1:{port}"),
-    ]));
-    let mut g = Gpu::connect(
-        &b,
-        &ConnectOptions {
-            display: None,
-            ..Default::default()
-        },
-    );
-    let px = bars_and_photo();
-    let _ = resource_with(&mut g, 1, B8G8R8X8, 320, 200, &px);
-    assert_eq!(g.set_scanout(0, 1, (0, 0, 320, 200)), OK_NODATA);
-    assert_eq!(g.transfer(1, (0, 0, 320, 200), 320 * 4), OK_NODATA);
-    assert_eq!(g.flush(1, (0, 0, 320, 200)), OK_NODATA);
-    let want: Vec<u8> = px
-        .chunks_exact(4)
-        .flat_map(|p| [p[2], p[1], p[0]])
-        .collect();
+    let (b, _g, want) = serve_bars_and_photo(&["--vnc", &format!("127.0.0.1:{port}")]);
 
     let x = Xvfb::start(320, 200);
     let home = std::env::temp_dir().join(format!("vhost-gpu-tigervnc-{}", std::process::id()));
@@ -505,28 +488,16 @@ fn novnc_in_chromium_shows_the_picture_over_websocket_and_types_into_qmp() {
     drop(held);
     let qmp = dir.join("qmp.sock");
     let qmp_lines = fake_qmp(&qmp);
-    let b = Backend::start(&opts_2d(&[
-        "--display",
-        "320x200",
+    let vnc = format!("127.0.0.1:{vnc_port}");
+    let ws = format!("127.0.0.1:{ws_port}");
+    let (b, _g, want) = serve_bars_and_photo(&[
         "--vnc",
-        &format!("127.0.0.1:{vnc_port}"),
+        &vnc,
         "--vnc-websocket",
-        &format!("127.0.0.1:{ws_port}"),
+        &ws,
         "--vnc-input-qmp",
         qmp.to_str().unwrap(),
-    ]));
-    let mut g = Gpu::connect(
-        &b,
-        &ConnectOptions {
-            display: None,
-            ..Default::default()
-        },
-    );
-    let px = bars_and_photo();
-    let _ = resource_with(&mut g, 1, B8G8R8X8, 320, 200, &px);
-    assert_eq!(g.set_scanout(0, 1, (0, 0, 320, 200)), OK_NODATA);
-    assert_eq!(g.transfer(1, (0, 0, 320, 200), 320 * 4), OK_NODATA);
-    assert_eq!(g.flush(1, (0, 0, 320, 200)), OK_NODATA);
+    ]);
 
     let mut http = Command::new("python3")
         .args(["-m", "http.server", "--bind", "127.0.0.1"])
@@ -571,10 +542,6 @@ fn novnc_in_chromium_shows_the_picture_over_websocket_and_types_into_qmp() {
     let got: Vec<u8> = rgba
         .chunks_exact(4)
         .flat_map(|p| [p[0], p[1], p[2]])
-        .collect();
-    let want: Vec<u8> = px
-        .chunks_exact(4)
-        .flat_map(|p| [p[2], p[1], p[0]])
         .collect();
     // Tight's first band of tiles, all bars, came as fills: exact on the canvas.
     for y in 0..64usize {
