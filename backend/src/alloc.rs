@@ -75,6 +75,22 @@ unsafe impl GlobalAlloc for AlignedLarge {
     }
 }
 
+/// Hands freed heap memory back to the kernel (glibc's `malloc_trim`).
+///
+/// Small blocks freed in bulk (a display queue of cursor images and tile-sized updates that
+/// a stalled frontend let pile up) stay resident in glibc's heaps: its automatic trimming
+/// only releases the top of a heap, and one live block above the freed ones keeps them all.
+/// Called after such a burst drains, so that resident memory goes back to what the device
+/// holds. A no-op off glibc.
+pub fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes a plain integer and only walks glibc's own heaps under their
+    // locks, releasing free pages with madvise; it touches no memory of ours.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

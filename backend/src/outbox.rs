@@ -35,6 +35,9 @@ pub const LIMIT: usize = 64 << 20;
 pub const MAX_QUEUED: usize = 1024;
 /// What a message without pixels counts for against [`LIMIT`] (its header and the queue's entry).
 const SMALL: usize = 64;
+/// Queued bytes past which, once the queue has drained, freed memory is handed back to the
+/// kernel ([`crate::alloc::trim`]): a stalled frontend's backlog must not stay resident.
+const TRIM_AFTER: usize = 4 << 20;
 /// Pixel buffers kept for reuse, each at most [`POOL_BUFFER`] bytes.
 const POOL: usize = 2;
 const POOL_BUFFER: usize = 3840 * 2160 * 4;
@@ -64,6 +67,8 @@ struct State {
     queue: VecDeque<Message>,
     /// Bytes `queue` holds ([`Message::bytes`]).
     bytes: usize,
+    /// The most `bytes` has been since the queue was last empty.
+    peak: usize,
     /// Why the channel failed; nothing more is sent.
     failed: Option<String>,
     /// The display dropped the outbox: the thread ends when the queue is empty.
@@ -158,6 +163,7 @@ impl Outbox {
             return Err(e.clone());
         }
         st.bytes += need;
+        st.peak = st.peak.max(st.bytes);
         st.queue.push_back(msg);
         drop(st);
         self.shared.changed.notify_all();
@@ -271,10 +277,19 @@ fn send_loop(shared: &Shared, backend: &GpuBackend) {
             st.bytes = 0;
             drop(st);
             shared.changed.notify_all();
+            crate::alloc::trim();
             return;
+        }
+        let backlog = st.queue.is_empty() && st.peak > TRIM_AFTER;
+        if st.queue.is_empty() {
+            st.peak = 0;
         }
         drop(st);
         shared.changed.notify_all();
+        if backlog {
+            log::debug!("display channel: backlog sent; returning its memory");
+            crate::alloc::trim();
+        }
     }
 }
 

@@ -12,9 +12,11 @@
 mod common;
 
 use common::*;
+use guest_tests::display::DisplayEvent;
 use guest_tests::frontend::ConnectOptions;
 use guest_tests::wire::*;
 use guest_tests::{Backend, BackendOptions, Gpu};
+use std::time::Duration;
 
 fn start_virgl() -> (Backend, Gpu) {
     let b = Backend::start(&BackendOptions {
@@ -64,6 +66,10 @@ fn leak_per_command_resident_memory_stays_flat_2d() {
         );
         assert_eq!(g.edid(5).code(), ERR_INVALID_SCANOUT_ID);
         assert_eq!(g.display_info().code(), OK_DISPLAY_INFO);
+        // The frontend keeps up (a frontend that falls behind is the next test's): the
+        // display channel's queue is empty at the end of each cycle, so what stays is what
+        // the commands kept.
+        wait_disabled(g);
     };
     for _ in 0..300 {
         cycle(&mut g);
@@ -78,6 +84,71 @@ fn leak_per_command_resident_memory_stays_flat_2d() {
     assert!(
         after <= warm + 1024,
         "resident memory grew from {warm} KiB to {after} KiB over 3000 cycles"
+    );
+    still_serves(&mut g, &mut b);
+}
+
+/// Waits for the display channel's SCANOUT that disables scanout 0 (the end of a cycle).
+fn wait_disabled(g: &Gpu) {
+    g.display()
+        .wait_for(Duration::from_secs(10), |e| {
+            matches!(
+                e,
+                DisplayEvent::Scanout {
+                    id: 0,
+                    width: 0,
+                    ..
+                }
+            )
+            .then_some(())
+        })
+        .expect("the display channel's SCANOUT disabling scanout 0");
+}
+
+/// A frontend that stops reading its display channel lets the backend's queue grow (bounded:
+/// `outbox::LIMIT` bytes, `outbox::MAX_QUEUED` messages). Once it reads again and the backlog
+/// is sent, the backlog's memory is handed back: without that, glibc kept the freed cursor
+/// images and updates resident (9 MiB after 250 stalled cycles here, for good).
+#[test]
+fn a_stalled_frontends_display_backlog_is_given_back_once_sent() {
+    let (mut b, mut g) = start(&["--display", "64x64"]);
+    let px = pattern(64, 64, 1);
+    let cycle = |g: &mut Gpu| {
+        resource_with(g, 7, B8G8R8X8, 64, 64, &px);
+        assert_eq!(g.set_scanout(0, 7, (0, 0, 64, 64)), OK_NODATA);
+        assert_eq!(g.transfer(7, (0, 0, 64, 64), 256), OK_NODATA);
+        assert_eq!(g.flush(7, (0, 0, 64, 64)), OK_NODATA);
+        assert_eq!(g.update_cursor(0, 1, 1, 7, (0, 0)), OK_NODATA);
+        assert_eq!(g.detach_backing(7), OK_NODATA);
+        assert_eq!(g.set_scanout(0, 0, (0, 0, 0, 0)), OK_NODATA);
+        assert_eq!(g.unref(7), OK_NODATA);
+    };
+    for _ in 0..100 {
+        cycle(&mut g);
+        wait_disabled(&g);
+    }
+    let warm = b.settled_rss_anon_kib();
+    g.display().pause(true);
+    for _ in 0..250 {
+        cycle(&mut g);
+    }
+    let stalled = b.rss_anon_kib();
+    g.display().pause(false);
+    // Everything queued arrives, in order: the last message is the last cycle's disable.
+    let mut disables = 0;
+    while disables < 250 {
+        wait_disabled(&g);
+        disables += 1;
+    }
+    let after = b.settled_rss_anon_kib();
+    eprintln!("display backlog: {warm} KiB before, {stalled} KiB stalled, {after} KiB after");
+    assert!(
+        stalled >= warm + 4096,
+        "the stall did not queue enough to show anything ({warm} -> {stalled} KiB)"
+    );
+    assert!(
+        after <= warm + 1024,
+        "the backlog stayed resident: {warm} KiB before, {stalled} KiB stalled, {after} KiB after"
     );
     still_serves(&mut g, &mut b);
 }
