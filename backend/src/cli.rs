@@ -171,6 +171,16 @@ pub struct Cli {
     #[arg(long, value_name = "PATH", requires = "vnc")]
     pub vnc_password_file: Option<PathBuf>,
 
+    /// Encrypt VNC with TLS (VeNCrypt, as QEMU's `tls-creds`): the server's PEM certificate
+    /// chain. RFB clients must then use VeNCrypt: X509Vnc with --vnc-password-file, X509None
+    /// without. The WebSocket port is not encrypted (put a TLS proxy in front for wss://).
+    #[arg(long, value_name = "PATH", requires_all = ["vnc", "vnc_tls_key"])]
+    pub vnc_tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --vnc-tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PATH", requires_all = ["vnc", "vnc_tls_cert"])]
+    pub vnc_tls_key: Option<PathBuf>,
+
     /// Forward VNC keys and pointer to the VM through QEMU's QMP socket at PATH (QEMU started
     /// with `-qmp unix:PATH,server=on,wait=off`, and an absolute pointer such as
     /// `-device virtio-tablet-pci`). Without it VNC is view only.

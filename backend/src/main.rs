@@ -19,7 +19,7 @@ use vhost_gpu::sandbox::{self, files, Enforcement};
 use vhost_gpu::screens::{Screens, ScreensHandle};
 use vhost_gpu::socket::ServingSocket;
 use vhost_gpu::vhost_user::serve;
-use vhost_gpu::vnc::{auth::Password, VncOptions, VncServer};
+use vhost_gpu::vnc::{auth::Password, tls::TlsServer, VncOptions, VncServer};
 use vhost_gpu::{logging, privileges, probe, shader_cache};
 use virgl_bridge::{Renderer, Renderer2D, VirglOptions, VirglRenderer};
 
@@ -264,11 +264,15 @@ fn run(cli: &Cli) -> Result<Option<String>> {
                 }
                 None => None,
             };
+            let tls = match (&cli.vnc_tls_cert, &cli.vnc_tls_key) {
+                (Some(cert), Some(key)) => Some(TlsServer::load(cert, key)?),
+                _ => None,
+            };
             let mut server = VncServer::bind(listen, password.is_some())?;
             if let Some(ws) = &cli.vnc_websocket {
                 server = server.with_websocket(ws, password.is_some())?;
             }
-            Some((server, password))
+            Some((server, password, tls))
         }
         None => None,
     };
@@ -305,12 +309,13 @@ fn run(cli: &Cli) -> Result<Option<String>> {
         let interval = Duration::from_millis(cli.capture_interval_ms);
         Capture::start(dir, interval, Arc::clone(screens))?;
     }
-    if let (Some((server, password)), Some(screens)) = (vnc, &screens) {
+    if let (Some((server, password, tls)), Some(screens)) = (vnc, &screens) {
         let first = config.modes[cli.vnc_scanout as usize];
         server.start(
             Arc::clone(screens),
             VncOptions {
                 password,
+                tls,
                 input_qmp: cli.vnc_input_qmp.clone(),
                 scanout: cli.vnc_scanout,
                 max_clients: cli.vnc_max_clients as usize,

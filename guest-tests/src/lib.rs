@@ -11,6 +11,7 @@ pub mod driver;
 pub mod frontend;
 pub mod host;
 pub mod memory;
+pub mod pki;
 pub mod shmem;
 pub mod virtqueue;
 pub mod vnc;

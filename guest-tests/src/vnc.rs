@@ -199,30 +199,119 @@ impl Write for WsStream {
     }
 }
 
+fn e(w: &str) -> impl Fn(std::io::Error) -> String + '_ {
+    move |err| format!("{w}: {err}")
+}
+
+/// The server's version, ours, and its security types (or its refusal).
+fn security_types(s: &mut (impl Read + Write)) -> Result<Vec<u8>, String> {
+    let v: [u8; 12] = rd(s).map_err(e("version"))?;
+    if &v != b"RFB 003.008\n" {
+        return Err(format!("server version {v:?}"));
+    }
+    s.write_all(b"RFB 003.008\n").map_err(e("version"))?;
+    let [n] = rd::<1>(s).map_err(e("security types"))?;
+    if n == 0 {
+        let len = be32(&rd::<4>(s).map_err(e("reason"))?) as usize;
+        let mut r = vec![0; len.min(4096)];
+        s.read_exact(&mut r).map_err(e("reason"))?;
+        return Err(format!("refused: {}", String::from_utf8_lossy(&r)));
+    }
+    let mut types = vec![0; n as usize];
+    s.read_exact(&mut types).map_err(e("security types"))?;
+    Ok(types)
+}
+
+/// VeNCrypt's security type and the subtypes of it this client speaks.
+pub const SEC_VENCRYPT: u8 = 19;
+pub const VENCRYPT_X509NONE: u32 = 260;
+pub const VENCRYPT_X509VNC: u32 = 261;
+
+/// RFB under TLS (VeNCrypt), the client's side.
+pub type TlsStream<S> = rustls::StreamOwned<rustls::ClientConnection, S>;
+
+/// A TLS client configuration that trusts only the PEM certificates in `ca`.
+pub fn tls_client_config(ca: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+impl<S: Read + Write> VncClient<TlsStream<S>> {
+    /// The RFB 3.8 handshake with VeNCrypt: X509Vnc with a password, X509None without; the
+    /// server's certificate checked against `config`'s roots for `server_name`.
+    pub fn vencrypt(
+        mut s: S,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        server_name: &str,
+        password: Option<&[u8]>,
+    ) -> Result<Self, String> {
+        let types = security_types(&mut s)?;
+        if !types.contains(&SEC_VENCRYPT) {
+            return Err(format!("security types {types:?}: no VeNCrypt"));
+        }
+        s.write_all(&[SEC_VENCRYPT]).map_err(e("security"))?;
+        let version: [u8; 2] = rd(&mut s).map_err(e("VeNCrypt version"))?;
+        if version != [0, 2] {
+            return Err(format!("VeNCrypt version {version:?}"));
+        }
+        s.write_all(&[0, 2]).map_err(e("VeNCrypt version"))?;
+        let [ack, n] = rd::<2>(&mut s).map_err(e("VeNCrypt subtypes"))?;
+        if ack != 0 {
+            return Err(format!("VeNCrypt version refused ({ack})"));
+        }
+        let mut subtypes = Vec::new();
+        for _ in 0..n {
+            subtypes.push(be32(&rd::<4>(&mut s).map_err(e("VeNCrypt subtypes"))?));
+        }
+        let want = if password.is_some() {
+            VENCRYPT_X509VNC
+        } else {
+            VENCRYPT_X509NONE
+        };
+        if !subtypes.contains(&want) {
+            return Err(format!("VeNCrypt subtypes {subtypes:?}, want {want}"));
+        }
+        s.write_all(&want.to_be_bytes())
+            .map_err(e("VeNCrypt subtype"))?;
+        let [accepted] = rd::<1>(&mut s).map_err(e("VeNCrypt subtype"))?;
+        if accepted != 1 {
+            return Err(format!("VeNCrypt subtype {want} not accepted ({accepted})"));
+        }
+        let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
+            .map_err(|err| format!("server name {server_name}: {err}"))?;
+        let mut tls = rustls::ClientConnection::new(config, name).map_err(|err| err.to_string())?;
+        while tls.is_handshaking() {
+            tls.complete_io(&mut s).map_err(e("TLS handshake"))?;
+        }
+        Self::authenticate(rustls::StreamOwned::new(tls, s), password)
+    }
+}
+
 impl<S: Read + Write> VncClient<S> {
     pub fn handshake(mut s: S, password: Option<&[u8]>) -> Result<Self, String> {
-        fn e(w: &str) -> impl Fn(std::io::Error) -> String + '_ {
-            move |err| format!("{w}: {err}")
-        }
-        let v: [u8; 12] = rd(&mut s).map_err(e("version"))?;
-        if &v != b"RFB 003.008\n" {
-            return Err(format!("server version {v:?}"));
-        }
-        s.write_all(b"RFB 003.008\n").map_err(e("version"))?;
-        let [n] = rd::<1>(&mut s).map_err(e("security types"))?;
-        if n == 0 {
-            let len = be32(&rd::<4>(&mut s).map_err(e("reason"))?) as usize;
-            let mut r = vec![0; len.min(4096)];
-            s.read_exact(&mut r).map_err(e("reason"))?;
-            return Err(format!("refused: {}", String::from_utf8_lossy(&r)));
-        }
-        let mut types = vec![0; n as usize];
-        s.read_exact(&mut types).map_err(e("security types"))?;
+        let types = security_types(&mut s)?;
         let want = if password.is_some() { 2 } else { 1 };
         if !types.contains(&want) {
             return Err(format!("security types {types:?}"));
         }
         s.write_all(&[want]).map_err(e("security"))?;
+        Self::authenticate(s, password)
+    }
+
+    /// VNC authentication (with a password), the security result, and the initialisation.
+    fn authenticate(mut s: S, password: Option<&[u8]>) -> Result<Self, String> {
         if let Some(pw) = password {
             let c: [u8; 16] = rd(&mut s).map_err(e("challenge"))?;
             s.write_all(&vnc_response(pw, &c)).map_err(e("response"))?;

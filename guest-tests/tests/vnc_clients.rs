@@ -2,7 +2,7 @@
 //! file, `vncsnapshot` (TightVNC/RealVNC 3.3 code) logs in with it and takes the picture, in
 //! Tight with and without JPEG; TigerVNC's viewer shows the picture (Tight, JPEG) in its
 //! window on Xvfb; noVNC in Debian's Chromium (Playwright) shows it over `--vnc-websocket` and
-//! sends a typed key on to QMP.
+//! sends a typed key on to QMP; TigerVNC's viewer shows it over TLS (VeNCrypt X509Vnc).
 //! Ignored by plain `cargo test` (they need the Debian tools); `scripts/test` runs them.
 
 mod common;
@@ -345,33 +345,17 @@ impl Drop for Xvfb {
     }
 }
 
-/// TigerVNC's viewer, full screen on an Xvfb of the guest's size, asks for Tight with JPEG at
-/// quality level 6: its window (the X screen) shows the bars' band exactly and the rest within
-/// JPEG's error, and vhost-gpu says what it sends.
-#[test]
-#[ignore = "needs Xvfb, xwd and TigerVNC's viewer (scripts/setup): run by scripts/test"]
-fn tigervnc_viewer_shows_the_picture_in_tight_with_jpeg() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let (b, _g, want) = serve_bars_and_photo(&["--vnc", &format!("127.0.0.1:{port}")]);
-
+/// Runs TigerVNC's viewer full screen on an Xvfb of the guest's size (320x200) with `args`
+/// against 127.0.0.1:`port`, until its window shows the bars; returns the screen (RGB).
+fn tigervnc_window(port: u16, args: &[&str], b: &Backend) -> Vec<u8> {
     let x = Xvfb::start(320, 200);
-    let home = std::env::temp_dir().join(format!("vhost-gpu-tigervnc-{}", std::process::id()));
+    let home =
+        std::env::temp_dir().join(format!("vhost-gpu-tigervnc-{}-{port}", std::process::id()));
     let _ = std::fs::remove_dir_all(&home);
     std::fs::create_dir_all(&home).unwrap();
     let mut viewer = Command::new("xtigervncviewer")
-        .args([
-            "-FullScreen",
-            "-AutoSelect=0",
-            "-PreferredEncoding=Tight",
-            "-QualityLevel=6",
-            "-CompressLevel=2",
-            "-SecurityTypes=None",
-            "-Log=*:stderr:30",
-        ])
+        .args(["-FullScreen", "-Log=*:stderr:30"])
+        .args(args)
         .arg(format!("127.0.0.1::{port}"))
         .env("DISPLAY", &x.display)
         .env("HOME", &home)
@@ -407,8 +391,15 @@ fn tigervnc_viewer_shows_the_picture_in_tight_with_jpeg() {
     };
     let _ = viewer.kill();
     let _ = viewer.wait();
-    // Every pixel of the first 64 rows, all bars (Tight's first band of tiles: fills, exact);
-    // below, the band that mixes bars and the photo-like half and the rest went as JPEG.
+    let _ = std::fs::remove_dir_all(&home);
+    shot
+}
+
+/// Checks a 320x200 screen of [`bars_and_photo`] sent in Tight with JPEG: every pixel of the
+/// first 64 rows, all bars (Tight's first band of tiles: fills, exact); below, the band that
+/// mixes bars and the photo-like half and the rest went as JPEG, within 8 on average. Returns
+/// that average.
+fn bars_exact_photo_close(shot: &[u8], want: &[u8]) -> f64 {
     for y in 0..64usize {
         for px in 0..320usize {
             let at = (y * 320 + px) * 3;
@@ -431,13 +422,110 @@ fn tigervnc_viewer_shows_the_picture_in_tight_with_jpeg() {
         .sum();
     let mean = total as f64 / (to - from) as f64;
     assert!(mean < 8.0, "photo-like half off by {mean:.2} on average");
+    mean
+}
+
+const TIGHT_JPEG6: [&str; 4] = [
+    "-AutoSelect=0",
+    "-PreferredEncoding=Tight",
+    "-QualityLevel=6",
+    "-CompressLevel=2",
+];
+
+/// TigerVNC's viewer, full screen on an Xvfb of the guest's size, asks for Tight with JPEG at
+/// quality level 6: its window (the X screen) shows the bars' band exactly and the rest within
+/// JPEG's error, and vhost-gpu says what it sends.
+#[test]
+#[ignore = "needs Xvfb, xwd and TigerVNC's viewer (scripts/setup): run by scripts/test"]
+fn tigervnc_viewer_shows_the_picture_in_tight_with_jpeg() {
+    let port = free_port();
+    let (b, _g, want) = serve_bars_and_photo(&["--vnc", &format!("127.0.0.1:{port}")]);
+    let mut args = TIGHT_JPEG6.to_vec();
+    args.push("-SecurityTypes=None");
+    let shot = tigervnc_window(port, &args, &b);
+    let mean = bars_exact_photo_close(&shot, &want);
     let log = b.log_text();
     assert!(
         log.contains("VNC client: sending Tight with JPEG at quality level 6, compression level 2"),
         "{log}"
     );
     eprintln!("TigerVNC's viewer: the bars exact, the photo-like half off by {mean:.2} on average (Tight, JPEG level 6)");
-    let _ = std::fs::remove_dir_all(&home);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// TigerVNC's viewer over TLS: VeNCrypt's X509Vnc, the certificate checked against the test
+/// CA (`-X509CA`), the password from a file `vncpasswd` wrote. Its window shows the picture as
+/// without TLS. The same viewer told to use only plain security types finds nothing in common
+/// (the server offers only VeNCrypt) and gets no picture.
+#[test]
+#[ignore = "needs Xvfb, xwd, TigerVNC's viewer and vncpasswd (scripts/setup): run by scripts/test"]
+fn tigervnc_viewer_over_tls_x509vnc_shows_the_picture_and_plain_viewers_are_refused() {
+    let dir = std::env::temp_dir().join(format!("vhost-gpu-vnc-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pki = guest_tests::pki::Pki::new();
+    let (cert, key) = pki.write(&dir);
+    let plain = dir.join("password");
+    std::fs::write(&plain, "hunter2\n").unwrap();
+    let mut c = Command::new("vncpasswd")
+        .arg("-f")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("vncpasswd (tigervnc-tools)");
+    c.stdin.take().unwrap().write_all(b"hunter2\n").unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let passwd = dir.join("viewer.passwd");
+    std::fs::write(&passwd, out.stdout).unwrap();
+
+    let port = free_port();
+    let (b, _g, want) = serve_bars_and_photo(&[
+        "--vnc",
+        &format!("127.0.0.1:{port}"),
+        "--vnc-tls-cert",
+        cert.to_str().unwrap(),
+        "--vnc-tls-key",
+        key.to_str().unwrap(),
+        "--vnc-password-file",
+        plain.to_str().unwrap(),
+    ]);
+    let ca = format!("-X509CA={}", dir.join("ca.pem").display());
+    let pw = format!("-PasswordFile={}", passwd.display());
+    let mut args = TIGHT_JPEG6.to_vec();
+    args.extend(["-SecurityTypes=X509Vnc", &ca, &pw]);
+    let shot = tigervnc_window(port, &args, &b);
+    let mean = bars_exact_photo_close(&shot, &want);
+    let log = b.log_text();
+    assert!(log.contains("VeNCrypt X509Vnc"), "{log}");
+
+    // A viewer that will not do TLS finds no security type in common: it says so (in a dialog
+    // that waits for a click, hence the timeout) and never gets a picture.
+    let x = Xvfb::start(320, 200);
+    let out = Command::new("timeout")
+        .args(["10", "xtigervncviewer", "-SecurityTypes=VncAuth,None", &pw])
+        .arg(format!("127.0.0.1::{port}"))
+        .env("DISPLAY", &x.display)
+        .env("HOME", &dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No matching security types"), "{err}");
+    let (_, _, screen) = x.screenshot();
+    assert!(
+        screen.chunks_exact(3).all(|p| p != BARS[1]),
+        "the viewer without TLS showed the picture"
+    );
+    eprintln!("TigerVNC's viewer over TLS (X509Vnc): the bars exact, the photo-like half off by {mean:.2}; a viewer without TLS: \"No matching security types\"");
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Plays QEMU's QMP for `--vnc-input-qmp`: greets, answers every command, and passes on each

@@ -33,6 +33,8 @@ pub enum SessionError {
     Version(String),
     #[error("client chose security type {0}, which was not offered")]
     SecurityType(u8),
+    #[error("refused: TLS is required, and {0}")]
+    NeedsTls(String),
     #[error("wrong password")]
     Password,
     #[error("too many clients")]
@@ -76,8 +78,8 @@ impl Session {
 pub fn serve(conn: Conn, shared: Arc<Shared>, admitted: bool) -> Result<(), SessionError> {
     conn.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     conn.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let (minor, conn) = handshake(conn, &shared, admitted)?;
     let mut c = conn.try_clone()?;
-    let minor = handshake(&mut c, &shared, admitted)?;
     // ClientInit: the shared flag; every client shares the screen.
     let mut flag = [0u8; 1];
     c.read_exact(&mut flag)?;
@@ -121,7 +123,7 @@ pub fn serve(conn: Conn, shared: Arc<Shared>, admitted: bool) -> Result<(), Sess
     let written = write_loop(&conn, &session, (w, h));
     // Whichever side ends first ends the other.
     session.lock().closed = true;
-    let _ = conn.shutdown();
+    let _ = conn.shutdown(std::net::Shutdown::Both);
     let read = reader.join().unwrap_or(Ok(()));
     match (written, read) {
         (Err(e), _) | (Ok(()), Err(e)) => Err(e),
@@ -129,7 +131,14 @@ pub fn serve(conn: Conn, shared: Arc<Shared>, admitted: bool) -> Result<(), Sess
     }
 }
 
-fn handshake(c: &mut Conn, shared: &Shared, admitted: bool) -> Result<u8, SessionError> {
+/// VeNCrypt (security type 19) and its subtypes (VeNCrypt 0.2).
+const SEC_VENCRYPT: u8 = 19;
+const VENCRYPT_X509NONE: u32 = 260;
+const VENCRYPT_X509VNC: u32 = 261;
+
+/// The RFB handshake up to the security result; returns the protocol's minor version and the
+/// connection the session goes on with (under TLS after VeNCrypt).
+fn handshake(mut c: Conn, shared: &Shared, admitted: bool) -> Result<(u8, Conn), SessionError> {
     c.write_all(b"RFB 003.008\n")?;
     let mut v = [0u8; 12];
     c.read_exact(&mut v)?;
@@ -150,19 +159,35 @@ fn handshake(c: &mut Conn, shared: &Shared, admitted: bool) -> Result<u8, Sessio
         }
         _ => return Err(SessionError::Version(text)),
     };
-    let security: u8 = if shared.password.is_some() { 2 } else { 1 };
+    // With TLS configured, RFB clients get VeNCrypt and nothing else: no plain type for a
+    // client (or a man in the middle) to fall back to. WebSocket clients (noVNC cannot do TLS
+    // inside RFB) keep the plain types, on the listener's own loopback-or-password rule.
+    let tls = shared.tls.as_ref().filter(|_| !c.is_websocket());
+    let security: u8 = match (tls, &shared.password) {
+        (Some(_), _) => SEC_VENCRYPT,
+        (None, Some(_)) => 2,
+        (None, None) => 1,
+    };
     if minor == 3 {
         // The server picks; 0 and a reason refuses.
         if !admitted {
             c.write_all(&0u32.to_be_bytes())?;
-            rfb::write_string(c, "too many VNC clients")?;
+            rfb::write_string(&mut c, "too many VNC clients")?;
             return Err(SessionError::Full);
+        }
+        if tls.is_some() {
+            c.write_all(&0u32.to_be_bytes())?;
+            rfb::write_string(
+                &mut c,
+                "this server requires TLS (VeNCrypt), which RFB 3.3 lacks",
+            )?;
+            return Err(SessionError::NeedsTls("an RFB 3.3 client".into()));
         }
         c.write_all(&u32::from(security).to_be_bytes())?;
     } else {
         if !admitted {
             c.write_all(&[0])?;
-            rfb::write_string(c, "too many VNC clients")?;
+            rfb::write_string(&mut c, "too many VNC clients")?;
             return Err(SessionError::Full);
         }
         c.write_all(&[1, security])?;
@@ -171,10 +196,55 @@ fn handshake(c: &mut Conn, shared: &Shared, admitted: bool) -> Result<u8, Sessio
         if chosen[0] != security {
             if minor == 8 {
                 c.write_all(&1u32.to_be_bytes())?;
-                rfb::write_string(c, "security type not offered")?;
+                rfb::write_string(
+                    &mut c,
+                    if tls.is_some() {
+                        "this server requires TLS (VeNCrypt)"
+                    } else {
+                        "security type not offered"
+                    },
+                )?;
+            }
+            if tls.is_some() {
+                return Err(SessionError::NeedsTls(format!(
+                    "the client chose security type {}",
+                    chosen[0]
+                )));
             }
             return Err(SessionError::SecurityType(chosen[0]));
         }
+    }
+    if let Some(tls) = tls {
+        let subtype = if shared.password.is_some() {
+            VENCRYPT_X509VNC
+        } else {
+            VENCRYPT_X509NONE
+        };
+        // VeNCrypt 0.2: the versions, the one subtype offered, the client's choice.
+        c.write_all(&[0, 2])?;
+        let mut version = [0u8; 2];
+        c.read_exact(&mut version)?;
+        if version != [0, 2] {
+            c.write_all(&[1])?;
+            return Err(SessionError::NeedsTls(format!(
+                "VeNCrypt version {}.{} (only 0.2 is spoken)",
+                version[0], version[1]
+            )));
+        }
+        let mut offer = vec![0, 1];
+        offer.extend_from_slice(&subtype.to_be_bytes());
+        c.write_all(&offer)?;
+        let mut pick = [0u8; 4];
+        c.read_exact(&mut pick)?;
+        let pick = u32::from_be_bytes(pick);
+        if pick != subtype {
+            c.write_all(&[0])?;
+            return Err(SessionError::NeedsTls(format!(
+                "the client chose VeNCrypt subtype {pick}, {subtype} was offered"
+            )));
+        }
+        c.write_all(&[1])?;
+        c = Conn::Tls(tls.accept(c)?);
     }
     if let Some(pw) = &shared.password {
         let challenge = auth::challenge()?;
@@ -185,16 +255,16 @@ fn handshake(c: &mut Conn, shared: &Shared, admitted: bool) -> Result<u8, Sessio
             std::thread::sleep(AUTH_FAIL_DELAY);
             c.write_all(&1u32.to_be_bytes())?;
             if minor == 8 {
-                rfb::write_string(c, "authentication failed")?;
+                rfb::write_string(&mut c, "authentication failed")?;
             }
             return Err(SessionError::Password);
         }
         c.write_all(&0u32.to_be_bytes())?;
-    } else if minor == 8 {
-        // RFB 3.8 reports the result of "None" too.
+    } else if minor == 8 || tls.is_some() {
+        // RFB 3.8 reports the result of "None" too; VeNCrypt's X509None always does.
         c.write_all(&0u32.to_be_bytes())?;
     }
-    Ok(minor)
+    Ok((minor, c))
 }
 
 fn read_loop(mut conn: Conn, s: &Session) -> Result<(), SessionError> {

@@ -25,6 +25,7 @@ pub mod client;
 pub mod qmp;
 pub mod rfb;
 pub mod tight;
+pub mod tls;
 pub mod ws;
 
 use std::io::{Read, Write};
@@ -48,7 +49,7 @@ pub enum VncError {
     Address(String),
     #[error("--vnc {0}: {1}")]
     Resolve(String, std::io::Error),
-    #[error("--vnc {0} is not a loopback address: binding beyond this host needs --vnc-password-file (and a tunnel, as VNC does not encrypt)")]
+    #[error("--vnc {0} is not a loopback address: binding beyond this host needs --vnc-password-file (and --vnc-tls-cert/--vnc-tls-key to encrypt, or a tunnel)")]
     NeedsPassword(String),
     #[error("--vnc {0}: {1}")]
     Bind(String, std::io::Error),
@@ -96,6 +97,8 @@ pub enum Conn {
     Unix(UnixStream),
     /// A TCP connection after the WebSocket upgrade (`--vnc-websocket`).
     Ws(ws::WsConn),
+    /// Any of these after VeNCrypt's TLS handshake (`--vnc-tls-cert`).
+    Tls(tls::TlsConn),
 }
 
 macro_rules! both {
@@ -105,6 +108,11 @@ macro_rules! both {
             Conn::Unix($s) => $e,
             Conn::Ws(w) => {
                 let $s = w.tcp();
+                $e
+            }
+            // The transport below, through these same methods of `Conn`.
+            Conn::Tls(t) => {
+                let $s = t.inner();
                 $e
             }
         }
@@ -117,6 +125,7 @@ impl Conn {
             Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
             Conn::Unix(s) => Conn::Unix(s.try_clone()?),
             Conn::Ws(w) => Conn::Ws(w.try_clone()?),
+            Conn::Tls(t) => Conn::Tls(t.try_clone()?),
         })
     }
     fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
@@ -125,8 +134,16 @@ impl Conn {
     fn set_write_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
         both!(self, s => s.set_write_timeout(t))
     }
-    fn shutdown(&self) -> std::io::Result<()> {
-        both!(self, s => s.shutdown(std::net::Shutdown::Both))
+    fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()> {
+        both!(self, s => s.shutdown(how))
+    }
+    /// The connection is a WebSocket (possibly under TLS).
+    fn is_websocket(&self) -> bool {
+        match self {
+            Conn::Ws(_) => true,
+            Conn::Tls(t) => t.inner().is_websocket(),
+            _ => false,
+        }
     }
 }
 
@@ -136,6 +153,7 @@ impl Read for Conn {
             Conn::Tcp(s) => s.read(b),
             Conn::Unix(s) => s.read(b),
             Conn::Ws(w) => w.read(b),
+            Conn::Tls(t) => t.read(b),
         }
     }
 }
@@ -153,6 +171,7 @@ impl Write for &Conn {
             Conn::Tcp(s) => (&*s).write(b),
             Conn::Unix(s) => (&*s).write(b),
             Conn::Ws(w) => (&*w).write(b),
+            Conn::Tls(t) => (&*t).write(b),
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -175,6 +194,9 @@ pub struct Shared {
     /// The size announced while the scanout shows nothing yet.
     pub default_size: (u32, u32),
     pub password: Option<Password>,
+    /// VeNCrypt's TLS: when set, RFB clients must use it (WebSocket clients keep the rules of
+    /// plain VNC).
+    pub tls: Option<tls::TlsServer>,
     pub input: Option<InputSink>,
     pub name: String,
     pub max_clients: usize,
@@ -204,6 +226,7 @@ pub struct VncServer {
 /// What `--vnc` needs besides the address.
 pub struct VncOptions {
     pub password: Option<Password>,
+    pub tls: Option<tls::TlsServer>,
     pub input_qmp: Option<PathBuf>,
     pub scanout: u32,
     pub max_clients: usize,
@@ -298,6 +321,7 @@ impl VncServer {
             scanout: o.scanout,
             default_size: o.default_size,
             password: o.password,
+            tls: o.tls,
             input,
             name: "vhost-gpu".into(),
             max_clients: o.max_clients,
@@ -318,14 +342,21 @@ impl VncServer {
             Some(w) => format!("{describe} and WebSocket on {w}"),
             None => describe,
         };
+        let security = match (&shared.tls, shared.password.is_some()) {
+            (Some(t), true) => format!(
+                "VeNCrypt X509Vnc (TLS, then VNC authentication; certificate SHA-256 {})",
+                t.fingerprint
+            ),
+            (Some(t), false) => format!(
+                "VeNCrypt X509None (TLS, no password; certificate SHA-256 {})",
+                t.fingerprint
+            ),
+            (None, true) => "VNC authentication".into(),
+            (None, false) => "no password".into(),
+        };
         info!(
-            "VNC on {describe}: scanout {}, {}, {}",
+            "VNC on {describe}: scanout {}, {security}, {}",
             o.scanout,
-            if shared.password.is_some() {
-                "VNC authentication"
-            } else {
-                "no password"
-            },
             match &o.input_qmp {
                 Some(p) => format!("input to QMP at {}", p.display()),
                 None => "view only (no --vnc-input-qmp)".into(),
