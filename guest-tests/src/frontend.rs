@@ -707,6 +707,15 @@ pub fn venus_rings(root: u32) -> String {
                 word(128),
                 at_head
             ));
+            // The whole batch the ring thread took (head to tail; at most 128 words): the
+            // blocking command is in it, after whatever came first.
+            if let (Some(h), Some(t)) = (word(0), word(64)) {
+                let words: Vec<String> = (0..t.wrapping_sub(h).min(512) / 4)
+                    .filter_map(|i| word(192 + u64::from(h.wrapping_add(i * 4) & 0x1ffff)))
+                    .map(|w| format!("{w:08x}"))
+                    .collect();
+                out.push_str(&format!("  batch words: {}\n", words.join(" ")));
+            }
         }
     }
     out

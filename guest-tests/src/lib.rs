@@ -10,6 +10,7 @@ pub mod display;
 pub mod driver;
 pub mod frontend;
 pub mod host;
+pub mod link;
 pub mod memory;
 pub mod pki;
 pub mod shmem;

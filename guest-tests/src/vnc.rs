@@ -622,11 +622,15 @@ impl<S: Read + Write> VncClient<S> {
             k if k < 8 => {
                 let stream = (k & 3) as usize;
                 let mut palette: Vec<[u8; 3]> = Vec::new();
+                let mut gradient = false;
                 if k & 4 != 0 {
                     let [filter] = rd::<1>(&mut self.s).map_err(e)?;
                     got += 1;
                     match filter {
                         0 => {}
+                        // The gradient filter (QEMU's Tight with lossy=on sends it): full
+                        // colour, each component the difference from left + up - upleft.
+                        2 => gradient = true,
                         1 => {
                             let [n] = rd::<1>(&mut self.s).map_err(e)?;
                             for _ in 0..=n {
@@ -638,6 +642,7 @@ impl<S: Read + Write> VncClient<S> {
                     }
                 }
                 let kind = match palette.len() {
+                    0 if gradient => "gradient",
                     0 => "copy",
                     1 | 2 => "mono",
                     _ => "indexed",
@@ -664,6 +669,22 @@ impl<S: Read + Write> VncClient<S> {
                 if data.len() != size {
                     return Err(format!("tight data {} bytes, want {size}", data.len()));
                 }
+                let data = if gradient {
+                    let mut px = vec![0u8; size];
+                    for y in 0..h {
+                        for x in 0..w * 3 {
+                            let at = |yy: usize, xx: usize| i32::from(px[yy * w * 3 + xx]);
+                            let left = if x >= 3 { at(y, x - 3) } else { 0 };
+                            let up = if y > 0 { at(y - 1, x) } else { 0 };
+                            let upleft = if x >= 3 && y > 0 { at(y - 1, x - 3) } else { 0 };
+                            let predicted = (left + up - upleft).clamp(0, 255);
+                            px[y * w * 3 + x] = (predicted as u8).wrapping_add(data[y * w * 3 + x]);
+                        }
+                    }
+                    px
+                } else {
+                    data
+                };
                 for y in 0..h {
                     let row = &data[y * row_bytes..(y + 1) * row_bytes];
                     for x in 0..w {

@@ -469,7 +469,7 @@ fn run() -> Result<(), String> {
                         .ok_or("--hold SECONDS")?,
                 )
             }
-            "dumb" | "gl" | "all" | "input" | "blob" | "vulkan" => what = a,
+            "dumb" | "gl" | "all" | "input" | "blob" | "vulkan" | "busy" => what = a,
             _ => return Err(format!("unknown argument {a}")),
         }
     }
@@ -487,6 +487,13 @@ fn run() -> Result<(), String> {
     let outs = outputs(&card)?;
     if what == "blob" {
         return blob::blob(&card, &outs, hold);
+    }
+    if what == "busy" {
+        // The VNC bench's picture (guest-tests/src/bin/bench.rs, busy_frame(1)): varied content,
+        // few solid tiles, the same on every server compared.
+        return show_dumb(&card, &outs, hold, "busy", |x, y, _, _| {
+            [(y / 5) as u8, (x / 3) as u8, (x ^ y) as u8 ^ 1]
+        });
     }
 
     if what == "dumb" || what == "all" {

@@ -356,7 +356,10 @@ fn guest_vkmark(hold: u32) -> VkmarkRun {
         "g-vkmark",
         GENERIC_GPU,
         "vkmark",
-        &format!("vgt.hold={hold}"),
+        &format!(
+            "vgt.hold={hold} vgt.vn_perf={}",
+            std::env::var("VHOST_GPU_VKMARK_VN_PERF").unwrap_or_default()
+        ),
     );
     // A hang the guest reports (it then waits 15 s before ending vkmark): the host's side of it
     // while it lasts, every thread of vhost-gpu and the render server with its stack.

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use guest_tests::capture::{gl_picture, smpte, Image};
 
@@ -179,5 +179,262 @@ fn guest_virgl_picture_through_vnc_with_display_none() {
         vm.agent_passed(&mut backend);
         vm.quit();
         assert!(backend.alive());
+    });
+}
+
+/// One server's figures for one encoding in [`vnc_bench`].
+struct BenchRow {
+    /// Full-screen update, request to decoded (ms): median and 99th percentile.
+    median: f64,
+    p99: f64,
+    /// Bytes a frame took on the wire (KB).
+    kb: f64,
+    /// The server process's CPU per frame (ms), its idle use taken off.
+    cpu: f64,
+}
+
+/// A process's CPU time (user + system), in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = s.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf only reads a constant.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// The bench's picture as B, G, R (the agent's `busy` mode; `bench.rs`'s `busy_frame(1)`).
+fn busy_bgr(w: u32, h: u32) -> Vec<u8> {
+    let mut v = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            v.extend_from_slice(&[(x ^ y) as u8 ^ 1, (x / 3) as u8, (y / 5) as u8]);
+        }
+    }
+    v
+}
+
+/// Where a bench client connects: a Unix socket, or TCP HOST:PORT.
+enum Endpoint {
+    Unix(std::path::PathBuf),
+    Tcp(String),
+}
+
+/// Measures one VNC server (process `pid`) showing the busy picture at 1920x1080: for each of
+/// `encodings`, `n` full-screen updates asked for one after another (a non-incremental request,
+/// so the server encodes the whole screen each time), each timed from the request to the
+/// last rectangle decoded by the harness's client. Lossless encodings must give the picture
+/// exactly, JPEG within 12 on average, so both servers are known to send the same thing.
+fn bench_server(
+    at: &Endpoint,
+    pid: u32,
+    n: usize,
+    encodings: &[(&str, Vec<i32>)],
+) -> Vec<BenchRow> {
+    use guest_tests::vnc::VncClient;
+    let want = busy_bgr(1920, 1080);
+    // The server's own use while idle (QEMU's includes the idle guest's vCPU).
+    let c0 = cpu_secs(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = (cpu_secs(pid) - c0) / 2.0;
+    let mut rows = Vec::new();
+    for (name, encs) in encodings {
+        let one = |c: &mut dyn FnMut() -> (Vec<u8>, u64)| {
+            // Two frames to warm up (and to check the picture), then the timed ones.
+            for _ in 0..2 {
+                let (got, _) = c();
+                let diff: u64 = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| u64::from(a.abs_diff(*b)))
+                    .sum();
+                let mean = diff as f64 / want.len() as f64;
+                let lossy = encs.len() > 1;
+                assert!(
+                    mean == 0.0 || (lossy && mean < 12.0),
+                    "{name}: the picture is off by {mean:.2} on average"
+                );
+            }
+            let mut times = Vec::new();
+            let mut bytes = 0u64;
+            let cpu0 = cpu_secs(pid);
+            let t0 = Instant::now();
+            for _ in 0..n {
+                let t = Instant::now();
+                let (_, b) = c();
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+                bytes += b;
+            }
+            let wall = t0.elapsed().as_secs_f64();
+            let cpu = (cpu_secs(pid) - cpu0 - idle * wall).max(0.0);
+            times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            BenchRow {
+                median: times[times.len() / 2],
+                p99: times[(times.len() * 99 / 100).min(times.len() - 1)],
+                kb: bytes as f64 / n as f64 / 1e3,
+                cpu: cpu / n as f64 * 1e3,
+            }
+        };
+        let row = match at {
+            Endpoint::Unix(p) => {
+                let mut c = VncClient::connect(p, None).expect("VNC client");
+                assert_eq!((c.width, c.height), (1920, 1080), "{name}");
+                c.set_encodings(encs);
+                one(&mut || {
+                    let before: u64 = c.bytes.values().sum();
+                    c.request(false);
+                    c.read_update().expect("update");
+                    (c.bgr(), c.bytes.values().sum::<u64>() - before)
+                })
+            }
+            Endpoint::Tcp(a) => {
+                let mut c = VncClient::connect_tcp(a, None).expect("VNC client");
+                assert_eq!((c.width, c.height), (1920, 1080), "{name}");
+                c.set_encodings(encs);
+                one(&mut || {
+                    let before: u64 = c.bytes.values().sum();
+                    c.request(false);
+                    c.read_update().expect("update");
+                    (c.bgr(), c.bytes.values().sum::<u64>() - before)
+                })
+            }
+        };
+        rows.push(row);
+    }
+    rows
+}
+
+/// `scripts/bench --vnc`: vhost-gpu's VNC server against QEMU's own, with the same Debian 12
+/// guest showing the same 1920x1080 picture (the agent's `busy` mode), the same client (the
+/// harness's, decoding everything) and the same encodings. vhost-gpu: `vhost-user-gpu-pci`
+/// with `-display none`, `--vnc`. QEMU: its in-process `virtio-gpu-pci` (xres/yres 1920x1080)
+/// with `-vnc ...,lossy=on` (JPEG needs it). Each figure is a full-screen update: asked for,
+/// encoded whole, received and decoded (request to last byte); also the bytes of a frame and
+/// the server's CPU per frame. QEMU answers a request on its display refresh timer (every
+/// 30 ms while the screen changes, backing off towards 3 s while it does not), so on this
+/// still picture its times include that wait; its CPU per frame does not.
+/// `VHOST_GPU_VNC_LINK=shaped` puts both servers on TCP behind a link of 100 Mbit/s and 20 ms
+/// round trip ([`guest_tests::link::ShapedLink`]); the default (`unix`) is Unix sockets.
+/// `VHOST_GPU_VNC_FRAMES` frames per encoding (default 20; 8 on the shaped link).
+#[test]
+#[ignore = "a benchmark (about 3 minutes): scripts/bench --vnc"]
+fn vnc_bench() {
+    on(Release::Bookworm, || {
+        use guest_tests::vnc::{RAW, TIGHT, TIGHT_QUALITY_0, ZRLE};
+        let shaped = std::env::var("VHOST_GPU_VNC_LINK").as_deref() == Ok("shaped");
+        let n: usize = std::env::var("VHOST_GPU_VNC_FRAMES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if shaped { 8 } else { 20 });
+        let tcp = shaped.then(|| "127.0.0.1".to_string());
+        let encodings: Vec<(&str, Vec<i32>)> = vec![
+            ("Raw", vec![RAW]),
+            ("ZRLE", vec![ZRLE]),
+            ("Tight, lossless", vec![TIGHT]),
+            ("Tight, JPEG quality 6", vec![TIGHT, TIGHT_QUALITY_0 + 6]),
+            ("Tight, JPEG quality 9", vec![TIGHT, TIGHT_QUALITY_0 + 9]),
+        ];
+        let tmp = std::env::temp_dir().join(format!("vhost-gpu-vnc-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).unwrap();
+        // The client's way to a server: straight, or through the shaped link.
+        let shape = |at: Endpoint| match at {
+            Endpoint::Tcp(a) if shaped => Endpoint::Tcp(
+                guest_tests::link::ShapedLink::start(&a, 100_000_000, Duration::from_millis(10))
+                    .addr,
+            ),
+            other => other,
+        };
+        let endpoint = |name: &str, port: u16| match &tcp {
+            Some(host) => Endpoint::Tcp(format!("{host}:{port}")),
+            None => Endpoint::Unix(tmp.join(format!("{name}.sock"))),
+        };
+
+        // vhost-gpu.
+        let port = free_port();
+        let ours_at = endpoint("ours", port);
+        let listen = match &ours_at {
+            Endpoint::Unix(p) => format!("unix:{}", p.display()),
+            Endpoint::Tcp(a) => a.clone(),
+        };
+        let (mut backend, _cap) = backend(
+            "vncb",
+            &[
+                "--renderer",
+                "2d",
+                "--display",
+                "1920x1080",
+                "--vnc",
+                &listen,
+            ],
+        );
+        let mut vm = Vm::boot(&backend, "vncb-ours", 1, "busy", "vgt.hold=900");
+        vm.wait_for(&mut backend, "AGENT: busy shown", BOOT);
+        let ours = bench_server(&shape(ours_at), backend.pid(), n, &encodings);
+        vm.quit();
+        drop(backend);
+
+        // QEMU's own server on its in-process device; on TCP it takes a display number (port
+        // 5900 + N).
+        let port = (5940..6000)
+            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .expect("a free port from 5940");
+        let qemu_at = endpoint("qemu", port);
+        let vnc = match &qemu_at {
+            Endpoint::Unix(p) => format!("unix:{}", p.display()),
+            Endpoint::Tcp(_) => format!(
+                "{}:{}",
+                tcp.as_deref().unwrap_or("127.0.0.1"),
+                i32::from(port) - 5900
+            ),
+        };
+        let device = [
+            "-device".to_string(),
+            "virtio-gpu-pci,xres=1920,yres=1080".to_string(),
+        ];
+        // lossy=on: without it QEMU's Tight never sends JPEG (nor its gradient filter),
+        // whatever quality level the client asks for.
+        let qemu = ["-vnc".to_string(), format!("{vnc},lossy=on")];
+        let mut vm = Vm::boot_device(
+            &tmp,
+            "vncb-qemu",
+            &device,
+            "busy",
+            "vgt.hold=900",
+            &qemu,
+            &[],
+        );
+        vm.wait_serial("AGENT: busy shown", BOOT, |_| Ok(()))
+            .unwrap_or_else(|e| panic!("QEMU's guest: {e}"));
+        // QEMU redraws its console surface from the guest's next flush; give it a moment.
+        std::thread::sleep(Duration::from_secs(2));
+        let theirs = bench_server(&shape(qemu_at), vm.child.id(), n, &encodings);
+        vm.quit();
+
+        let link = if shaped {
+            "TCP through a 100 Mbit/s link with 20 ms round trip".to_string()
+        } else {
+            "Unix socket".to_string()
+        };
+        println!("\nVNC, a full 1920x1080 update of the same guest picture ({link}, {n} frames each, medians; CPU: the server process per frame)\n");
+        println!("| encoding | vhost-gpu ms (p99) | QEMU ms (p99) | ratio | vhost-gpu KB | QEMU KB | vhost-gpu fps | QEMU fps | vhost-gpu CPU ms | QEMU CPU ms |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        for ((name, _), (o, q)) in encodings.iter().zip(ours.iter().zip(&theirs)) {
+            println!(
+                "| {name} | {:.1} ({:.1}) | {:.1} ({:.1}) | {:.2} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                o.median,
+                o.p99,
+                q.median,
+                q.p99,
+                o.median / q.median,
+                o.kb,
+                q.kb,
+                1e3 / o.median,
+                1e3 / q.median,
+                o.cpu,
+                q.cpu
+            );
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
     });
 }
