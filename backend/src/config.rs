@@ -97,6 +97,9 @@ pub struct DeviceConfig {
     pub decode: DecodeLimits,
     /// Bytes of host-visible memory region to offer a frontend that asks (0: none).
     pub hostmem: u64,
+    /// Where mode requests from the host side (VNC's SetDesktopSize) come in; with it the
+    /// backend request channel is asked for, for its config-change message.
+    pub mode_requests: Option<crate::modes::ModeRequestsHandle>,
 }
 
 impl Default for DeviceConfig {
@@ -114,6 +117,7 @@ impl Default for DeviceConfig {
             screens: None,
             decode: DecodeLimits::default(),
             hostmem: 0,
+            mode_requests: None,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod display;
 pub mod edid;
 pub mod fences;
 pub mod logging;
+pub mod modes;
 pub mod outbox;
 pub mod privileges;
 pub mod probe;

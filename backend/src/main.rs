@@ -13,6 +13,7 @@ use std::sync::Arc;
 use vhost_gpu::capture::{block_shot_signal, Capture};
 use vhost_gpu::cli::{capabilities_json, Cli, RendererChoice, Sandbox, VenusChoice};
 use vhost_gpu::config::DeviceConfig;
+use vhost_gpu::modes::{ModeRequests, ModeRequestsHandle};
 use vhost_gpu::protocol::DecodeLimits;
 use vhost_gpu::render_server::RenderServer;
 use vhost_gpu::sandbox::{self, files, Enforcement};
@@ -304,6 +305,9 @@ fn run(cli: &Cli) -> Result<Option<String>> {
     if cli.capture_dir.is_some() || vnc.is_some() {
         config.screens = Some(ScreensHandle(Arc::new(Screens::new())));
     }
+    // VNC clients may ask for a mode (SetDesktopSize); the serving connection takes it.
+    let mode_requests = vnc.as_ref().map(|_| ModeRequests::new());
+    config.mode_requests = mode_requests.clone().map(ModeRequestsHandle);
     let screens = config.screens.as_ref().map(|s| Arc::clone(&s.0));
     if let (Some(dir), Some(screens)) = (&cli.capture_dir, &screens) {
         let interval = Duration::from_millis(cli.capture_interval_ms);
@@ -316,6 +320,7 @@ fn run(cli: &Cli) -> Result<Option<String>> {
             VncOptions {
                 password,
                 tls,
+                modes: mode_requests,
                 input_qmp: cli.vnc_input_qmp.clone(),
                 scanout: cli.vnc_scanout,
                 max_clients: cli.vnc_max_clients as usize,

@@ -226,6 +226,41 @@ impl SharedMemoryPort for ShmemPort {
     }
 }
 
+impl crate::modes::ModeTarget for VhostUserGpu {
+    fn request_mode(
+        &self,
+        scanout: u32,
+        width: u32,
+        height: u32,
+    ) -> Result<(), crate::modes::ModeRefused> {
+        use crate::modes::ModeRefused;
+        if scanout >= self.num_scanouts {
+            return Err(ModeRefused::Invalid(format!("no scanout {scanout}")));
+        }
+        // QEMU's vhost-user-gpu-pci keeps events_read to itself (its config read overrides
+        // ours) and takes modes from its own window, so nothing we raise reaches the guest.
+        if lock(&self.pending_display).is_some() || lock(&self.device).has_display_channel() {
+            return Err(ModeRefused::Prohibited(
+                "the frontend (QEMU's vhost-user-gpu-pci) keeps the guest's display events                  itself; resize its own display instead"
+                    .into(),
+            ));
+        }
+        let channel = lock(&self.shmem.channel).clone().ok_or_else(|| {
+            ModeRefused::Prohibited(
+                "the frontend gave no backend request channel (BACKEND_REQ), where the                  config-change message goes"
+                    .into(),
+            )
+        })?;
+        lock(&self.device).set_mode(scanout, width, height)?;
+        self.events_read.fetch_or(EVENT_DISPLAY, Ordering::AcqRel);
+        info!("display change: scanout {scanout} to {width}x{height}, asked by the host; telling the guest");
+        // The lock on the channel is not held while the frontend answers.
+        channel.handle_config_change().map(|_| ()).map_err(|e| {
+            ModeRefused::Prohibited(format!("the frontend refused the config change: {e}"))
+        })
+    }
+}
+
 /// Makes the renderer for a new connection.
 pub type RendererFactory =
     dyn Fn() -> Result<Box<dyn virgl_bridge::Renderer>, virgl_bridge::RendererError> + Send + Sync;
@@ -253,6 +288,9 @@ pub struct VhostUserGpu {
     poll_us: u64,
     /// Bytes of host-visible region offered (0: SHMEM is not offered).
     hostmem: u64,
+    /// Mode requests come from the host side (`--vnc`): the backend request channel is asked
+    /// for, for VHOST_USER_BACKEND_CONFIG_CHANGE_MSG.
+    resizable: bool,
     shmem: Arc<Shmem>,
     exit: (EventConsumer, EventNotifier),
 }
@@ -279,6 +317,7 @@ impl VhostUserGpu {
         }
         Ok(VhostUserGpu {
             hostmem: config.hostmem,
+            resizable: config.mode_requests.is_some(),
             shmem,
             num_scanouts: config.num_scanouts(),
             poll_us: config.poll_us,
@@ -539,13 +578,20 @@ impl VhostUserBackend for VhostUserGpu {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::RESET_DEVICE;
-        if self.hostmem > 0 {
-            // Host-visible memory: the frontend makes the region (GET_SHMEM_CONFIG) and maps
-            // blobs into it when asked on the backend channel (REPLY_ACK: we wait for it).
-            base | VhostUserProtocolFeatures::SHMEM | VhostUserProtocolFeatures::BACKEND_REQ
+        // Host-visible memory: the frontend makes the region (GET_SHMEM_CONFIG) and maps
+        // blobs into it when asked on the backend channel (REPLY_ACK: we wait for it).
+        let shmem = if self.hostmem > 0 {
+            VhostUserProtocolFeatures::SHMEM | VhostUserProtocolFeatures::BACKEND_REQ
         } else {
-            base
-        }
+            VhostUserProtocolFeatures::empty()
+        };
+        // Host-side mode requests: the config-change message goes on the backend channel.
+        let resize = if self.resizable {
+            VhostUserProtocolFeatures::BACKEND_REQ
+        } else {
+            VhostUserProtocolFeatures::empty()
+        };
+        base | shmem | resize
     }
 
     fn set_backend_req_fd(&self, backend: Backend) {
@@ -721,6 +767,10 @@ pub fn serve(
             num_capsets,
             virgl,
         )?);
+        if let Some(m) = &config.mode_requests {
+            let weak: std::sync::Weak<VhostUserGpu> = Arc::downgrade(&backend);
+            m.0.set_target(weak);
+        }
         let mut daemon = VhostUserDaemon::new(
             "vhost-gpu".to_string(),
             Arc::clone(&backend),

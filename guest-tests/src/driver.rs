@@ -6,6 +6,7 @@ use crate::display::DisplayServer;
 use crate::frontend::{Backend, ConnectOptions, Connection};
 use crate::virtqueue::Buf;
 use crate::wire::*;
+use vhost::vhost_user::VhostUserFrontend as _;
 
 /// Control queue index.
 pub const CONTROLQ: usize = 0;
@@ -37,6 +38,42 @@ impl Gpu {
         let conn = Connection::connect(&backend.socket, opts)
             .unwrap_or_else(|e| panic!("connect: {e}\nbackend log:\n{}", backend.log_text()));
         Gpu { conn }
+    }
+
+    /// The config space now (GET_CONFIG): events_read, events_clear, num_scanouts,
+    /// num_capsets.
+    pub fn read_config(&mut self) -> [u32; 4] {
+        let (_, cfg) = self
+            .conn
+            .frontend
+            .get_config(
+                0,
+                16,
+                vhost::vhost_user::message::VhostUserConfigFlags::WRITABLE,
+                &[0u8; 16],
+            )
+            .expect("GET_CONFIG");
+        [0, 4, 8, 12].map(|o| le32(&cfg, o))
+    }
+
+    /// The guest's write of events_clear (SET_CONFIG, as QEMU forwards it).
+    pub fn clear_events(&mut self, events: u32) {
+        self.conn
+            .frontend
+            .set_config(
+                4,
+                vhost::vhost_user::message::VhostUserConfigFlags::WRITABLE,
+                &events.to_le_bytes(),
+            )
+            .expect("SET_CONFIG");
+    }
+
+    /// Config-change messages the backend sent on its request channel so far.
+    pub fn config_changes(&self) -> u64 {
+        self.conn
+            .shmem
+            .as_ref()
+            .map_or(0, |s| s.region.lock().unwrap().config_changes)
     }
 
     /// The display channel (panics when the connection has none).

@@ -257,6 +257,9 @@ pub struct ConnectOptions {
     /// BACKEND_REQ when offered, open the backend request channel, make the regions
     /// GET_SHMEM_CONFIG asks for and map there what the backend asks (QEMU profile only).
     pub shmem: bool,
+    /// Ack BACKEND_REQ when offered and open the backend request channel even without
+    /// shared memory (as QEMU does whenever the backend offers it): config-change messages.
+    pub backend_channel: bool,
 }
 
 /// The vhost-user frontend a connection plays.
@@ -297,6 +300,7 @@ impl Default for ConnectOptions {
             event_idx: true,
             profile: Profile::Qemu,
             shmem: false,
+            backend_channel: false,
         }
     }
 }
@@ -378,6 +382,9 @@ impl Connection {
         if opts.shmem {
             want |= VhostUserProtocolFeatures::SHMEM | VhostUserProtocolFeatures::BACKEND_REQ;
         }
+        if opts.backend_channel {
+            want |= VhostUserProtocolFeatures::BACKEND_REQ;
+        }
         fe.set_protocol_features(pf & want)
             .map_err(|e| sock_err("set_protocol_features", e))?;
         // QEMU 11.1's generic device: the backend request channel, then the regions, each
@@ -395,6 +402,11 @@ impl Connection {
                 ));
             }
             let sm = crate::shmem::SharedMemory::start(cfg.memory_sizes[id])?;
+            fe.set_backend_request_fd(&sm.backend_end())
+                .map_err(|e| sock_err("set_backend_request_fd", e))?;
+            Some(sm)
+        } else if opts.backend_channel && pf.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
+            let sm = crate::shmem::SharedMemory::start(0)?;
             fe.set_backend_request_fd(&sm.backend_end())
                 .map_err(|e| sock_err("set_backend_request_fd", e))?;
             Some(sm)

@@ -30,6 +30,8 @@ pub struct Region {
     /// SHMEM_MAP and SHMEM_UNMAP requests answered with success.
     pub mapped: u64,
     pub unmapped: u64,
+    /// VHOST_USER_BACKEND_CONFIG_CHANGE_MSG received (QEMU then interrupts the guest).
+    pub config_changes: u64,
 }
 
 // SAFETY: `base` is the address of a mapping this struct owns; nothing else aliases it
@@ -42,8 +44,20 @@ fn einval(why: String, refused: &mut Vec<String>) -> std::io::Error {
 }
 
 impl Region {
-    /// Reserves `size` bytes of address space (no access until something is mapped there).
+    /// Reserves `size` bytes of address space (no access until something is mapped there);
+    /// 0: no region (a backend channel for other messages), every map refused.
     pub fn new(size: u64) -> std::io::Result<Self> {
+        if size == 0 {
+            return Ok(Region {
+                base: 0,
+                size: 0,
+                maps: BTreeMap::new(),
+                refused: Vec::new(),
+                mapped: 0,
+                unmapped: 0,
+                config_changes: 0,
+            });
+        }
         let len = usize::try_from(size).map_err(std::io::Error::other)?;
         // SAFETY: an anonymous private mapping at an address the kernel chooses; it aliases
         // nothing, and is unmapped in Drop.
@@ -67,6 +81,7 @@ impl Region {
             refused: Vec::new(),
             mapped: 0,
             unmapped: 0,
+            config_changes: 0,
         })
     }
 
@@ -149,12 +164,22 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
+        if self.size == 0 {
+            return;
+        }
         // SAFETY: `base`/`size` are the reservation made in `new`, mapped until now.
         unsafe { libc::munmap(self.base as *mut libc::c_void, self.size as usize) };
     }
 }
 
 impl VhostUserFrontendReqHandlerMut for Region {
+    /// QEMU's generic device (vub_config_notifier) interrupts the guest, which reads the
+    /// config space again; here it is counted.
+    fn handle_config_change(&mut self) -> HandlerResult<u64> {
+        self.config_changes += 1;
+        Ok(0)
+    }
+
     fn shmem_map(&mut self, req: &VhostUserMMap, fd: &dyn AsRawFd) -> HandlerResult<u64> {
         let (shmid, off, len, fd_off, flags) =
             (req.shmid, req.shm_offset, req.len, req.fd_offset, req.flags);

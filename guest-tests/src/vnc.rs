@@ -22,6 +22,12 @@ pub const CURSOR: i32 = -239;
 pub const CONTINUOUS_UPDATES: i32 = -313;
 pub const FENCE: i32 = -312;
 pub const DESKTOP_SIZE: i32 = -223;
+pub const EXTENDED_DESKTOP_SIZE: i32 = -308;
+
+/// One screen of a layout: (id, x, y, width, height, flags).
+pub type Screen = (u32, u16, u16, u16, u16, u32);
+/// An ExtendedDesktopSize rectangle: (reason, status, width, height, screens).
+pub type DesktopLayout = (u16, u16, u16, u16, Vec<Screen>);
 
 /// A rectangle the server sent: (x, y, width, height, encoding).
 pub type Rect = (u16, u16, u16, u16, i32);
@@ -50,6 +56,8 @@ pub struct VncClient<S = UnixStream> {
     pub end_of_continuous: u32,
     /// Fences received: (flags, payload).
     pub fences: Vec<(u32, Vec<u8>)>,
+    /// ExtendedDesktopSize rectangles received, in order.
+    pub layouts: Vec<DesktopLayout>,
 }
 
 /// Inflates `z` on the connection's stream `zlib` (each message ends in a sync flush).
@@ -346,6 +354,7 @@ impl<S: Read + Write> VncClient<S> {
             tight_kinds: Default::default(),
             end_of_continuous: 0,
             fences: Vec::new(),
+            layouts: Vec::new(),
         })
     }
 
@@ -456,6 +465,28 @@ impl<S: Read + Write> VncClient<S> {
                     self.height = hh.into();
                     self.fb = vec![0; w as usize * hh as usize * 4];
                 }
+                EXTENDED_DESKTOP_SIZE => {
+                    let [n, _, _, _] = rd::<4>(&mut self.s).map_err(e)?;
+                    let mut screens = Vec::new();
+                    for _ in 0..n {
+                        let sc: [u8; 16] = rd(&mut self.s).map_err(e)?;
+                        screens.push((
+                            be32(&sc[0..]),
+                            be16(&sc[4..]),
+                            be16(&sc[6..]),
+                            be16(&sc[8..]),
+                            be16(&sc[10..]),
+                            be32(&sc[12..]),
+                        ));
+                    }
+                    // x is the reason, y the status; a successful change sets the size.
+                    if y == 0 && (u32::from(w), u32::from(hh)) != (self.width, self.height) {
+                        self.width = w.into();
+                        self.height = hh.into();
+                        self.fb = vec![0; w as usize * hh as usize * 4];
+                    }
+                    self.layouts.push((x, y, w, hh, screens));
+                }
                 CURSOR => {
                     let mut px = vec![0u8; w as usize * hh as usize * 4];
                     self.s.read_exact(&mut px).map_err(e)?;
@@ -467,6 +498,22 @@ impl<S: Read + Write> VncClient<S> {
             }
         }
         Ok(Some(rects))
+    }
+
+    /// Sends SetDesktopSize for `width` x `height` with `screens` (id, x, y, w, h, flags).
+    pub fn set_desktop_size(&mut self, width: u16, height: u16, screens: &[Screen]) {
+        let mut m = vec![251, 0];
+        m.extend_from_slice(&width.to_be_bytes());
+        m.extend_from_slice(&height.to_be_bytes());
+        m.extend_from_slice(&[screens.len() as u8, 0]);
+        for &(id, x, y, w, h, flags) in screens {
+            m.extend_from_slice(&id.to_be_bytes());
+            for v in [x, y, w, h] {
+                m.extend_from_slice(&v.to_be_bytes());
+            }
+            m.extend_from_slice(&flags.to_be_bytes());
+        }
+        self.s.write_all(&m).unwrap();
     }
 
     /// Sends a Fence (TigerVNC's extension).

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use guest_tests::frontend::ConnectOptions;
+use guest_tests::frontend::{ConnectOptions, Profile};
 use guest_tests::vnc::{
-    VncClient, WsStream, CONTINUOUS_UPDATES, CURSOR, DESKTOP_SIZE, FENCE, RAW, TIGHT,
-    TIGHT_QUALITY_0, ZRLE,
+    DesktopLayout, Screen, VncClient, WsStream, CONTINUOUS_UPDATES, CURSOR, DESKTOP_SIZE,
+    EXTENDED_DESKTOP_SIZE, FENCE, RAW, TIGHT, TIGHT_QUALITY_0, ZRLE,
 };
 use guest_tests::wire::*;
 use guest_tests::{Backend, Gpu};
@@ -594,6 +594,136 @@ fn hostile_clients_get_a_clean_close_and_the_guest_keeps_running() {
     ok.request(true);
     ok.read_update().unwrap();
     assert_eq!(ok.bgr(), bgr(&px2));
+    drop(b);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Reads messages until the client has `n` ExtendedDesktopSize layouts; returns the last.
+fn layout_number(c: &mut VncClient, n: usize) -> DesktopLayout {
+    let deadline = Instant::now() + WAIT;
+    while c.layouts.len() < n {
+        assert!(Instant::now() < deadline, "no layout {n}: {:?}", c.layouts);
+        c.read_message().unwrap();
+    }
+    c.layouts[n - 1].clone()
+}
+
+/// Client-driven resize (ExtendedDesktopSize, SetDesktopSize) through a generic frontend: the
+/// server announces the layout; a request with a bad layout is refused (3) and reaches nobody;
+/// a good one is answered OK with the size now, raises VIRTIO_GPU_EVENT_DISPLAY and sends the
+/// frontend a config-change message; the guest then reads the new mode in GET_DISPLAY_INFO
+/// and the EDID, and once it shows that mode the client gets the new size (a server-side
+/// ExtendedDesktopSize) and the picture. With QEMU's vhost-user-gpu-pci (a display channel),
+/// which keeps display events to itself, the request is refused as prohibited (1).
+#[test]
+fn set_desktop_size_reaches_the_guest_as_a_display_change() {
+    let dir = temp_dir("resize");
+    let sock = dir.join("vnc.sock");
+    let vnc = format!("unix:{}", sock.display());
+    let b = Backend::start(&opts_2d(&["--display", "640x480", "--vnc", &vnc]));
+    let mut g = Gpu::connect(
+        &b,
+        &ConnectOptions {
+            display: None,
+            profile: Profile::GenericPassThrough,
+            backend_channel: true,
+            ..Default::default()
+        },
+    );
+    let _ = resource_with(&mut g, 1, B8G8R8X8, 640, 480, &pattern(640, 480, 1));
+    assert_eq!(g.set_scanout(0, 1, (0, 0, 640, 480)), OK_NODATA);
+    assert_eq!(g.flush(1, (0, 0, 640, 480)), OK_NODATA);
+    let mut c = VncClient::connect(&sock, None).unwrap();
+    c.set_encodings(&[RAW, EXTENDED_DESKTOP_SIZE]);
+    let announced = layout_number(&mut c, 1);
+    assert_eq!(announced, (0, 0, 640, 480, vec![(0, 0, 0, 640, 480, 0)]));
+
+    // Layouts a scanout cannot take: refused as invalid, nothing reaches the guest.
+    let bad: [(u16, u16, Vec<Screen>); 4] = [
+        (800, 600, vec![]),
+        (
+            800,
+            600,
+            vec![(0, 0, 0, 400, 600, 0), (1, 400, 0, 400, 600, 0)],
+        ),
+        (800, 600, vec![(0, 10, 0, 790, 600, 0)]),
+        (5000, 600, vec![(0, 0, 0, 5000, 600, 0)]),
+    ];
+    for (i, (w, h, screens)) in bad.iter().enumerate() {
+        c.set_desktop_size(*w, *h, screens);
+        let answer = layout_number(&mut c, 2 + i);
+        assert_eq!(
+            (answer.0, answer.1),
+            (1, 3),
+            "{w}x{h} {screens:?}: {answer:?}"
+        );
+        assert_eq!((answer.2, answer.3), (640, 480), "the size stays");
+    }
+    assert_eq!(g.config_changes(), 0);
+    assert_eq!(g.read_config()[0] & 1, 0, "no display event yet");
+
+    // A good request.
+    c.set_desktop_size(800, 600, &[(0, 0, 0, 800, 600, 0)]);
+    let answer = layout_number(&mut c, 6);
+    assert_eq!((answer.0, answer.1, answer.2, answer.3), (1, 0, 640, 480));
+    let deadline = Instant::now() + WAIT;
+    while g.config_changes() == 0 {
+        assert!(Instant::now() < deadline, "no config-change message");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(g.config_changes(), 1);
+    assert_eq!(g.read_config()[0] & 1, 1, "VIRTIO_GPU_EVENT_DISPLAY");
+    let info = g.display_info();
+    assert_eq!((le32(&info.0, 24 + 8), le32(&info.0, 24 + 12)), (800, 600));
+    let edid = g.edid(0);
+    // The EDID's first detailed timing (offset 54 of the EDID, after the reply's 32 bytes):
+    // horizontal active 800, vertical active 600.
+    let e = &edid.0[32..];
+    let hactive = u32::from(e[54 + 2]) | (u32::from(e[54 + 4] >> 4) << 8);
+    let vactive = u32::from(e[54 + 5]) | (u32::from(e[54 + 7] >> 4) << 8);
+    assert_eq!((hactive, vactive), (800, 600), "EDID preferred mode");
+    g.clear_events(1);
+    assert_eq!(g.read_config()[0] & 1, 0, "events_clear");
+
+    // The guest sets the mode: the client learns the size, then gets the picture.
+    let px = pattern(800, 600, 2);
+    let _ = resource_with(&mut g, 2, B8G8R8X8, 800, 600, &px);
+    assert_eq!(g.set_scanout(0, 2, (0, 0, 800, 600)), OK_NODATA);
+    assert_eq!(g.transfer(2, (0, 0, 800, 600), 800 * 4), OK_NODATA);
+    assert_eq!(g.flush(2, (0, 0, 800, 600)), OK_NODATA);
+    c.request(true);
+    let changed = layout_number(&mut c, 7);
+    assert_eq!(changed, (0, 0, 800, 600, vec![(0, 0, 0, 800, 600, 0)]));
+    assert_eq!((c.width, c.height), (800, 600));
+    c.request(false);
+    c.read_update().unwrap();
+    assert!(c.bgr() == bgr(&px), "the 800x600 picture");
+    let log = b.log_text();
+    assert!(
+        log.contains("VNC client asked for 800x600: passed to the guest"),
+        "{log}"
+    );
+    drop(c);
+    drop(g);
+    drop(b);
+
+    // QEMU's vhost-user-gpu-pci: prohibited.
+    let b = Backend::start(&opts_2d(&["--display", "640x480", "--vnc", &vnc]));
+    let g = Gpu::connect(
+        &b,
+        &ConnectOptions {
+            backend_channel: true,
+            ..Default::default()
+        },
+    );
+    let mut c = VncClient::connect(&sock, None).unwrap();
+    c.set_encodings(&[RAW, EXTENDED_DESKTOP_SIZE]);
+    layout_number(&mut c, 1);
+    c.set_desktop_size(800, 600, &[(0, 0, 0, 800, 600, 0)]);
+    let answer = layout_number(&mut c, 2);
+    assert_eq!((answer.0, answer.1), (1, 1), "{answer:?}");
+    assert_eq!(g.config_changes(), 0);
+    assert!(b.log_text().contains("keeps the guest's display events"));
     drop(b);
     std::fs::remove_dir_all(&dir).unwrap();
 }

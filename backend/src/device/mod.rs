@@ -297,6 +297,36 @@ impl GpuDevice {
         self.resources.len()
     }
 
+    /// True when the frontend gave a display channel (QEMU's vhost-user-gpu-pci): that
+    /// frontend keeps the display events and modes itself.
+    pub fn has_display_channel(&self) -> bool {
+        self.display.present()
+    }
+
+    /// Sets scanout `scanout`'s mode (a host-side request, see [`crate::modes`]): what
+    /// GET_DISPLAY_INFO and GET_EDID say from now on.
+    pub fn set_mode(
+        &mut self,
+        scanout: u32,
+        width: u32,
+        height: u32,
+    ) -> Result<(), crate::modes::ModeRefused> {
+        use crate::modes::ModeRefused;
+        let ok = |v: u32| (1..=crate::edid::MAX_EDID_DIMENSION).contains(&v);
+        if !ok(width) || !ok(height) {
+            return Err(ModeRefused::Invalid(format!(
+                "{width}x{height}: each side must be 1..={}",
+                crate::edid::MAX_EDID_DIMENSION
+            )));
+        }
+        let mode = usize::try_from(scanout)
+            .ok()
+            .and_then(|i| self.modes.get_mut(i))
+            .ok_or_else(|| ModeRefused::Invalid(format!("no scanout {scanout}")))?;
+        *mode = Mode { width, height };
+        Ok(())
+    }
+
     /// Drops every context, resource and scanout (device reset); the display channel stays.
     pub fn reset(&mut self) {
         self.deferred = None;

@@ -48,6 +48,8 @@ struct State {
     encoding: i32,
     tight: TightOptions,
     desktop_size: bool,
+    /// The client takes ExtendedDesktopSize (and may send SetDesktopSize).
+    ext_desktop_size: bool,
     cursor: bool,
     /// The pending FramebufferUpdateRequest: (incremental, area).
     request: Option<(bool, Area)>,
@@ -59,6 +61,7 @@ struct State {
     /// The server's side of an extension was announced (once a connection each).
     announced_continuous: bool,
     announced_fence: bool,
+    announced_ext_desktop_size: bool,
     closed: bool,
 }
 
@@ -101,12 +104,14 @@ pub fn serve(conn: Conn, shared: Arc<Shared>, admitted: bool) -> Result<(), Sess
             encoding: rfb::ENC_RAW,
             tight: TightOptions::default(),
             desktop_size: false,
+            ext_desktop_size: false,
             cursor: false,
             request: None,
             continuous: None,
             outbox: Vec::new(),
             announced_continuous: false,
             announced_fence: false,
+            announced_ext_desktop_size: false,
             closed: false,
         }),
     });
@@ -322,6 +327,20 @@ fn read_loop(mut conn: Conn, s: &Session) -> Result<(), SessionError> {
                     st.outbox.push(rfb::fence(rfb::FENCE_REQUEST, &[]));
                     poke = true;
                 }
+                // ExtendedDesktopSize: the layout now (a client sends SetDesktopSize only to
+                // a server that has sent one).
+                st.ext_desktop_size = encs.contains(&rfb::ENC_EXTENDED_DESKTOP_SIZE);
+                if st.ext_desktop_size && !st.announced_ext_desktop_size {
+                    st.announced_ext_desktop_size = true;
+                    let (w, h) = s.shared.size();
+                    st.outbox.push(rfb::extended_desktop_size(
+                        rfb::RESIZE_BY_SERVER,
+                        rfb::RESIZE_OK,
+                        w,
+                        h,
+                    ));
+                    poke = true;
+                }
                 drop(st);
                 if poke {
                     s.shared.screens.poke();
@@ -341,6 +360,26 @@ fn read_loop(mut conn: Conn, s: &Session) -> Result<(), SessionError> {
                     };
                     info!("VNC client: sending {what}");
                 }
+            }
+            ClientMessage::SetDesktopSize {
+                width,
+                height,
+                screen_count,
+                screens,
+            } => {
+                let status = set_desktop_size(s, width, height, screen_count, &screens);
+                // The answer carries the size now; the new one follows, as a server-side
+                // change, once the guest has set it.
+                let (w, h) = s.shared.size();
+                let mut st = s.lock();
+                st.outbox.push(rfb::extended_desktop_size(
+                    rfb::RESIZE_BY_THIS_CLIENT,
+                    status,
+                    w,
+                    h,
+                ));
+                drop(st);
+                s.shared.screens.poke();
             }
             ClientMessage::UpdateRequest {
                 incremental,
@@ -457,7 +496,7 @@ fn write_loop(conn: &Conn, s: &Session, size: (u32, u32)) -> Result<(), SessionE
     let mut scratch = Vec::new();
     loop {
         let now = shared.screens.serial();
-        let (format, encoding, tight_opts, desktop_size, cursor, request, outbox) = {
+        let (format, encoding, tight_opts, desktop_size, cursor, request, outbox, ext) = {
             let mut st = s.lock();
             if st.closed {
                 return Ok(());
@@ -473,6 +512,7 @@ fn write_loop(conn: &Conn, s: &Session, size: (u32, u32)) -> Result<(), SessionE
                 st.cursor,
                 request,
                 std::mem::take(&mut st.outbox),
+                st.ext_desktop_size,
             )
         };
         if !outbox.is_empty() {
@@ -485,7 +525,7 @@ fn write_loop(conn: &Conn, s: &Session, size: (u32, u32)) -> Result<(), SessionE
             shared.screens.wait(now, Duration::from_millis(500));
             continue;
         };
-        let wants = (format, desktop_size, cursor);
+        let wants = (format, desktop_size || ext, ext, cursor);
         let Some(mut update) = build_update(shared, &mut seen, wants, incremental, area) else {
             shared.screens.wait(now, Duration::from_millis(500));
             continue;
@@ -561,7 +601,7 @@ struct Update {
 fn build_update(
     shared: &Shared,
     seen: &mut Seen,
-    (format, desktop_size, cursor): (PixelFormat, bool, bool),
+    (format, desktop_size, ext, cursor): (PixelFormat, bool, bool, bool),
     incremental: bool,
     area: Area,
 ) -> Option<Update> {
@@ -575,7 +615,18 @@ fn build_update(
             seen.size = (w, h);
             seen.serial = 0;
             let mut head = Vec::new();
-            update_and_rect(&mut head, 1, (0, 0, w, h), rfb::ENC_DESKTOP_SIZE);
+            if ext {
+                rfb::update_header(&mut head, 1);
+                rfb::extended_desktop_size_rect(
+                    &mut head,
+                    rfb::RESIZE_BY_SERVER,
+                    rfb::RESIZE_OK,
+                    w,
+                    h,
+                );
+            } else {
+                update_and_rect(&mut head, 1, (0, 0, w, h), rfb::ENC_DESKTOP_SIZE);
+            }
             return Some(Update {
                 head,
                 pseudo: 1,
@@ -626,6 +677,49 @@ fn build_update(
         pseudo,
         rects,
     })
+}
+
+/// A client's SetDesktopSize: checked, then passed to the guest's device. Returns the
+/// ExtendedDesktopSize result for the answer.
+fn set_desktop_size(
+    s: &Session,
+    width: u16,
+    height: u16,
+    screen_count: u8,
+    screens: &[rfb::Screen],
+) -> u32 {
+    let shared = &s.shared;
+    let Some(modes) = &shared.modes else {
+        info!("VNC client asked for {width}x{height}: refused (resizing is not available here)");
+        return rfb::RESIZE_PROHIBITED;
+    };
+    // One screen (a scanout is one monitor), covering the whole framebuffer.
+    let one = screens.first().filter(|sc| {
+        screen_count == 1 && (sc.x, sc.y, sc.width, sc.height) == (0, 0, width, height)
+    });
+    if one.is_none() {
+        info!(
+            "VNC client asked for {width}x{height} with {screen_count} screen(s): refused (one              screen covering the whole size is what a scanout can show)"
+        );
+        return rfb::RESIZE_INVALID;
+    }
+    if shared.size() == (u32::from(width), u32::from(height)) {
+        return rfb::RESIZE_OK;
+    }
+    match modes.request(shared.scanout, u32::from(width), u32::from(height)) {
+        Ok(()) => {
+            info!("VNC client asked for {width}x{height}: passed to the guest");
+            rfb::RESIZE_OK
+        }
+        Err(e @ crate::modes::ModeRefused::Invalid(_)) => {
+            info!("VNC client asked for {width}x{height}: refused ({e})");
+            rfb::RESIZE_INVALID
+        }
+        Err(e @ crate::modes::ModeRefused::Prohibited(_)) => {
+            info!("VNC client asked for {width}x{height}: refused ({e})");
+            rfb::RESIZE_PROHIBITED
+        }
+    }
 }
 
 fn update_and_rect(msg: &mut Vec<u8>, n: u16, (x, y, w, h): (u32, u32, u32, u32), enc: i32) {

@@ -197,6 +197,8 @@ pub struct Shared {
     /// VeNCrypt's TLS: when set, RFB clients must use it (WebSocket clients keep the rules of
     /// plain VNC).
     pub tls: Option<tls::TlsServer>,
+    /// Where a client's SetDesktopSize goes (ExtendedDesktopSize).
+    pub modes: Option<Arc<crate::modes::ModeRequests>>,
     pub input: Option<InputSink>,
     pub name: String,
     pub max_clients: usize,
@@ -227,6 +229,8 @@ pub struct VncServer {
 pub struct VncOptions {
     pub password: Option<Password>,
     pub tls: Option<tls::TlsServer>,
+    /// Where a client's SetDesktopSize goes (None: resizing is refused).
+    pub modes: Option<Arc<crate::modes::ModeRequests>>,
     pub input_qmp: Option<PathBuf>,
     pub scanout: u32,
     pub max_clients: usize,
@@ -322,6 +326,7 @@ impl VncServer {
             default_size: o.default_size,
             password: o.password,
             tls: o.tls,
+            modes: o.modes,
             input,
             name: "vhost-gpu".into(),
             max_clients: o.max_clients,

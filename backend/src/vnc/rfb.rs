@@ -25,6 +25,25 @@ pub const FENCE_SYNC_NEXT: u32 = 4;
 pub const FENCE_REQUEST: u32 = 1 << 31;
 /// The longest fence payload.
 pub const MAX_FENCE_PAYLOAD: usize = 64;
+/// ExtendedDesktopSize: the client takes screen layouts and may ask for a size
+/// (SetDesktopSize).
+pub const ENC_EXTENDED_DESKTOP_SIZE: i32 = -308;
+/// Client message: SetDesktopSize.
+pub const MSG_SET_DESKTOP_SIZE: u8 = 251;
+/// ExtendedDesktopSize reasons (the rectangle's x): the server changed it, this client asked,
+/// another client asked.
+pub const RESIZE_BY_SERVER: u32 = 0;
+pub const RESIZE_BY_THIS_CLIENT: u32 = 1;
+pub const RESIZE_BY_OTHER_CLIENT: u32 = 2;
+/// ExtendedDesktopSize results (the rectangle's y).
+pub const RESIZE_OK: u32 = 0;
+pub const RESIZE_PROHIBITED: u32 = 1;
+pub const RESIZE_OUT_OF_RESOURCES: u32 = 2;
+pub const RESIZE_INVALID: u32 = 3;
+/// Screens of a SetDesktopSize that are kept (the rest are read and dropped).
+const MAX_SCREENS: usize = 16;
+/// The id of the one screen this server reports.
+pub const SCREEN_ID: u32 = 0;
 
 /// Most bytes of ClientCutText we read (and drop) before closing the connection.
 pub const MAX_CUT_TEXT: u32 = 1 << 20;
@@ -370,6 +389,51 @@ pub enum ClientMessage {
         flags: u32,
         payload: Vec<u8>,
     },
+    /// SetDesktopSize: the size the client wants and its screen layout (at most 16 screens
+    /// kept; `screen_count` says how many it sent).
+    SetDesktopSize {
+        width: u16,
+        height: u16,
+        screen_count: u8,
+        screens: Vec<Screen>,
+    },
+}
+
+/// One screen of an ExtendedDesktopSize layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Screen {
+    pub id: u32,
+    pub x: u16,
+    pub y: u16,
+    pub width: u16,
+    pub height: u16,
+    pub flags: u32,
+}
+
+/// A FramebufferUpdate with one ExtendedDesktopSize rectangle: `reason`, `status`, the size,
+/// and one screen covering it.
+pub fn extended_desktop_size(reason: u32, status: u32, width: u32, height: u32) -> Vec<u8> {
+    let mut m = Vec::with_capacity(4 + 12 + 4 + 16);
+    update_header(&mut m, 1);
+    extended_desktop_size_rect(&mut m, reason, status, width, height);
+    m
+}
+
+/// An ExtendedDesktopSize rectangle (header and body) for one screen of `width` x `height`.
+pub fn extended_desktop_size_rect(
+    m: &mut Vec<u8>,
+    reason: u32,
+    status: u32,
+    width: u32,
+    height: u32,
+) {
+    rect_header(m, reason, status, width, height, ENC_EXTENDED_DESKTOP_SIZE);
+    m.extend_from_slice(&[1, 0, 0, 0]);
+    m.extend_from_slice(&SCREEN_ID.to_be_bytes());
+    m.extend_from_slice(&[0, 0, 0, 0]);
+    m.extend_from_slice(&(width.min(u32::from(u16::MAX)) as u16).to_be_bytes());
+    m.extend_from_slice(&(height.min(u32::from(u16::MAX)) as u16).to_be_bytes());
+    m.extend_from_slice(&0u32.to_be_bytes());
 }
 
 /// Most encodings in one SetEncodings that are kept (the rest are read and dropped).
@@ -459,6 +523,33 @@ pub fn read_message(r: &mut impl Read) -> Result<ClientMessage, RfbError> {
             let mut payload = vec![0u8; len];
             r.read_exact(&mut payload)?;
             ClientMessage::Fence { flags, payload }
+        }
+        MSG_SET_DESKTOP_SIZE => {
+            let b = read_n::<7>(r)?;
+            let width = u16::from_be_bytes([b[1], b[2]]);
+            let height = u16::from_be_bytes([b[3], b[4]]);
+            let screen_count = b[5];
+            let mut screens = Vec::with_capacity(usize::from(screen_count).min(MAX_SCREENS));
+            for _ in 0..screen_count {
+                let s = read_n::<16>(r)?;
+                let u16_at = |i: usize| u16::from_be_bytes([s[i], s[i + 1]]);
+                if screens.len() < MAX_SCREENS {
+                    screens.push(Screen {
+                        id: u32::from_be_bytes([s[0], s[1], s[2], s[3]]),
+                        x: u16_at(4),
+                        y: u16_at(6),
+                        width: u16_at(8),
+                        height: u16_at(10),
+                        flags: u32::from_be_bytes([s[12], s[13], s[14], s[15]]),
+                    });
+                }
+            }
+            ClientMessage::SetDesktopSize {
+                width,
+                height,
+                screen_count,
+                screens,
+            }
         }
         t => return Err(RfbError::UnknownMessage(t)),
     })
