@@ -4,6 +4,8 @@
 //! ```text
 //! AGENT: connector Virtual-1 1024x768 crtc 36
 //! AGENT: dumb shown 2        (each connector shows the 2D quadrant pattern; host may capture)
+//! AGENT: mode 800x600 shown  (follow: the pattern at the connector's preferred mode, again
+//!                             each time that mode changes)
 //! AGENT: egl vendor Mesa Project / gl renderer virgl (...) / gl version OpenGL ES 3.2 Mesa ...
 //! AGENT: gl readback ok      (or: AGENT: gl readback bad at ...)
 //! AGENT: gl first frame 95 ms (shaders compiled, drawn, read back)
@@ -75,6 +77,21 @@ fn open_card() -> Result<Card, String> {
 
 /// Every connected connector, each with its own CRTC and its preferred mode.
 fn outputs(card: &Card) -> Result<Vec<Output>, String> {
+    let outs = outputs_quiet(card)?;
+    for o in &outs {
+        let (w, h) = o.mode.size();
+        say(format!(
+            "connector {} {w}x{h} crtc {}",
+            o.name,
+            u32::from(o.crtc)
+        ));
+    }
+    Ok(outs)
+}
+
+/// [`outputs`], without a line for each (probing again each time: the connector's modes are
+/// re-read, as after a hotplug).
+fn outputs_quiet(card: &Card) -> Result<Vec<Output>, String> {
     let res = card
         .resource_handles()
         .map_err(|e| format!("resources: {e}"))?;
@@ -107,8 +124,6 @@ fn outputs(card: &Card) -> Result<Vec<Output>, String> {
             .ok_or_else(|| format!("no free CRTC for {info:?}"))?;
         used.push(crtc);
         let name = format!("{}-{}", info.interface().as_str(), info.interface_id());
-        let (w, h) = mode.size();
-        say(format!("connector {name} {w}x{h} crtc {}", u32::from(crtc)));
         out.push(Output {
             name,
             conn: handle,
@@ -144,6 +159,60 @@ fn show_dumb(
     what: &str,
     rgb: impl Fn(u32, u32, u32, u32) -> Rgb,
 ) -> Result<(), String> {
+    let keep = set_dumb(card, outs, rgb)?;
+    say(format!("{what} shown {}", outs.len()));
+    std::thread::sleep(hold);
+    drop_dumb(card, keep);
+    Ok(())
+}
+
+/// What a shown dumb picture holds: its buffers and framebuffers.
+type Shown = Vec<(
+    drm::control::dumbbuffer::DumbBuffer,
+    drm::control::framebuffer::Handle,
+)>;
+
+fn drop_dumb(card: &Card, keep: Shown) {
+    for (db, fb) in keep {
+        let _ = card.destroy_framebuffer(fb);
+        let _ = card.destroy_dumb_buffer(db);
+    }
+}
+
+/// A compositor's part in a resize: the quadrant pattern at the first connector's preferred
+/// mode, then, whenever that mode changes (a display-change event: the host asked for a new
+/// size), the pattern again at the new mode, for `hold` in all. Says "mode WxH shown" each
+/// time.
+fn follow(card: &Card, hold: Duration) -> Result<(), String> {
+    let end = std::time::Instant::now() + hold;
+    let mut last = None;
+    let mut keep: Option<Shown> = None;
+    while std::time::Instant::now() < end {
+        let outs = outputs_quiet(card)?;
+        let first = &outs[..1];
+        let size = first[0].mode.size();
+        if last != Some(size) {
+            let shown = set_dumb(card, first, |x, y, w, h| DUMB[quadrant(x, y, w, h)])?;
+            if let Some(old) = keep.replace(shown) {
+                drop_dumb(card, old);
+            }
+            say(format!("mode {}x{} shown", size.0, size.1));
+            last = Some(size);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if let Some(k) = keep {
+        drop_dumb(card, k);
+    }
+    Ok(())
+}
+
+/// Sets a dumb buffer per connector, coloured by `rgb`, as its CRTC's framebuffer.
+fn set_dumb(
+    card: &Card,
+    outs: &[Output],
+    rgb: impl Fn(u32, u32, u32, u32) -> Rgb,
+) -> Result<Shown, String> {
     let mut keep = Vec::new();
     for o in outs {
         let (w, h) = o.mode.size();
@@ -170,13 +239,7 @@ fn show_dumb(
             .map_err(|e| format!("set crtc on {}: {e}", o.name))?;
         keep.push((db, fb));
     }
-    say(format!("{what} shown {}", outs.len()));
-    std::thread::sleep(hold);
-    for (db, fb) in keep {
-        let _ = card.destroy_framebuffer(fb);
-        let _ = card.destroy_dumb_buffer(db);
-    }
-    Ok(())
+    Ok(keep)
 }
 
 fn to_gl(c: Rgb) -> [f32; 3] {
@@ -469,7 +532,7 @@ fn run() -> Result<(), String> {
                         .ok_or("--hold SECONDS")?,
                 )
             }
-            "dumb" | "gl" | "all" | "input" | "blob" | "vulkan" | "busy" => what = a,
+            "dumb" | "gl" | "all" | "input" | "blob" | "vulkan" | "busy" | "follow" => what = a,
             _ => return Err(format!("unknown argument {a}")),
         }
     }
@@ -487,6 +550,9 @@ fn run() -> Result<(), String> {
     let outs = outputs(&card)?;
     if what == "blob" {
         return blob::blob(&card, &outs, hold);
+    }
+    if what == "follow" {
+        return follow(&card, hold);
     }
     if what == "busy" {
         // The VNC bench's picture (guest-tests/src/bin/bench.rs, busy_frame(1)): varied content,

@@ -105,7 +105,7 @@ impl Drop for Desktop {
 
 /// Whether X display `n` is free: no socket, or one left by a server that is gone (its lock
 /// file names a dead process; both files are removed then).
-fn x_display_free(n: u32) -> bool {
+pub(crate) fn x_display_free(n: u32) -> bool {
     let socket = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
     let lock = PathBuf::from(format!("/tmp/.X{n}-lock"));
     let pid = std::fs::read_to_string(&lock)

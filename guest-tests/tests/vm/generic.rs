@@ -210,6 +210,106 @@ fn guest_blob_on_a_scanout() {
 }
 
 #[test]
+#[ignore = "needs QEMU >= 11.1, Xvfb, TigerVNC's viewer and the Debian 13 test guest: run by scripts/test --host trixie"]
+fn trixie_guest_generic_device_tigervnc_window_resizes_the_guest() {
+    on(Release::Trixie, tigervnc_resizes_the_guest);
+}
+
+/// Client-driven resize (issue 23) with real parts only: QEMU 11.1's generic device, a Debian
+/// 13 guest whose agent plays the compositor (it shows the quadrant pattern at the
+/// connector's preferred mode, and again whenever that mode changes), and TigerVNC's viewer
+/// full screen on an 800x600 X screen, which asks for its screen's size (RemoteResize, on by
+/// default). The guest gets the display-change event, reads the new mode, and really sets it:
+/// its scanout becomes 800x600 in the capture and through VNC.
+fn tigervnc_resizes_the_guest() {
+    use std::process::{Command, Stdio};
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let (mut backend, cap) = backend(
+        "g-resize",
+        &["--renderer", "2d", "--display", "1024x768", "--vnc", &addr],
+    );
+    let mut vm = Vm::boot_generic(&backend, "g-resize", GENERIC_GPU, "follow", "vgt.hold=150");
+    vm.wait_for(&mut backend, "AGENT: mode 1024x768 shown", BOOT);
+    shot_until(&backend, &cap, &mut 0, &[0], |s| {
+        sized(&s[0], (1024, 768))?;
+        quadrants(&s[0], DUMB, "before")
+    });
+
+    let n = (150..250)
+        .find(|&n| crate::desktop::x_display_free(n))
+        .expect("a free X display number");
+    let display = format!(":{n}");
+    let mut xvfb = Command::new("Xvfb")
+        .args([&display, "-screen", "0", "800x600x24", "-nolisten", "tcp"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("Xvfb (scripts/setup installs xvfb)");
+    let socket = std::path::PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "Xvfb {display} did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let home = backend.dir().join("viewer-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let viewer = Command::new("xtigervncviewer")
+        .args(["-FullScreen", "-SecurityTypes=None", "-Log=*:stderr:30"])
+        .arg(format!("127.0.0.1::{port}"))
+        .env("DISPLAY", &display)
+        .env("HOME", &home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("xtigervncviewer (scripts/setup installs tigervnc-viewer)");
+    let resized = vm.wait_serial(
+        "AGENT: mode 800x600 shown",
+        Duration::from_secs(120),
+        |_| Ok(()),
+    );
+    let _ = Command::new("kill").arg(viewer.id().to_string()).status();
+    let viewer_log = viewer
+        .wait_with_output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).to_string())
+        .unwrap_or_default();
+    // SIGTERM, so that Xvfb removes its socket and lock file.
+    let _ = Command::new("kill").arg(xvfb.id().to_string()).status();
+    let _ = xvfb.wait();
+    if let Err(e) = resized {
+        panic!(
+            "the guest never set 800x600: {e}\nTigerVNC's viewer:\n{viewer_log}\nbackend:\n{}",
+            backend.log_text()
+        );
+    }
+    let s = shot_until(&backend, &cap, &mut 0, &[0], |s| {
+        sized(&s[0], (800, 600))?;
+        quadrants(&s[0], DUMB, "after")
+    });
+    let v = vncsnapshot(&addr, backend.dir(), 1);
+    sized(&v, (800, 600)).unwrap();
+    quadrants(&v, DUMB, "through VNC after the resize").unwrap();
+    vnc_matches_capture(&v, &s[0]);
+    let log = backend.log_text();
+    assert!(
+        log.contains("VNC client asked for 800x600: passed to the guest"),
+        "{log}"
+    );
+    let guest_modes = vm
+        .guest_lines()
+        .lines()
+        .filter(|l| l.contains("AGENT: mode"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    vm.quit();
+    assert!(backend.alive());
+    eprintln!(
+        "Debian 13 guest, generic device: TigerVNC's viewer on an 800x600 screen asked for \
+         800x600; the guest: {guest_modes}"
+    );
+}
+
+#[test]
 #[ignore = "needs QEMU >= 11.1, lavapipe and the Debian 13 test guest: run by scripts/test --host trixie"]
 fn trixie_guest_generic_device_venus_vulkan_over_host_visible_memory() {
     on(Release::Trixie, venus_vulkan);
