@@ -1,7 +1,7 @@
 //! The VNC server's reading of a client: arbitrary bytes as a stream of RFB client messages,
 //! each SetPixelFormat then used to convert and ZRLE- and Tight-encode a small picture (Tight
 //! with the quality and compression levels the last SetEncodings asked for), as the server's
-//! writer would for that client.
+//! writer would for that client; each SetDesktopSize answered as the server would.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -44,6 +44,22 @@ fuzz_target!(|data: &[u8]| {
             Ok(ClientMessage::SetEncodings(e)) => {
                 assert!(e.len() <= 64);
                 opts = TightOptions::from_encodings(&e);
+            }
+            Ok(ClientMessage::SetDesktopSize {
+                width,
+                height,
+                screen_count,
+                screens,
+            }) => {
+                assert!(screens.len() <= 16 && screens.len() <= usize::from(screen_count));
+                // The answer a client gets (one screen at the size it asked for).
+                let m = rfb::extended_desktop_size(
+                    rfb::RESIZE_BY_THIS_CLIENT,
+                    rfb::RESIZE_INVALID,
+                    u32::from(width),
+                    u32::from(height),
+                );
+                assert_eq!(m.len(), 4 + 12 + 4 + 16);
             }
             Ok(_) => {}
             Err(_) => break,
