@@ -304,6 +304,125 @@ fn bench_server(
     rows
 }
 
+/// A running Xvnc and the xwud that shows the picture in it; both killed on drop.
+struct Xvnc {
+    server: std::process::Child,
+    viewer: std::process::Child,
+}
+
+impl Drop for Xvnc {
+    fn drop(&mut self) {
+        for c in [&mut self.viewer, &mut self.server] {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The busy picture as an XWD file (ZPixmap, 24 bits deep in 32, least significant byte
+/// first: the bytes are B, G, R, X).
+fn busy_xwd(w: u32, h: u32) -> Vec<u8> {
+    let name = b"busy\0";
+    let header_size = 100 + name.len() as u32;
+    let fields: [u32; 25] = [
+        header_size,
+        7,
+        2,
+        24,
+        w,
+        h,
+        0,
+        0,
+        32,
+        0,
+        32,
+        32,
+        w * 4,
+        4,
+        0xff0000,
+        0xff00,
+        0xff,
+        8,
+        0,
+        0,
+        w,
+        h,
+        0,
+        0,
+        0,
+    ];
+    let mut v: Vec<u8> = fields.iter().flat_map(|f| f.to_be_bytes()).collect();
+    v.extend_from_slice(name);
+    for p in busy_bgr(w, h).chunks_exact(3) {
+        v.extend_from_slice(&[p[0], p[1], p[2], 0]);
+    }
+    v
+}
+
+/// Starts TigerVNC's Xvnc at 1920x1080 (on a Unix socket in `dir`, or a TCP port) with `xwud`
+/// showing the busy picture at its origin; None when Xvnc is not installed. Waits until the
+/// picture is there.
+fn xvnc_showing_busy(dir: &Path, tcp: bool) -> Option<(Xvnc, Endpoint)> {
+    use std::process::Stdio;
+    if Command::new("Xvnc").arg("-version").output().is_err() {
+        eprintln!("no Xvnc (tigervnc-standalone-server): its column is left out");
+        return None;
+    }
+    let n = (300..400)
+        .find(|&n| crate::desktop::x_display_free(n))
+        .expect("a free X display number");
+    let (args, at) = if tcp {
+        let port = free_port();
+        (
+            vec![format!("-rfbport={port}"), "-localhost".to_string()],
+            Endpoint::Tcp(format!("127.0.0.1:{port}")),
+        )
+    } else {
+        let sock = dir.join("xvnc.sock");
+        (
+            vec![
+                format!("-rfbunixpath={}", sock.display()),
+                "-rfbport=-1".into(),
+            ],
+            Endpoint::Unix(sock),
+        )
+    };
+    let server = Command::new("Xvnc")
+        .arg(format!(":{n}"))
+        .args([
+            "-geometry",
+            "1920x1080",
+            "-depth",
+            "24",
+            "-SecurityTypes",
+            "None",
+        ])
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("Xvnc");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
+        assert!(Instant::now() < deadline, "Xvnc :{n} did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let xwd = dir.join("busy.xwd");
+    std::fs::write(&xwd, busy_xwd(1920, 1080)).unwrap();
+    let viewer = Command::new("xwud")
+        .arg("-in")
+        .arg(&xwd)
+        .args(["-geometry", "+0+0", "-display", &format!(":{n}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("xwud (x11-apps)");
+    let x = Xvnc { server, viewer };
+    // The picture is up once a client sees it.
+    std::thread::sleep(Duration::from_secs(2));
+    Some((x, at))
+}
+
 /// `scripts/bench --vnc`: vhost-gpu's VNC server against QEMU's own, with the same Debian 12
 /// guest showing the same 1920x1080 picture (the agent's `busy` mode), the same client (the
 /// harness's, decoding everything) and the same encodings. vhost-gpu: `vhost-user-gpu-pci`
@@ -411,6 +530,14 @@ fn vnc_bench() {
         let theirs = bench_server(&shape(qemu_at), vm.child.id(), n, &encodings);
         vm.quit();
 
+        // TigerVNC's Xvnc showing the same picture (xwud of it, full screen, no window
+        // manager), where it is installed.
+        let xvnc = xvnc_showing_busy(&tmp, tcp.is_some()).map(|(x, at)| {
+            let rows = bench_server(&shape(at), x.server.id(), n, &encodings);
+            drop(x);
+            rows
+        });
+
         let link = if shaped {
             "TCP through a 100 Mbit/s link with 20 ms round trip".to_string()
         } else {
@@ -434,6 +561,21 @@ fn vnc_bench() {
                 o.cpu,
                 q.cpu
             );
+        }
+        if let Some(rows) = &xvnc {
+            println!("\nTigerVNC's Xvnc (1.12) showing the same picture ({link}, same client)\n");
+            println!("| encoding | Xvnc ms (p99) | Xvnc KB | Xvnc fps | Xvnc CPU ms |");
+            println!("|---|---|---|---|---|");
+            for ((name, _), x) in encodings.iter().zip(rows) {
+                println!(
+                    "| {name} | {:.1} ({:.1}) | {:.0} | {:.1} | {:.1} |",
+                    x.median,
+                    x.p99,
+                    x.kb,
+                    1e3 / x.median,
+                    x.cpu
+                );
+            }
         }
         let _ = std::fs::remove_dir_all(&tmp);
     });
