@@ -173,7 +173,7 @@ pub struct Cli {
 
     /// Encrypt VNC with TLS (VeNCrypt, as QEMU's `tls-creds`): the server's PEM certificate
     /// chain. RFB clients must then use VeNCrypt: X509Vnc with --vnc-password-file, X509None
-    /// without. The WebSocket port is not encrypted (put a TLS proxy in front for wss://).
+    /// without. The WebSocket port then takes wss:// (TLS, then the upgrade).
     #[arg(long, value_name = "PATH", requires_all = ["vnc", "vnc_tls_key"])]
     pub vnc_tls_cert: Option<PathBuf>,
 

@@ -1,16 +1,18 @@
-// noVNC in Chromium against vhost-gpu: node check.mjs HTTP_PORT WS_PORT OUT
+// noVNC in Chromium against vhost-gpu: node check.mjs HTTP_PORT WS_PORT OUT [ws|wss]
 // Opens page.html (served on HTTP_PORT) in headless Chromium (Debian's, $CHROMIUM or
-// /usr/bin/chromium), waits for noVNC to connect to ws://127.0.0.1:WS_PORT/ and for the
+// /usr/bin/chromium), waits for noVNC to connect to ws://127.0.0.1:WS_PORT/ (wss:// with the
+// 4th argument; the test's own CA is not in Chromium's store, so its errors are ignored) and for the
 // picture's first bar (white) to be on its canvas, then writes OUT.rgba (the canvas's pixels,
 // RGBA), OUT.json (its size) and OUT.png (a screenshot of the page), and types "a" into it.
 import { writeFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 
-const [http, ws, out] = process.argv.slice(2);
+const [http, ws, out, scheme = 'ws'] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
   // Root in CI has no user namespace sandbox for Chromium; the page is our own.
-  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
+  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage']
+    .concat(scheme === 'wss' ? ['--ignore-certificate-errors'] : []),
   headless: true,
 });
 try {
@@ -20,7 +22,7 @@ try {
   page.on('response', (r) => {
     if (r.status() >= 400) console.error(`page: ${r.status()} for ${r.url()}`);
   });
-  await page.goto(`http://127.0.0.1:${http}/page.html?port=${ws}&quality=6`);
+  await page.goto(`http://127.0.0.1:${http}/page.html?port=${ws}&quality=6&scheme=${scheme}`);
   await page.waitForFunction(() => window.vgt && window.vgt.connected, null, { timeout: 30000 });
   await page.waitForFunction(() => {
     const c = document.querySelector('#screen canvas');

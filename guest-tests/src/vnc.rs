@@ -131,18 +131,26 @@ impl VncClient<TcpStream> {
 }
 
 /// RFB over a WebSocket (what noVNC does): a client of `tungstenite`, its binary messages read
-/// as one byte stream, each write sent as one binary message.
-pub struct WsStream {
-    ws: tungstenite::WebSocket<TcpStream>,
+/// as one byte stream, each write sent as one binary message. Over TCP, or any stream (TLS for
+/// `wss://`).
+pub struct WsStream<S = TcpStream> {
+    ws: tungstenite::WebSocket<S>,
     pending: Vec<u8>,
     at: usize,
 }
 
-impl WsStream {
+impl WsStream<TcpStream> {
     /// Connects to `ws://addr/` and runs the opening handshake, offering `protocols`.
     pub fn connect(addr: &str, protocols: Option<&str>) -> Result<WsStream, String> {
         let tcp = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
         tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        WsStream::over(tcp, addr, protocols)
+    }
+}
+
+impl<S: Read + Write> WsStream<S> {
+    /// Runs the opening handshake for `addr` over `stream`, offering `protocols`.
+    pub fn over(stream: S, addr: &str, protocols: Option<&str>) -> Result<WsStream<S>, String> {
         let mut req =
             tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{addr}/"))
                 .map_err(|e| format!("request: {e}"))?;
@@ -151,7 +159,7 @@ impl WsStream {
                 .insert("Sec-WebSocket-Protocol", p.parse().unwrap());
         }
         let (ws, resp) =
-            tungstenite::client(req, tcp).map_err(|e| format!("WebSocket handshake: {e}"))?;
+            tungstenite::client(req, stream).map_err(|e| format!("WebSocket handshake: {e}"))?;
         if let Some(p) = protocols {
             let got = resp
                 .headers()
@@ -176,7 +184,7 @@ impl WsStream {
     }
 }
 
-impl Read for WsStream {
+impl<S: Read + Write> Read for WsStream<S> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.at == self.pending.len() {
             match self.ws.read().map_err(std::io::Error::other)? {
@@ -195,7 +203,7 @@ impl Read for WsStream {
     }
 }
 
-impl Write for WsStream {
+impl<S: Read + Write> Write for WsStream<S> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         self.ws
             .send(tungstenite::Message::Binary(b.to_vec().into()))

@@ -558,13 +558,30 @@ fn fake_qmp(path: &Path) -> std::sync::mpsc::Receiver<String> {
 #[test]
 #[ignore = "needs Chromium, Node.js and scripts/novnc's npm packages: run by scripts/test"]
 fn novnc_in_chromium_shows_the_picture_over_websocket_and_types_into_qmp() {
+    novnc_in_chromium(false);
+}
+
+/// The same over `wss://`: vhost-gpu with a certificate takes TLS on its WebSocket port, and
+/// noVNC in Chromium connects with `wss://` (Chromium told to ignore that the test's CA is
+/// not in its store; the certificate's checks are the TLS tests').
+#[test]
+#[ignore = "needs Chromium, Node.js and scripts/novnc's npm packages: run by scripts/test"]
+fn novnc_in_chromium_over_wss() {
+    novnc_in_chromium(true);
+}
+
+fn novnc_in_chromium(wss: bool) {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     let novnc = here.join("work/novnc");
     assert!(
         novnc.join("node_modules/@novnc/novnc/core/rfb.js").exists(),
         "run scripts/novnc first"
     );
-    let dir = std::env::temp_dir().join(format!("vhost-gpu-novnc-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "vhost-gpu-novnc-{}-{}",
+        if wss { "wss" } else { "ws" },
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     // Three distinct free ports (each listener held until all are chosen).
@@ -578,14 +595,20 @@ fn novnc_in_chromium_shows_the_picture_over_websocket_and_types_into_qmp() {
     let qmp_lines = fake_qmp(&qmp);
     let vnc = format!("127.0.0.1:{vnc_port}");
     let ws = format!("127.0.0.1:{ws_port}");
-    let (b, _g, want) = serve_bars_and_photo(&[
+    let (cert, key) = guest_tests::pki::Pki::new().write(&dir);
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let mut args = vec![
         "--vnc",
         &vnc,
         "--vnc-websocket",
         &ws,
         "--vnc-input-qmp",
         qmp.to_str().unwrap(),
-    ]);
+    ];
+    if wss {
+        args.extend(["--vnc-tls-cert", &cert, "--vnc-tls-key", &key]);
+    }
+    let (b, _g, want) = serve_bars_and_photo(&args);
 
     let mut http = Command::new("python3")
         .args(["-m", "http.server", "--bind", "127.0.0.1"])
@@ -611,6 +634,7 @@ fn novnc_in_chromium_shows_the_picture_over_websocket_and_types_into_qmp() {
         .arg(http_port.to_string())
         .arg(ws_port.to_string())
         .arg(&out)
+        .arg(if wss { "wss" } else { "ws" })
         .env("HOME", &dir)
         .output()
         .expect("node (scripts/setup installs nodejs)");
@@ -672,8 +696,12 @@ fn novnc_in_chromium_shows_the_picture_over_websocket_and_types_into_qmp() {
         log.contains("VNC client: sending Tight with JPEG at quality level 6"),
         "{log}"
     );
+    if wss {
+        assert!(log.contains("WebSocket over TLS (wss)"), "{log}");
+    }
     eprintln!(
-        "noVNC in Chromium over --vnc-websocket: canvas 320x200, the fill band exact, the JPEG part off by {mean:.2} on average; the typed key reached QMP; screenshot {}",
+        "noVNC in Chromium over --vnc-websocket ({}): canvas 320x200, the fill band exact, the JPEG part off by {mean:.2} on average; the typed key reached QMP; screenshot {}",
+        if wss { "wss" } else { "ws" },
         out.with_extension("png").display()
     );
 }

@@ -1,7 +1,8 @@
 //! VeNCrypt with TLS (`--vnc-tls-cert`/`--vnc-tls-key`) against the harness's rustls client:
 //! the picture arrives through TLS (X509None, and X509Vnc with a password); nothing but
 //! VeNCrypt is offered; clients that refuse TLS, downgrade attempts and clients that do not
-//! trust the certificate are closed, and the server goes on serving.
+//! trust the certificate are closed, and the server goes on serving. The WebSocket port takes
+//! `wss://`.
 
 mod common;
 
@@ -14,7 +15,8 @@ use common::*;
 use guest_tests::frontend::{fresh_command, ConnectOptions};
 use guest_tests::pki::Pki;
 use guest_tests::vnc::{
-    tls_client_config, VncClient, RAW, SEC_VENCRYPT, TIGHT, VENCRYPT_X509NONE, VENCRYPT_X509VNC,
+    tls_client_config, VncClient, WsStream, RAW, SEC_VENCRYPT, TIGHT, VENCRYPT_X509NONE,
+    VENCRYPT_X509VNC,
 };
 use guest_tests::wire::*;
 use guest_tests::{Backend, Gpu};
@@ -366,5 +368,47 @@ fn bad_certificate_files_fail_at_start() {
         !out.status.success() && err.contains("needs --vnc-password-file"),
         "{err}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// With a certificate, the WebSocket port is `wss://`: TLS, then the WebSocket upgrade, then
+/// RFB with its plain security types (TLS is already there; noVNC cannot do VeNCrypt). A
+/// client that skips TLS on that port gets nothing.
+#[test]
+fn the_websocket_port_takes_wss_with_a_certificate() {
+    let dir = temp_dir("wss");
+    let pki = Pki::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let (b, _g, _sock, px) = start_tls(&dir, &pki, &["--vnc-websocket", &addr]);
+    // wss: a rustls client, then tungstenite's handshake inside it.
+    let tcp = std::net::TcpStream::connect(&addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = rustls::ClientConnection::new(tls_client_config(&pki.ca_pem), name).unwrap();
+    let ws = WsStream::over(rustls::StreamOwned::new(tls, tcp), &addr, Some("binary")).unwrap();
+    let mut c = VncClient::handshake(ws, None).unwrap();
+    check_picture(&mut c, &px, "wss");
+    // Plain ws:// on that port: the TLS handshake fails on it, no upgrade, no RFB.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(
+        !rest.starts_with(b"HTTP") && !rest.starts_with(b"RFB"),
+        "{rest:?}"
+    );
+    let log = b.log_text();
+    assert!(
+        log.contains(&format!("WebSocket over TLS (wss) on {addr}")),
+        "{log}"
+    );
+    drop(b);
     std::fs::remove_dir_all(&dir).unwrap();
 }

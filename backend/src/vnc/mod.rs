@@ -106,8 +106,9 @@ macro_rules! both {
         match $self {
             Conn::Tcp($s) => $e,
             Conn::Unix($s) => $e,
+            // The transport below, through these same methods of `Conn`.
             Conn::Ws(w) => {
-                let $s = w.tcp();
+                let $s = w.inner();
                 $e
             }
             // The transport below, through these same methods of `Conn`.
@@ -343,9 +344,10 @@ impl VncServer {
                 .spawn(move || Self::accept_loop(listener, ws, &accept_shared))
                 .map_err(VncError::Thread)?;
         }
-        let describe = match websocket {
-            Some(w) => format!("{describe} and WebSocket on {w}"),
-            None => describe,
+        let describe = match (websocket, shared.tls.is_some()) {
+            (Some(w), true) => format!("{describe} and WebSocket over TLS (wss) on {w}"),
+            (Some(w), false) => format!("{describe} and WebSocket on {w}"),
+            (None, _) => describe,
         };
         let security = match (&shared.tls, shared.password.is_some()) {
             (Some(t), true) => format!(
@@ -379,6 +381,20 @@ impl VncServer {
             }
             Listener::Unix(l) => Conn::Unix(l.accept()?.0),
         })
+    }
+
+    /// A WebSocket client's connection: TLS first when the server has a certificate
+    /// (`wss://`), then the WebSocket upgrade.
+    fn upgrade(conn: Conn, shared: &Shared) -> std::io::Result<Conn> {
+        let conn = match &shared.tls {
+            Some(tls) => {
+                conn.set_read_timeout(Some(client::HANDSHAKE_TIMEOUT))?;
+                conn.set_write_timeout(Some(client::HANDSHAKE_TIMEOUT))?;
+                Conn::Tls(tls.accept(conn)?)
+            }
+            None => conn,
+        };
+        Ok(Conn::Ws(ws::accept(conn, client::HANDSHAKE_TIMEOUT)?))
     }
 
     /// Accepts clients on `listener` for ever, each on its own thread; `websocket`: they
@@ -415,17 +431,16 @@ impl VncServer {
                 .spawn(move || {
                     let _count = client::Admission(&sh);
                     let session = sh.stats.sessions.fetch_add(1, Ordering::Relaxed) + 1;
-                    let conn = match (websocket, conn) {
-                        (true, Conn::Tcp(tcp)) => {
-                            match ws::accept(tcp, client::HANDSHAKE_TIMEOUT) {
-                                Ok(w) => Conn::Ws(w),
-                                Err(e) => {
-                                    crate::guest_warn!("VNC client {session}: {e}; closed");
-                                    return;
-                                }
+                    let conn = if websocket {
+                        match Self::upgrade(conn, &sh) {
+                            Ok(c) => c,
+                            Err(e) => {
+                                crate::guest_warn!("VNC client {session}: {e}; closed");
+                                return;
                             }
                         }
-                        (_, conn) => conn,
+                    } else {
+                        conn
                     };
                     match client::serve(conn, Arc::clone(&sh), admitted) {
                         Ok(()) => log::debug!("VNC client {session}: closed"),

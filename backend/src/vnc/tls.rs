@@ -9,8 +9,8 @@
 //! - the write side takes the lock to encrypt, then the output lock before letting the TLS
 //!   state go, so that records reach the socket in the order they were numbered.
 //!
-//! The transport below may itself be a WebSocket ([`super::Conn`]), though noVNC, which cannot
-//! do TLS inside RFB, does not use that.
+//! The transport below is a client's TCP or Unix connection. On the WebSocket port the layers
+//! go the other way (`wss://`): TLS on TCP, then the WebSocket over it.
 
 use std::io::{self, Read, Write};
 use std::path::Path;

@@ -9,13 +9,14 @@
 //! under a lock (a pong from the read side never lands inside it).
 
 use std::io::{self, Cursor, Read, Write};
-use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
+
+use super::Conn;
 
 /// The longest control frame payload (RFC 6455 5.5).
 const MAX_CONTROL: u64 = 125;
@@ -34,7 +35,8 @@ struct ReadState {
 
 /// One WebSocket connection, cloneable into a reading and a writing handle.
 pub struct WsConn {
-    tcp: TcpStream,
+    /// The transport below: TCP, or TLS over it (`wss://`).
+    inner: Box<Conn>,
     read: Arc<Mutex<ReadState>>,
     write: Arc<Mutex<()>>,
 }
@@ -43,11 +45,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Answers the HTTP upgrade on `tcp` (within `timeout`); the RFB stream follows on the result.
-/// A client that offers the `binary` subprotocol (noVNC's older versions) gets it.
-pub fn accept(tcp: TcpStream, timeout: Duration) -> io::Result<WsConn> {
-    tcp.set_read_timeout(Some(timeout))?;
-    tcp.set_write_timeout(Some(timeout))?;
+/// Answers the HTTP upgrade on `conn` (within `timeout`); the RFB stream follows on the
+/// result. A client that offers the `binary` subprotocol (noVNC's older versions) gets it.
+pub fn accept(conn: Conn, timeout: Duration) -> io::Result<WsConn> {
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
     // The callback's type is tungstenite's (its error is an HTTP response, large by nature).
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
@@ -66,12 +68,12 @@ pub fn accept(tcp: TcpStream, timeout: Duration) -> io::Result<WsConn> {
         }
         Ok(resp)
     };
-    let ws = tungstenite::accept_hdr(tcp, callback)
+    let ws = tungstenite::accept_hdr(conn, callback)
         .map_err(|e| io::Error::other(format!("WebSocket handshake: {e}")))?;
     // RFB's server speaks first, so the client has sent nothing past the handshake that the
     // handshake could have buffered.
     Ok(WsConn {
-        tcp: ws.into_inner(),
+        inner: Box::new(ws.into_inner()),
         read: Arc::default(),
         write: Arc::default(),
     })
@@ -80,14 +82,15 @@ pub fn accept(tcp: TcpStream, timeout: Duration) -> io::Result<WsConn> {
 impl WsConn {
     pub fn try_clone(&self) -> io::Result<WsConn> {
         Ok(WsConn {
-            tcp: self.tcp.try_clone()?,
+            inner: Box::new(self.inner.try_clone()?),
             read: Arc::clone(&self.read),
             write: Arc::clone(&self.write),
         })
     }
 
-    pub fn tcp(&self) -> &TcpStream {
-        &self.tcp
+    /// The transport below (for timeouts and shutdown).
+    pub fn inner(&self) -> &Conn {
+        &self.inner
     }
 
     /// Sends one frame: `opcode`, `payload`, final, unmasked (a server's).
@@ -102,42 +105,43 @@ impl WsConn {
             .map_err(io::Error::other)?;
         frame.extend_from_slice(payload);
         let _g = lock(&self.write);
-        (&self.tcp).write_all(&frame)
+        let mut w: &Conn = &self.inner;
+        w.write_all(&frame)
     }
+}
 
-    /// Reads the next frame's header: (opcode, payload length, mask).
-    fn header(&self) -> io::Result<(OpCode, u64, Option<[u8; 4]>)> {
-        let mut head = [0u8; 14];
-        (&self.tcp).read_exact(&mut head[..2])?;
-        let ext = match head[1] & 0x7f {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        let n = 2 + ext + if head[1] & 0x80 != 0 { 4 } else { 0 };
-        (&self.tcp).read_exact(&mut head[2..n])?;
-        match FrameHeader::parse(&mut Cursor::new(&head[..n])) {
-            Ok(Some((h, len))) => Ok((h.opcode, len, h.mask)),
-            Ok(None) => Err(io::Error::other("WebSocket frame header incomplete")),
-            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-        }
+/// Reads the next frame's header from `r`: (opcode, payload length, mask).
+fn header(r: &mut Conn) -> io::Result<(OpCode, u64, Option<[u8; 4]>)> {
+    let mut head = [0u8; 14];
+    r.read_exact(&mut head[..2])?;
+    let ext = match head[1] & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    let n = 2 + ext + if head[1] & 0x80 != 0 { 4 } else { 0 };
+    r.read_exact(&mut head[2..n])?;
+    match FrameHeader::parse(&mut Cursor::new(&head[..n])) {
+        Ok(Some((h, len))) => Ok((h.opcode, len, h.mask)),
+        Ok(None) => Err(io::Error::other("WebSocket frame header incomplete")),
+        Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
     }
+}
 
-    /// A control frame's payload, unmasked.
-    fn control_payload(&self, len: u64, mask: [u8; 4]) -> io::Result<Vec<u8>> {
-        if len > MAX_CONTROL {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "WebSocket control frame over 125 bytes",
-            ));
-        }
-        let mut p = vec![0u8; len as usize];
-        (&self.tcp).read_exact(&mut p)?;
-        for (i, b) in p.iter_mut().enumerate() {
-            *b ^= mask[i % 4];
-        }
-        Ok(p)
+/// A control frame's payload from `r`, unmasked.
+fn control_payload(r: &mut Conn, len: u64, mask: [u8; 4]) -> io::Result<Vec<u8>> {
+    if len > MAX_CONTROL {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "WebSocket control frame over 125 bytes",
+        ));
     }
+    let mut p = vec![0u8; len as usize];
+    r.read_exact(&mut p)?;
+    for (i, b) in p.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+    Ok(p)
 }
 
 impl Read for WsConn {
@@ -154,7 +158,7 @@ impl Read for WsConn {
                 let want = buf
                     .len()
                     .min(usize::try_from(st.left).unwrap_or(usize::MAX));
-                let n = (&self.tcp).read(&mut buf[..want])?;
+                let n = self.inner.read(&mut buf[..want])?;
                 if n == 0 {
                     st.closed = true;
                     return Ok(0);
@@ -166,7 +170,7 @@ impl Read for WsConn {
                 st.left -= n as u64;
                 return Ok(n);
             }
-            let (opcode, len, mask) = match self.header() {
+            let (opcode, len, mask) = match header(&mut self.inner) {
                 Ok(h) => h,
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     st.closed = true;
@@ -188,14 +192,14 @@ impl Read for WsConn {
                     st.at = 0;
                 }
                 OpCode::Control(Control::Ping) => {
-                    let p = self.control_payload(len, mask)?;
+                    let p = control_payload(&mut self.inner, len, mask)?;
                     self.send(OpCode::Control(Control::Pong), &p)?;
                 }
                 OpCode::Control(Control::Pong) => {
-                    self.control_payload(len, mask)?;
+                    control_payload(&mut self.inner, len, mask)?;
                 }
                 OpCode::Control(Control::Close) => {
-                    let p = self.control_payload(len, mask)?;
+                    let p = control_payload(&mut self.inner, len, mask)?;
                     // Echo the status code (RFC 6455 5.5.1), then the stream is over.
                     let code = p.get(..2).map_or(u16::from(CloseCode::Normal), |c| {
                         u16::from_be_bytes([c[0], c[1]])
@@ -231,7 +235,7 @@ impl Write for &WsConn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
+    use std::net::{TcpListener, TcpStream};
 
     /// A client frame: final, `opcode`, masked with `mask`.
     fn client_frame(opcode: OpCode, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
@@ -254,7 +258,7 @@ mod tests {
         let (s, _) = l.accept().unwrap();
         (
             WsConn {
-                tcp: s,
+                inner: Box::new(Conn::Tcp(s)),
                 read: Arc::default(),
                 write: Arc::default(),
             },
