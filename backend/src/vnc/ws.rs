@@ -79,6 +79,16 @@ pub fn accept(conn: Conn, timeout: Duration) -> io::Result<WsConn> {
     })
 }
 
+/// WebSocket framing over `conn` with no opening handshake: for the fuzz target and tests,
+/// which feed frames straight in.
+pub fn framed(conn: Conn) -> WsConn {
+    WsConn {
+        inner: Box::new(conn),
+        read: Arc::default(),
+        write: Arc::default(),
+    }
+}
+
 impl WsConn {
     pub fn try_clone(&self) -> io::Result<WsConn> {
         Ok(WsConn {
@@ -256,14 +266,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().unwrap();
-        (
-            WsConn {
-                inner: Box::new(Conn::Tcp(s)),
-                read: Arc::default(),
-                write: Arc::default(),
-            },
-            c,
-        )
+        (framed(Conn::Tcp(s)), c)
     }
 
     #[test]
