@@ -167,6 +167,13 @@ pub struct Cli {
     #[arg(long, value_name = "HOST:PORT", requires = "vnc")]
     pub vnc_websocket: Option<String>,
 
+    /// A browser origin (`https://console.example.org`) whose pages may use the WebSocket
+    /// port, besides pages served from the host the browser connects to; repeat for more.
+    /// Other sites' pages are refused (403), so that a web page open in a browser on this
+    /// host cannot drive the VM through a loopback port.
+    #[arg(long, value_name = "ORIGIN", requires = "vnc_websocket")]
+    pub vnc_websocket_origin: Vec<String>,
+
     /// VNC authentication with the first line of this file (VNC uses its first 8 bytes).
     #[arg(long, value_name = "PATH", requires = "vnc")]
     pub vnc_password_file: Option<PathBuf>,

@@ -321,6 +321,7 @@ fn run(cli: &Cli) -> Result<Option<String>> {
                 password,
                 tls,
                 modes: mode_requests,
+                ws_origins: cli.vnc_websocket_origin.clone(),
                 input_qmp: cli.vnc_input_qmp.clone(),
                 scanout: cli.vnc_scanout,
                 max_clients: cli.vnc_max_clients as usize,

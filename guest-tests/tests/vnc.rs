@@ -264,7 +264,8 @@ fn tight_is_exact_without_jpeg_and_close_with_it_and_keeps_its_zlib_streams() {
 
 /// `--vnc-websocket`: a WebSocket client (as noVNC is) gets the same RFB session, the picture
 /// exact in Tight, across pings; a plain RFB client or garbage on the WebSocket port is closed,
-/// and the server goes on serving.
+/// and the server goes on serving. A browser page from another site is refused (403); one from
+/// this host, or an origin given with `--vnc-websocket-origin`, is upgraded.
 #[test]
 fn websocket_clients_get_the_same_session_and_bad_upgrades_are_closed() {
     let dir = temp_dir("ws");
@@ -274,7 +275,17 @@ fn websocket_clients_get_the_same_session_and_bad_upgrades_are_closed() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let (b, mut g, _sock) = start_vnc(&dir, &["--display", "320x192", "--vnc-websocket", &addr]);
+    let (b, mut g, _sock) = start_vnc(
+        &dir,
+        &[
+            "--display",
+            "320x192",
+            "--vnc-websocket",
+            &addr,
+            "--vnc-websocket-origin",
+            "https://console.example.org",
+        ],
+    );
     let (w, h) = (320u32, 192u32);
     let px = tight_picture(4);
     let _ = resource_with(&mut g, 1, B8G8R8X8, w, h, &px);
@@ -316,8 +327,30 @@ fn websocket_clients_get_the_same_session_and_bad_upgrades_are_closed() {
         c.read_update().unwrap();
         assert_eq!(c.bgr(), bgr(&px));
     }
+    // A browser page from another site (its Origin) is refused; one from this host, or a
+    // listed origin, is upgraded.
+    let upgrade = |origin: &str| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let req = format!(
+            "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Origin: {origin}\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut status = [0u8; 12];
+        s.read_exact(&mut status).unwrap();
+        String::from_utf8_lossy(&status).to_string()
+    };
+    assert_eq!(upgrade("https://evil.example.com"), "HTTP/1.1 403");
+    assert_eq!(upgrade("http://127.0.0.1:8000"), "HTTP/1.1 101");
+    assert_eq!(upgrade("https://console.example.org"), "HTTP/1.1 101");
     let log = b.log_text();
     assert!(log.contains(&format!("WebSocket on {addr}")), "{log}");
+    assert!(
+        log.contains("origin https://evil.example.com may not use this VNC server"),
+        "{log}"
+    );
     drop(b);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -200,6 +200,8 @@ pub struct Shared {
     pub tls: Option<tls::TlsServer>,
     /// Where a client's SetDesktopSize goes (ExtendedDesktopSize).
     pub modes: Option<Arc<crate::modes::ModeRequests>>,
+    /// Browser origins allowed on the WebSocket port besides this host's own.
+    pub ws_origins: Vec<String>,
     pub input: Option<InputSink>,
     pub name: String,
     pub max_clients: usize,
@@ -232,6 +234,8 @@ pub struct VncOptions {
     pub tls: Option<tls::TlsServer>,
     /// Where a client's SetDesktopSize goes (None: resizing is refused).
     pub modes: Option<Arc<crate::modes::ModeRequests>>,
+    /// Browser origins allowed on the WebSocket port besides this host's own.
+    pub ws_origins: Vec<String>,
     pub input_qmp: Option<PathBuf>,
     pub scanout: u32,
     pub max_clients: usize,
@@ -328,6 +332,7 @@ impl VncServer {
             password: o.password,
             tls: o.tls,
             modes: o.modes,
+            ws_origins: o.ws_origins,
             input,
             name: "vhost-gpu".into(),
             max_clients: o.max_clients,
@@ -394,7 +399,11 @@ impl VncServer {
             }
             None => conn,
         };
-        Ok(Conn::Ws(ws::accept(conn, client::HANDSHAKE_TIMEOUT)?))
+        Ok(Conn::Ws(ws::accept(
+            conn,
+            client::HANDSHAKE_TIMEOUT,
+            &shared.ws_origins,
+        )?))
     }
 
     /// Accepts clients on `listener` for ever, each on its own thread; `websocket`: they

@@ -45,14 +45,56 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The host part of an `Origin` (`scheme://host[:port]`) or `Host` (`host[:port]`) value,
+/// lower-cased; IPv6 literals keep their brackets.
+fn host_of(v: &str) -> Option<String> {
+    let authority = v.split_once("://").map_or(v, |(_, rest)| rest);
+    let authority = authority.split('/').next()?;
+    let host = if authority.starts_with('[') {
+        authority.split_inclusive(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// Whether a browser page from `origin` may use this port: its host is the one the browser
+/// connected to (a noVNC page served from this machine, any port), or it is listed with
+/// `--vnc-websocket-origin`. Without the check, any web page open in a browser on this host
+/// could reach a loopback port and drive the VM. Clients that send no Origin (not browsers)
+/// are not affected.
+pub fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
+    if allowed
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(origin.trim()))
+    {
+        return true;
+    }
+    match (host_of(origin.trim()), host.and_then(host_of)) {
+        (Some(o), Some(h)) => o == h,
+        _ => false,
+    }
+}
+
 /// Answers the HTTP upgrade on `conn` (within `timeout`); the RFB stream follows on the
-/// result. A client that offers the `binary` subprotocol (noVNC's older versions) gets it.
-pub fn accept(conn: Conn, timeout: Duration) -> io::Result<WsConn> {
+/// result. A client that offers the `binary` subprotocol (noVNC's older versions) gets it. A
+/// browser page from another site gets 403 ([`origin_allowed`]).
+pub fn accept(conn: Conn, timeout: Duration, origins: &[String]) -> io::Result<WsConn> {
     conn.set_read_timeout(Some(timeout))?;
     conn.set_write_timeout(Some(timeout))?;
     // The callback's type is tungstenite's (its error is an HTTP response, large by nature).
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        if let Some(origin) = header("Origin") {
+            if !origin_allowed(origin, header("Host"), origins) {
+                let mut refused = ErrorResponse::new(Some(format!(
+                    "origin {origin} may not use this VNC server (--vnc-websocket-origin)"
+                )));
+                *refused.status_mut() = tungstenite::http::StatusCode::FORBIDDEN;
+                return Err(refused);
+            }
+        }
         let offered = req
             .headers()
             .get_all("Sec-WebSocket-Protocol")
@@ -68,8 +110,18 @@ pub fn accept(conn: Conn, timeout: Duration) -> io::Result<WsConn> {
         }
         Ok(resp)
     };
-    let ws = tungstenite::accept_hdr(conn, callback)
-        .map_err(|e| io::Error::other(format!("WebSocket handshake: {e}")))?;
+    let ws = tungstenite::accept_hdr(conn, callback).map_err(|e| match e {
+        tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r)) => {
+            io::Error::other(format!(
+                "WebSocket handshake refused: {}",
+                r.body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default()
+            ))
+        }
+        e => io::Error::other(format!("WebSocket handshake: {e}")),
+    })?;
     // RFB's server speaks first, so the client has sent nothing past the handshake that the
     // handshake could have buffered.
     Ok(WsConn {
@@ -307,6 +359,37 @@ mod tests {
         let mut close = [0u8; 4];
         c.read_exact(&mut close).unwrap();
         assert_eq!(close, [0x88, 2, 0x03, 0xe8]);
+    }
+
+    #[test]
+    fn browser_origins_must_be_this_host_or_listed() {
+        let none: Vec<String> = Vec::new();
+        for (origin, host) in [
+            ("http://127.0.0.1:8000", "127.0.0.1:5700"),
+            ("https://LocalHost", "localhost:5700"),
+            ("http://[::1]:8080", "[::1]:5700"),
+            ("https://vm.example.org/novnc", "vm.example.org"),
+        ] {
+            assert!(origin_allowed(origin, Some(host), &none), "{origin} {host}");
+        }
+        for (origin, host) in [
+            ("https://evil.example.com", "127.0.0.1:5700"),
+            ("null", "127.0.0.1:5700"),
+            ("http://127.0.0.1.evil.com", "127.0.0.1:5700"),
+            ("http://[::1]", "[::2]:5700"),
+        ] {
+            assert!(
+                !origin_allowed(origin, Some(host), &none),
+                "{origin} {host}"
+            );
+        }
+        assert!(!origin_allowed("http://127.0.0.1", None, &none), "no Host");
+        let listed = vec!["https://console.example.org".to_string()];
+        assert!(origin_allowed(
+            "https://console.example.org",
+            Some("10.0.0.5:5700"),
+            &listed
+        ));
     }
 
     #[test]
