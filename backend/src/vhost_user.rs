@@ -241,13 +241,14 @@ impl crate::modes::ModeTarget for VhostUserGpu {
         // ours) and takes modes from its own window, so nothing we raise reaches the guest.
         if lock(&self.pending_display).is_some() || lock(&self.device).has_display_channel() {
             return Err(ModeRefused::Prohibited(
-                "the frontend (QEMU's vhost-user-gpu-pci) keeps the guest's display events                  itself; resize its own display instead"
+                "the frontend (QEMU's vhost-user-gpu-pci) keeps the guest's display events itself; resize its own display instead"
                     .into(),
             ));
         }
+        // Until a frontend connects, the serving connection has no channel either.
         let channel = lock(&self.shmem.channel).clone().ok_or_else(|| {
             ModeRefused::Prohibited(
-                "the frontend gave no backend request channel (BACKEND_REQ), where the                  config-change message goes"
+                "the frontend gave no backend request channel (BACKEND_REQ), where the config-change message goes"
                     .into(),
             )
         })?;

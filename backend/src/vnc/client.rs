@@ -699,7 +699,7 @@ fn set_desktop_size(
     });
     if one.is_none() {
         info!(
-            "VNC client asked for {width}x{height} with {screen_count} screen(s): refused (one              screen covering the whole size is what a scanout can show)"
+            "VNC client asked for {width}x{height} with {screen_count} screen(s): refused (one screen covering the whole size is what a scanout can show)"
         );
         return rfb::RESIZE_INVALID;
     }
