@@ -733,6 +733,17 @@ pub fn venus_rings(root: u32) -> String {
     out
 }
 
+/// A process's CPU time (user + system), in seconds, from `/proc/PID/stat`.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = s.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (field(11) + field(12)) / hz
+}
+
 /// [`Backend::thread_dump`] for any process tree rooted at `root`.
 pub fn thread_dump(root: u32) -> String {
     let tree = process_tree(root);

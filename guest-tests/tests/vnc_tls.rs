@@ -84,6 +84,19 @@ fn greeted(sock: &Path) -> (UnixStream, Vec<u8>) {
     (s, types)
 }
 
+/// A client that chose VeNCrypt 0.2 and has read the server's subtype offer; its choice is
+/// next.
+fn vencrypt_offered(sock: &Path) -> UnixStream {
+    let (mut s, _) = greeted(sock);
+    s.write_all(&[SEC_VENCRYPT]).unwrap();
+    let mut v = [0u8; 2];
+    s.read_exact(&mut v).unwrap();
+    s.write_all(&[0, 2]).unwrap();
+    let mut offer = [0u8; 6];
+    s.read_exact(&mut offer).unwrap();
+    s
+}
+
 /// Reads a u32 result and, when it is not 0, its reason.
 fn result_and_reason(s: &mut UnixStream) -> (u32, String) {
     let mut r = [0u8; 4];
@@ -239,13 +252,7 @@ fn refusing_tls_downgrades_and_untrusted_certificates_are_closed() {
     }
     // Subtypes not offered: 256 Plain (no TLS at all), 257 TLSNone, 261 X509Vnc.
     for subtype in [256u32, 257, VENCRYPT_X509VNC, 0] {
-        let (mut s, _) = greeted(&sock);
-        s.write_all(&[SEC_VENCRYPT]).unwrap();
-        let mut v = [0u8; 2];
-        s.read_exact(&mut v).unwrap();
-        s.write_all(&[0, 2]).unwrap();
-        let mut offer = [0u8; 6];
-        s.read_exact(&mut offer).unwrap();
+        let mut s = vencrypt_offered(&sock);
         s.write_all(&subtype.to_be_bytes()).unwrap();
         let mut ack = [0u8; 1];
         s.read_exact(&mut ack).unwrap();
@@ -255,13 +262,7 @@ fn refusing_tls_downgrades_and_untrusted_certificates_are_closed() {
     // X509None accepted, then the client skips TLS and sends ClientInit in the clear: the
     // server's TLS handshake fails on it, and no ServerInit comes back in the clear.
     {
-        let (mut s, _) = greeted(&sock);
-        s.write_all(&[SEC_VENCRYPT]).unwrap();
-        let mut v = [0u8; 2];
-        s.read_exact(&mut v).unwrap();
-        s.write_all(&[0, 2]).unwrap();
-        let mut offer = [0u8; 6];
-        s.read_exact(&mut offer).unwrap();
+        let mut s = vencrypt_offered(&sock);
         s.write_all(&VENCRYPT_X509NONE.to_be_bytes()).unwrap();
         let mut ack = [0u8; 1];
         s.read_exact(&mut ack).unwrap();

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use guest_tests::driver::{Gpu, CONTROLQ};
+use guest_tests::frontend::cpu_secs;
 use guest_tests::frontend::{binary_path, ConnectOptions};
 use guest_tests::vnc::{self, VncClient};
 use guest_tests::wire::*;
@@ -430,16 +431,6 @@ fn vnc_latency(n: usize, encodings: &[i32]) -> (Stat, Stat, f64) {
         }
     }
     (stat(vnc), stat(chan), bytes as f64 / n as f64 / 1e3)
-}
-
-/// The backend's CPU time (user + system) in seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = s.rsplit_once(')').unwrap().1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf only reads a constant.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 /// vhost-gpu's CPU per 1080p frame (ms) with `clients` VNC clients (asking for `encodings`)

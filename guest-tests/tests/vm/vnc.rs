@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use guest_tests::capture::{gl_picture, smpte, Image};
 
+use guest_tests::frontend::cpu_secs;
+
 use crate::infra::*;
 
 /// A free TCP port on loopback (asked of the kernel, then let go).
@@ -193,16 +195,6 @@ struct BenchRow {
     cpu: f64,
 }
 
-/// A process's CPU time (user + system), in seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = s.rsplit_once(')').unwrap().1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf only reads a constant.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 /// The bench's picture as B, G, R (the agent's `busy` mode; `bench.rs`'s `busy_frame(1)`).
 fn busy_bgr(w: u32, h: u32) -> Vec<u8> {
     let mut v = Vec::with_capacity((w * h * 3) as usize);
@@ -239,64 +231,14 @@ fn bench_server(
     let idle = (cpu_secs(pid) - c0) / 2.0;
     let mut rows = Vec::new();
     for (name, encs) in encodings {
-        let one = |c: &mut dyn FnMut() -> (Vec<u8>, u64)| {
-            // Two frames to warm up (and to check the picture), then the timed ones.
-            for _ in 0..2 {
-                let (got, _) = c();
-                let diff: u64 = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| u64::from(a.abs_diff(*b)))
-                    .sum();
-                let mean = diff as f64 / want.len() as f64;
-                let lossy = encs.len() > 1;
-                assert!(
-                    mean == 0.0 || (lossy && mean < 12.0),
-                    "{name}: the picture is off by {mean:.2} on average"
-                );
-            }
-            let mut times = Vec::new();
-            let mut bytes = 0u64;
-            let cpu0 = cpu_secs(pid);
-            let t0 = Instant::now();
-            for _ in 0..n {
-                let t = Instant::now();
-                let (_, b) = c();
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-                bytes += b;
-            }
-            let wall = t0.elapsed().as_secs_f64();
-            let cpu = (cpu_secs(pid) - cpu0 - idle * wall).max(0.0);
-            times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            BenchRow {
-                median: times[times.len() / 2],
-                p99: times[(times.len() * 99 / 100).min(times.len() - 1)],
-                kb: bytes as f64 / n as f64 / 1e3,
-                cpu: cpu / n as f64 * 1e3,
-            }
-        };
         let row = match at {
             Endpoint::Unix(p) => {
-                let mut c = VncClient::connect(p, None).expect("VNC client");
-                assert_eq!((c.width, c.height), (1920, 1080), "{name}");
-                c.set_encodings(encs);
-                one(&mut || {
-                    let before: u64 = c.bytes.values().sum();
-                    c.request(false);
-                    c.read_update().expect("update");
-                    (c.bgr(), c.bytes.values().sum::<u64>() - before)
-                })
+                let c = VncClient::connect(p, None).expect("VNC client");
+                time_full_updates(c, pid, n, idle, name, encs, &want)
             }
             Endpoint::Tcp(a) => {
-                let mut c = VncClient::connect_tcp(a, None).expect("VNC client");
-                assert_eq!((c.width, c.height), (1920, 1080), "{name}");
-                c.set_encodings(encs);
-                one(&mut || {
-                    let before: u64 = c.bytes.values().sum();
-                    c.request(false);
-                    c.read_update().expect("update");
-                    (c.bgr(), c.bytes.values().sum::<u64>() - before)
-                })
+                let c = VncClient::connect_tcp(a, None).expect("VNC client");
+                time_full_updates(c, pid, n, idle, name, encs, &want)
             }
         };
         rows.push(row);
@@ -421,6 +363,61 @@ fn xvnc_showing_busy(dir: &Path, tcp: bool) -> Option<(Xvnc, Endpoint)> {
     // The picture is up once a client sees it.
     std::thread::sleep(Duration::from_secs(2));
     Some((x, at))
+}
+
+/// One encoding's row of [`bench_server`]: two full updates to warm up and check the picture,
+/// then `n` timed ones; the server process `pid`'s CPU over them less its `idle` rate.
+fn time_full_updates<S: std::io::Read + std::io::Write>(
+    mut c: guest_tests::vnc::VncClient<S>,
+    pid: u32,
+    n: usize,
+    idle: f64,
+    name: &str,
+    encs: &[i32],
+    want: &[u8],
+) -> BenchRow {
+    assert_eq!((c.width, c.height), (1920, 1080), "{name}");
+    c.set_encodings(encs);
+    // One full-screen update: asked for, received, decoded; the bytes it took.
+    fn frame<S: std::io::Read + std::io::Write>(c: &mut guest_tests::vnc::VncClient<S>) -> u64 {
+        let before: u64 = c.bytes.values().sum();
+        c.request(false);
+        c.read_update().expect("update");
+        c.bytes.values().sum::<u64>() - before
+    }
+    for _ in 0..2 {
+        frame(&mut c);
+    }
+    let diff: u64 = c
+        .bgr()
+        .iter()
+        .zip(want)
+        .map(|(a, b)| u64::from(a.abs_diff(*b)))
+        .sum();
+    let mean = diff as f64 / want.len() as f64;
+    let lossy = encs.len() > 1;
+    assert!(
+        mean == 0.0 || (lossy && mean < 12.0),
+        "{name}: the picture is off by {mean:.2} on average"
+    );
+    let mut times = Vec::new();
+    let mut bytes = 0u64;
+    let cpu0 = cpu_secs(pid);
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        bytes += frame(&mut c);
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_secs(pid) - cpu0 - idle * wall).max(0.0);
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    BenchRow {
+        median: times[times.len() / 2],
+        p99: times[(times.len() * 99 / 100).min(times.len() - 1)],
+        kb: bytes as f64 / n as f64 / 1e3,
+        cpu: cpu / n as f64 * 1e3,
+    }
 }
 
 /// `scripts/bench --vnc`: vhost-gpu's VNC server against QEMU's own, with the same Debian 12
