@@ -54,9 +54,49 @@ fn bars_and_photo() -> Vec<u8> {
     v
 }
 
+/// A 320x200 picture: the bars in the top half, the VNC bench's smooth picture below (red and
+/// green slow ramps, blue `x ^ y`): Tight's gradient filter beats JPEG on it, exactly.
+fn bars_and_smooth() -> Vec<u8> {
+    let mut v = bars();
+    for y in 100..200u32 {
+        for x in 0..320u32 {
+            let at = ((y * 320 + x) * 4) as usize;
+            v[at..at + 4].copy_from_slice(&[(x ^ y) as u8 ^ 1, (x / 3) as u8, (y / 5) as u8, 0]);
+        }
+    }
+    v
+}
+
+/// The backend's count of Tight's subrectangles sent each way, logged when a client's session
+/// ends ("... N gradient and M JPEG subrectangles"): the count for `kind`.
+fn tight_sent(b: &Backend, kind: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = b.log_text();
+        if let Some(line) = log.lines().find(|l| l.contains("VNC client: Tight sent")) {
+            let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+            return words
+                .windows(2)
+                .find(|w| w[1] == kind)
+                .and_then(|w| w[0].parse().ok())
+                .unwrap_or_else(|| panic!("no {kind} count in {line:?}"));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Tight summary in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A 2D backend with VNC (`args` besides the display), its guest showing [`bars_and_photo`]
 /// on a 320x200 scanout with no display channel; also the picture as RGB.
 fn serve_bars_and_photo(args: &[&str]) -> (Backend, Gpu, Vec<u8>) {
+    serve_picture(args, bars_and_photo())
+}
+
+/// The same with any 320x200 picture (B, G, R, X).
+fn serve_picture(args: &[&str], px: Vec<u8>) -> (Backend, Gpu, Vec<u8>) {
     let mut a = vec!["--display", "320x200"];
     a.extend_from_slice(args);
     let b = Backend::start(&opts_2d(&a));
@@ -67,7 +107,6 @@ fn serve_bars_and_photo(args: &[&str]) -> (Backend, Gpu, Vec<u8>) {
             ..Default::default()
         },
     );
-    let px = bars_and_photo();
     let _ = resource_with(&mut g, 1, B8G8R8X8, 320, 200, &px);
     assert_eq!(g.set_scanout(0, 1, (0, 0, 320, 200)), OK_NODATA);
     assert_eq!(g.transfer(1, (0, 0, 320, 200), 320 * 4), OK_NODATA);
@@ -452,6 +491,44 @@ fn tigervnc_viewer_shows_the_picture_in_tight_with_jpeg() {
     eprintln!("TigerVNC's viewer: the bars exact, the photo-like half off by {mean:.2} on average (Tight, JPEG level 6)");
 }
 
+/// TigerVNC's viewer without JPEG, on a picture whose lower half is smooth: that half comes
+/// with Tight's gradient filter (stream 3, zlib pieces that each refer only to themselves),
+/// and the viewer's window equals the picture, every pixel.
+#[test]
+#[ignore = "needs Xvfb, xwd and TigerVNC's viewer (scripts/setup): run by scripts/test"]
+fn tigervnc_viewer_decodes_the_gradient_filter_exactly() {
+    let port = free_port();
+    let (b, _g, want) = serve_picture(&["--vnc", &format!("127.0.0.1:{port}")], bars_and_smooth());
+    let shot = tigervnc_window(
+        port,
+        &[
+            "-AutoSelect=0",
+            "-PreferredEncoding=Tight",
+            "-NoJPEG",
+            "-CompressLevel=2",
+            "-SecurityTypes=None",
+        ],
+        &b,
+    );
+    let wrong = shot
+        .chunks_exact(3)
+        .zip(want.chunks_exact(3))
+        .position(|(a, b)| a != b);
+    assert_eq!(
+        wrong, None,
+        "first wrong pixel (index) in TigerVNC's window"
+    );
+    let gradient = tight_sent(&b, "gradient");
+    assert!(gradient > 0, "{}", b.log_text());
+    assert!(
+        b.log_text()
+            .contains("VNC client: sending Tight without JPEG, compression level 2"),
+        "{}",
+        b.log_text()
+    );
+    eprintln!("TigerVNC's viewer: every pixel right, {gradient} gradient-filtered subrectangles");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -608,7 +685,13 @@ fn novnc_in_chromium(wss: bool) {
     if wss {
         args.extend(["--vnc-tls-cert", &cert, "--vnc-tls-key", &key]);
     }
-    let (b, _g, want) = serve_bars_and_photo(&args);
+    // Over ws, the photo-like picture (JPEG); over wss, the smooth one (the gradient filter,
+    // exact), so that both of noVNC's decoders are checked.
+    let (b, _g, want) = if wss {
+        serve_picture(&args, bars_and_smooth())
+    } else {
+        serve_bars_and_photo(&args)
+    };
 
     let mut http = Command::new("python3")
         .args(["-m", "http.server", "--bind", "127.0.0.1"])
@@ -671,10 +754,20 @@ fn novnc_in_chromium(wss: bool) {
         .map(|(a, b)| u64::from(a.abs_diff(*b)))
         .sum();
     let mean = total as f64 / (to - from) as f64;
-    assert!(
-        mean < 8.0,
-        "the canvas's JPEG part is off by {mean:.2} on average"
-    );
+    if wss {
+        assert_eq!(
+            got.chunks_exact(3)
+                .zip(want.chunks_exact(3))
+                .position(|(a, b)| a != b),
+            None,
+            "first wrong canvas pixel (index) of the smooth picture"
+        );
+    } else {
+        assert!(
+            mean < 8.0,
+            "the canvas's JPEG part is off by {mean:.2} on average"
+        );
+    }
     // The key: "a" down and up through QMP.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut keys = Vec::new();
@@ -699,8 +792,14 @@ fn novnc_in_chromium(wss: bool) {
     if wss {
         assert!(log.contains("WebSocket over TLS (wss)"), "{log}");
     }
+    let (jpeg, gradient) = (tight_sent(&b, "JPEG"), tight_sent(&b, "gradient"));
+    if wss {
+        assert!(gradient > 0, "{}", b.log_text());
+    } else {
+        assert!(jpeg > 0, "{}", b.log_text());
+    }
     eprintln!(
-        "noVNC in Chromium over --vnc-websocket ({}): canvas 320x200, the fill band exact, the JPEG part off by {mean:.2} on average; the typed key reached QMP; screenshot {}",
+        "noVNC in Chromium over --vnc-websocket ({}): canvas 320x200, the fill band exact, the rest off by {mean:.2} on average ({jpeg} JPEG, {gradient} gradient-filtered subrectangles); the typed key reached QMP; screenshot {}",
         if wss { "wss" } else { "ws" },
         out.with_extension("png").display()
     );

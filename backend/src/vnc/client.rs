@@ -484,6 +484,21 @@ struct Seen {
 }
 
 fn write_loop(conn: &Conn, s: &Session, size: (u32, u32)) -> Result<(), SessionError> {
+    let mut tight = Tight::default();
+    let r = write_updates(conn, s, size, &mut tight);
+    let sent = tight.sent();
+    if sent.total() > 0 {
+        info!("VNC client: Tight sent {sent}");
+    }
+    r
+}
+
+fn write_updates(
+    conn: &Conn,
+    s: &Session,
+    size: (u32, u32),
+    tight: &mut Tight,
+) -> Result<(), SessionError> {
     let shared = &s.shared;
     let mut seen = Seen {
         serial: 0,
@@ -491,7 +506,6 @@ fn write_loop(conn: &Conn, s: &Session, size: (u32, u32)) -> Result<(), SessionE
         size,
     };
     let mut zrle = Zrle::default();
-    let mut tight = Tight::default();
     let mut out = BufWriter::with_capacity(1 << 16, conn);
     let mut scratch = Vec::new();
     loop {
