@@ -161,7 +161,8 @@ fn clients_see_what_the_guest_flushed_raw_and_zrle_damage_resize_and_cursor() {
 }
 
 /// A 320x192 picture with every kind of Tight subrectangle: a solid band, two-colour stripes,
-/// a 12-colour checkerboard, and a photo-like gradient with noise (B8G8R8X8).
+/// a 12-colour checkerboard, a photo-like gradient with a little noise (rows 64..128: the
+/// gradient filter's when lossless) and noise (below: unfiltered when lossless) (B8G8R8X8).
 fn tight_picture(seed: u32) -> Vec<u8> {
     let mut px = Vec::new();
     for y in 0..192u32 {
@@ -177,10 +178,16 @@ fn tight_picture(seed: u32) -> Vec<u8> {
             } else if x < 192 {
                 let i = (x / 8 + y / 8 + seed) % 12;
                 [(i * 20) as u8, (255 - i * 20) as u8, (i * 7) as u8]
-            } else {
-                // Smooth, with a little noise: what JPEG is for.
+            } else if y < 128 {
+                // Smooth, with a little noise: what JPEG and the gradient filter are for.
                 let n = (x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503) ^ seed) % 9;
                 [(x + n) as u8, (y + n) as u8, ((x + y) / 2 + seed) as u8]
+            } else {
+                // Noise, which no filter helps.
+                let n = (x.wrapping_mul(2654435761) ^ y.wrapping_mul(40503) ^ seed)
+                    .wrapping_mul(0x9e37_79b9);
+                let [a, b, c, _] = n.to_le_bytes();
+                [a, b ^ c, c]
             };
             px.extend_from_slice(&[b, g, r, 0]);
         }
@@ -231,14 +238,15 @@ fn tight_is_exact_without_jpeg_and_close_with_it_and_keeps_its_zlib_streams() {
         }
     }
     // Lossless is exact everywhere; JPEG only where the picture is photo-like: the solid,
-    // striped and checkered parts went as fill and palettes to it too.
+    // striped and checkered parts went as fill and palettes to it too. The smooth part went
+    // gradient-filtered and the noise unfiltered to the lossless client.
     assert_eq!(lossless.bgr(), bgr(&tight_picture(2)));
     let (got, want) = (jpeg.bgr(), bgr(&tight_picture(2)));
     for y in 0..h as usize {
         let row = y * w as usize * 3;
         assert_eq!(got[row..row + 192 * 3], want[row..row + 192 * 3], "row {y}");
     }
-    for kind in ["fill", "mono", "indexed", "copy"] {
+    for kind in ["fill", "mono", "indexed", "copy", "gradient"] {
         assert!(
             lossless.tight_kinds.contains_key(kind),
             "{:?}",
