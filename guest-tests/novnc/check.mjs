@@ -7,7 +7,7 @@
 import { writeFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 
-const [http, ws, out, scheme = 'ws'] = process.argv.slice(2);
+const [http, ws, out, scheme = 'ws', compression = '2'] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
   // Root in CI has no user namespace sandbox for Chromium; the page is our own.
@@ -22,7 +22,7 @@ try {
   page.on('response', (r) => {
     if (r.status() >= 400) console.error(`page: ${r.status()} for ${r.url()}`);
   });
-  await page.goto(`http://127.0.0.1:${http}/page.html?port=${ws}&quality=6&scheme=${scheme}`);
+  await page.goto(`http://127.0.0.1:${http}/page.html?port=${ws}&quality=6&compression=${compression}&scheme=${scheme}`);
   await page.waitForFunction(() => window.vgt && window.vgt.connected, null, { timeout: 30000 });
   await page.waitForFunction(() => {
     const c = document.querySelector('#screen canvas');

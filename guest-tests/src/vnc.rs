@@ -18,6 +18,8 @@ pub const ZRLE: i32 = 16;
 pub const TIGHT: i32 = 7;
 /// Tight's JPEG quality pseudo-encoding for level 0 (level n: this + n).
 pub const TIGHT_QUALITY_0: i32 = -32;
+/// Tight's compression level 0 pseudo-encoding (levels 0..=9 are this plus the level).
+pub const TIGHT_COMPRESS_0: i32 = -256;
 pub const CURSOR: i32 = -239;
 pub const CONTINUOUS_UPDATES: i32 = -313;
 pub const FENCE: i32 = -312;
@@ -725,15 +727,29 @@ impl<S: Read + Write> VncClient<S> {
                     return Err(format!("tight data {} bytes, want {size}", data.len()));
                 }
                 let data = if gradient {
+                    // Row by row, as TigerVNC's FilterGradient24: the prediction from the
+                    // decoded row above and the pixel to the left, clamped.
                     let mut px = vec![0u8; size];
+                    let row = w * 3;
                     for y in 0..h {
-                        for x in 0..w * 3 {
-                            let at = |yy: usize, xx: usize| i32::from(px[yy * w * 3 + xx]);
-                            let left = if x >= 3 { at(y, x - 3) } else { 0 };
-                            let up = if y > 0 { at(y - 1, x) } else { 0 };
-                            let upleft = if x >= 3 && y > 0 { at(y - 1, x - 3) } else { 0 };
-                            let predicted = (left + up - upleft).clamp(0, 255);
-                            px[y * w * 3 + x] = (predicted as u8).wrapping_add(data[y * w * 3 + x]);
+                        let (above, this) = px.split_at_mut(y * row);
+                        let up = if y > 0 {
+                            &above[(y - 1) * row..]
+                        } else {
+                            &[][..]
+                        };
+                        let this = &mut this[..row];
+                        let res = &data[y * row..(y + 1) * row];
+                        for x in 0..row {
+                            let left = if x >= 3 { i16::from(this[x - 3]) } else { 0 };
+                            let (u, ul) =
+                                match (up.get(x), x.checked_sub(3).and_then(|i| up.get(i))) {
+                                    (Some(&u), Some(&ul)) => (i16::from(u), i16::from(ul)),
+                                    (Some(&u), None) => (i16::from(u), 0),
+                                    _ => (0, 0),
+                                };
+                            let predicted = (left + u - ul).clamp(0, 255) as u8;
+                            this[x] = predicted.wrapping_add(res[x]);
                         }
                     }
                     px

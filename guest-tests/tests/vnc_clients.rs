@@ -685,8 +685,9 @@ fn novnc_in_chromium(wss: bool) {
     if wss {
         args.extend(["--vnc-tls-cert", &cert, "--vnc-tls-key", &key]);
     }
-    // Over ws, the photo-like picture (JPEG); over wss, the smooth one (the gradient filter,
-    // exact), so that both of noVNC's decoders are checked.
+    // Over ws, the photo-like picture (JPEG); over wss, the smooth one with compression level
+    // 9 (the gradient filter beside JPEG, and smaller: exact), so that both of noVNC's
+    // decoders are checked.
     let (b, _g, want) = if wss {
         serve_picture(&args, bars_and_smooth())
     } else {
@@ -718,6 +719,8 @@ fn novnc_in_chromium(wss: bool) {
         .arg(ws_port.to_string())
         .arg(&out)
         .arg(if wss { "wss" } else { "ws" })
+        // Compression level 9 over wss, where the gradient filter is tried beside JPEG.
+        .arg(if wss { "9" } else { "2" })
         .env("HOME", &dir)
         .output()
         .expect("node (scripts/setup installs nodejs)");
