@@ -102,7 +102,7 @@ enum Kind {
     Fill(u32),
     /// Two or more colours, at most [`MAX_PALETTE`], in order of first appearance.
     Palette(Vec<u32>),
-    /// More colours than a palette holds: JPEG or full colour.
+    /// More colours than a palette holds: JPEG, gradient-filtered or full colour.
     Photo,
 }
 
