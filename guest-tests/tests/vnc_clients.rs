@@ -7,8 +7,8 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::io::{Read, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -333,7 +333,8 @@ fn xwd_rgb(x: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
     Ok((w, h, rgb))
 }
 
-/// An Xvfb of `w` x `h` on the first free display from :70; killed on drop.
+/// An Xvfb of `w` x `h` on a display it picks itself (`-displayfd`: it takes the display's
+/// lock file, so tests that start Xvfbs in parallel never share one); killed on drop.
 struct Xvfb {
     child: std::process::Child,
     display: String,
@@ -341,27 +342,42 @@ struct Xvfb {
 
 impl Xvfb {
     fn start(w: u32, h: u32) -> Xvfb {
-        let n = (70..120)
-            .find(|n| {
-                !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
-                    && !Path::new(&format!("/tmp/.X{n}-lock")).exists()
-            })
-            .expect("a free X display");
-        let display = format!(":{n}");
-        let child = Command::new("Xvfb")
-            .arg(&display)
+        let mut child = Command::new("Xvfb")
+            .args(["-displayfd", "1"])
             .args(["-screen", "0", &format!("{w}x{h}x24"), "-nolisten", "tcp"])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("Xvfb (scripts/setup installs xvfb)");
-        let socket = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "Xvfb {display} did not start");
-            std::thread::sleep(Duration::from_millis(100));
+        // Xvfb writes the display's number, then a newline, once it accepts connections.
+        let mut out = child.stdout.take().expect("Xvfb's stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while let Ok(1) = out.read(&mut b) {
+                if b[0] == b'\n' {
+                    break;
+                }
+                line.push(b[0]);
+            }
+            let _ = tx.send(String::from_utf8_lossy(&line).trim().to_string());
+            // Keep the pipe open while Xvfb runs.
+            let mut sink = Vec::new();
+            let _ = out.read_to_end(&mut sink);
+        });
+        let n = rx
+            .recv_timeout(Duration::from_secs(20))
+            .ok()
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!("Xvfb did not start (no display number from -displayfd)")
+            });
+        Xvfb {
+            child,
+            display: format!(":{n}"),
         }
-        Xvfb { child, display }
     }
 
     fn screenshot(&self) -> (usize, usize, Vec<u8>) {
