@@ -54,6 +54,8 @@ pub enum TightError {
     Zlib(#[from] flate2::CompressError),
     #[error("{len} bytes of pixels for a {w}x{h} rectangle")]
     Short { len: usize, w: u32, h: u32 },
+    #[error("an encoder thread panicked")]
+    Panicked,
 }
 
 impl From<TightError> for io::Error {

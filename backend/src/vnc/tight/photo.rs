@@ -317,12 +317,9 @@ pub(super) fn photos(
                 .collect();
             handles
                 .into_iter()
-                // An encoder thread that panicked (it has no other way to fail) counts
-                // as a failed compression.
-                .map(|h| {
-                    h.join()
-                        .unwrap_or(Err(TightError::Jpeg(turbojpeg::Error::Null())))
-                })
+                // An encoder thread that panicked fails the update with its own error,
+                // and the session ends with it in the log.
+                .map(|h| h.join().unwrap_or(Err(TightError::Panicked)))
                 .collect()
         })
     };
