@@ -623,7 +623,7 @@ fn parent_of(pid: u32) -> Option<u32> {
 }
 
 /// `root` and its descendants, parents before their children.
-fn process_tree(root: u32) -> Vec<u32> {
+pub(crate) fn process_tree(root: u32) -> Vec<u32> {
     let mut tree = vec![root];
     let all: Vec<u32> = std::fs::read_dir("/proc")
         .map(|d| {
@@ -670,63 +670,6 @@ pub fn stacks(root: u32) -> String {
             Err(e) => {
                 out.push_str(&format!("(no stacks: gdb: {e})\n"));
                 break;
-            }
-        }
-    }
-    out
-}
-
-/// The control words of every Venus command ring mapped in the process tree at `root`: for a
-/// hang's report. Mesa's ring layout (`vn_ring_get_layout`) puts head, tail and status each in
-/// its own 64-byte line at the start of a 0x21000-byte shared mapping (a 128 KiB ring, from
-/// byte 192); a ring whose tail is ahead of its head while its status says idle (bit 0) lost a
-/// wake-up; one that is not idle is inside the command at its head.
-pub fn venus_rings(root: u32) -> String {
-    use std::os::unix::fs::FileExt;
-    let mut out = String::new();
-    for pid in process_tree(root) {
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-        let Ok(mem) = std::fs::File::open(format!("/proc/{pid}/mem")) else {
-            continue;
-        };
-        for line in maps.lines() {
-            let mut f = line.split_whitespace();
-            let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-                continue;
-            };
-            let Some((a, b)) = range.split_once('-') else {
-                continue;
-            };
-            let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
-                continue;
-            };
-            if b - a != 0x21000 || !perms.starts_with("rw") || !perms.ends_with('s') {
-                continue;
-            }
-            let word = |off: u64| {
-                let mut w = [0u8; 4];
-                mem.read_exact_at(&mut w, a + off)
-                    .map(|_| u32::from_le_bytes(w))
-                    .ok()
-            };
-            // The command the ring thread is in (the head moves past each one when it is
-            // done): its first word is its Venus command type (buffer at 192, 128 KiB).
-            let at_head = word(0).and_then(|h| word(192 + u64::from(h & 0x1ffff)));
-            out.push_str(&format!(
-                "process {pid}: ring? {line}\n  head {:?} tail {:?} status {:?}; command at the head: type {:?}\n",
-                word(0),
-                word(64),
-                word(128),
-                at_head
-            ));
-            // The whole batch the ring thread took (head to tail; at most 128 words): the
-            // blocking command is in it, after whatever came first.
-            if let (Some(h), Some(t)) = (word(0), word(64)) {
-                let words: Vec<String> = (0..t.wrapping_sub(h).min(512) / 4)
-                    .filter_map(|i| word(192 + u64::from(h.wrapping_add(i * 4) & 0x1ffff)))
-                    .map(|w| format!("{w:08x}"))
-                    .collect();
-                out.push_str(&format!("  batch words: {}\n", words.join(" ")));
             }
         }
     }

@@ -14,6 +14,7 @@ pub mod link;
 pub mod memory;
 pub mod pki;
 pub mod shmem;
+pub mod venus_ring;
 pub mod virtqueue;
 pub mod vnc;
 pub mod wire;

@@ -18,7 +18,9 @@
 //! Best effort: on a kernel without Landlock (before 5.13) or with an older ABI, what the
 //! kernel has is enforced, and the log says how much.
 
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use landlock::{
     Access, AccessFs, AccessNet, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr,
@@ -185,6 +187,35 @@ pub fn confine_render_server(
     restrict(read_write, Some(executables), true)
 }
 
+/// /proc/self, held open for as long as the process lives, so that the kernel never drops
+/// /proc/PID's dentry.
+///
+/// Landlock's rule for /proc/self names the inode that /proc/PID had when the rule was made.
+/// procfs makes a new inode for /proc/PID each time its dentry is looked up again after the
+/// kernel dropped it (under memory pressure, or with drop_caches), and the rule does not match
+/// the new one: /proc/self/maps and the rest then fail with EACCES. That happened on a host
+/// short of memory, and every MAP_BLOB of an opaque Venus blob (which reads /proc/self/maps)
+/// failed with it. An open file holds its dentry, so the inode never changes.
+static PROC_SELF: OnceLock<OwnedFd> = OnceLock::new();
+
+/// Opens [`PROC_SELF`] (once). `over_exec`: the descriptor stays open across execve, for the
+/// render server, which confines itself and then executes the server binary (whose workers
+/// inherit it too: an O_PATH descriptor, which gives no access of its own).
+fn pin_proc_self(over_exec: bool) {
+    let cloexec = if over_exec { 0 } else { libc::O_CLOEXEC };
+    // SAFETY: open with a NUL-terminated constant path and flags; the result is checked.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | cloexec,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: a descriptor just opened, owned by nothing else.
+        let _ = PROC_SELF.set(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+}
+
 /// The one ruleset both use. `executables`: None, anything readable may be executed; Some,
 /// only those files. `scope_signals`: signals only inside this Landlock domain.
 fn restrict(
@@ -192,6 +223,8 @@ fn restrict(
     executables: Option<&[PathBuf]>,
     scope_signals: bool,
 ) -> Result<RulesetStatus, FilesError> {
+    // Before the rule for /proc/self is made: the inode it names stays the one looked up.
+    pin_proc_self(executables.is_some());
     let all = AccessFs::from_all(ABI_USED);
     let no_exec = if executables.is_some() {
         !AccessFs::Execute
@@ -234,4 +267,73 @@ pub fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drops the kernel's unused dentries and inodes (root only), as memory pressure does.
+    fn drop_dentry_cache() {
+        // SAFETY: sync takes no arguments.
+        unsafe { libc::sync() };
+        std::fs::write("/proc/sys/vm/drop_caches", "2")
+            .expect("writing /proc/sys/vm/drop_caches (this test needs root)");
+    }
+
+    /// /proc/self stays readable under Landlock after the kernel drops its dentries. The rule
+    /// for /proc/self names the inode of /proc/PID as it was when the rule was made; procfs
+    /// makes a new inode when the dentry is looked up again after being dropped, and the rule
+    /// would then not match it (reading /proc/self/maps failed with EACCES in a vkmark run
+    /// after an out-of-memory kill on the host, and every opaque blob's MAP_BLOB with it).
+    #[test]
+    fn proc_self_stays_readable_after_the_dentry_cache_is_dropped() {
+        let mut to_parent = [0; 2];
+        let mut to_child = [0; 2];
+        // SAFETY: pipe writes two descriptors into each array.
+        unsafe {
+            assert_eq!(libc::pipe(to_parent.as_mut_ptr()), 0);
+            assert_eq!(libc::pipe(to_child.as_mut_ptr()), 0);
+        }
+        // SAFETY: fork in a test. The child confines itself (glibc's fork leaves malloc usable
+        // in the child), opens /proc/self/maps before and after the parent drops the dentry
+        // cache, and _exits with what it found: 0 both times, 1 Landlock failed, 2 the first
+        // open failed, 3 the second. The parent only writes drop_caches, signals and waits.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                if confine(&[], false).is_err() {
+                    libc::_exit(1);
+                }
+                let maps = c"/proc/self/maps".as_ptr();
+                let fd = libc::open(maps, libc::O_RDONLY);
+                if fd < 0 {
+                    libc::_exit(2);
+                }
+                libc::close(fd);
+                let b = [0u8; 1];
+                libc::write(to_parent[1], b.as_ptr().cast(), 1);
+                let mut r = [0u8; 1];
+                libc::read(to_child[0], r.as_mut_ptr().cast(), 1);
+                let fd = libc::open(maps, libc::O_RDONLY);
+                libc::_exit(if fd < 0 { 3 } else { 0 });
+            }
+            let mut r = [0u8; 1];
+            assert_eq!(libc::read(to_parent[0], r.as_mut_ptr().cast(), 1), 1);
+            drop_dentry_cache();
+            libc::write(to_child[1], r.as_ptr().cast(), 1);
+            let mut status = 0;
+            assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+            assert!(
+                libc::WIFEXITED(status),
+                "the child ended with status {status}"
+            );
+            assert_eq!(
+                libc::WEXITSTATUS(status),
+                0,
+                "1: Landlock failed, 2: /proc/self/maps unreadable at once, 3: unreadable after the dentry cache was dropped"
+            );
+        }
+    }
 }

@@ -451,35 +451,60 @@ fn guest_vkmark(hold: u32) -> VkmarkRun {
         None,
         &[("LD_LIBRARY_PATH", &lib)],
     );
+    // VHOST_GPU_VKMARK_LOOPS=N runs vkmark N times in the one guest (a stress run for the
+    // hang below); the test's checks apply to the last run.
+    let loops: u32 = std::env::var("VHOST_GPU_VKMARK_LOOPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let mut vm = Vm::boot_generic(
         &backend,
         "g-vkmark",
         GENERIC_GPU,
         "vkmark",
         &format!(
-            "vgt.hold={hold} vgt.vn_perf={}",
+            "vgt.hold={hold} vgt.loops={loops} vgt.vn_perf={}",
             std::env::var("VHOST_GPU_VKMARK_VN_PERF").unwrap_or_default()
         ),
     );
+    // Every command the guest writes into the Venus rings, for a hang's report.
+    let recorder = guest_tests::venus_ring::Recorder::start(backend.pid());
     // A hang the guest reports (it then waits 15 s before ending vkmark): the host's side of it
-    // while it lasts, every thread of vhost-gpu and the render server with its stack.
-    // ("GUEST: vkmark " begins both the "rc" and the "hung" line, and no other.)
-    vm.wait_for(&mut backend, "GUEST: vkmark ", BOOT);
+    // while it lasts, every thread of vhost-gpu and the render server with its stack, and the
+    // rings' recorded commands.
+    let each = Duration::from_secs(u64::from(hold) * 3 + 120);
+    let waited = vm.wait_serial("GUEST: vkmark rc", BOOT + each * loops, |text| {
+        if text.contains("GUEST: vkmark hung") {
+            return Err("hung".into());
+        }
+        if !backend.alive() {
+            return Err("vhost-gpu died".into());
+        }
+        Ok(())
+    });
     if vm.serial_text().contains("GUEST: vkmark hung") {
+        let dir = std::env::temp_dir().join(format!("vhost-gpu-vkmark-hang-{}", backend.pid()));
+        let files = guest_tests::venus_ring::save(&recorder.stop(), &dir);
         let dump = format!(
-            "{}\n{}\n{}",
+            "{}\n{}\n{}\nrecorded rings: {files:?}\n",
             backend.thread_dump(),
-            guest_tests::frontend::venus_rings(backend.pid()),
+            guest_tests::venus_ring::venus_rings(backend.pid()),
             guest_tests::frontend::stacks(backend.pid())
         );
-        let at = std::env::temp_dir().join(format!("vhost-gpu-vkmark-hang-{}.txt", backend.pid()));
-        let _ = std::fs::write(&at, &dump);
+        let _ = std::fs::write(dir.join("report.txt"), &dump);
         eprintln!(
             "vkmark hung in the guest; the host's threads (also in {}):\n{dump}",
-            at.display()
+            dir.display()
+        );
+        vm.wait_for(&mut backend, "GUEST: vkmark rc", BOOT);
+    } else if let Err(e) = waited {
+        panic!(
+            "{e}\nbackend:\n{}\nthreads of the backend and its children:\n{}",
+            backend.log_text(),
+            backend.thread_dump()
         );
     }
-    vm.wait_for(&mut backend, "GUEST: vkmark rc", BOOT);
     let lines = vm.guest_lines();
     let rc = vm.line_after("GUEST: vkmark rc").unwrap_or_default();
     assert_eq!(
