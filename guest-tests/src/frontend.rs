@@ -647,16 +647,34 @@ pub(crate) fn process_tree(root: u32) -> Vec<u32> {
 }
 
 /// Every thread's user-space stack in the process tree at `root`, from gdb (`thread apply all
-/// bt`), when gdb is installed: for a hang's report. Attaching stops each process for a moment.
+/// bt`, after the libraries' load addresses), when gdb is installed: for a hang's report.
+/// Attaching stops each process for a moment.
 pub fn stacks(root: u32) -> String {
     let mut out = String::new();
+    // Processes that run inside the Debian 13 root (scripts/in-root) load its libraries: gdb
+    // reads their unwind tables and symbols from there.
+    let sysroot = format!(
+        "set sysroot {}",
+        std::env::var("VHOST_GPU_HOST_ROOT").unwrap_or_default()
+    );
     for pid in process_tree(root) {
+        // The executable named (gdb finds it through /proc/PID/exe only outside a root).
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         let r = Command::new("gdb")
             .args([
-                "-p",
-                &pid.to_string(),
                 "-batch",
                 "-nx",
+                "-iex",
+                "set debuginfod enabled off",
+                "-iex",
+                &sysroot,
+                &exe,
+                "-p",
+                &pid.to_string(),
+                "-ex",
+                "info sharedlibrary",
                 "-ex",
                 "thread apply all bt 30",
             ])
@@ -666,6 +684,16 @@ pub fn stacks(root: u32) -> String {
             Ok(o) => {
                 out.push_str(&format!("=== gdb -p {pid}\n"));
                 out.push_str(&String::from_utf8_lossy(&o.stdout));
+                // Where each object is mapped, for the frames gdb could not name.
+                let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+                out.push_str(&format!("=== /proc/{pid}/maps (executable mappings)\n"));
+                for l in maps
+                    .lines()
+                    .filter(|l| l.split_whitespace().nth(1).is_some_and(|p| p.contains('x')))
+                {
+                    out.push_str(l);
+                    out.push('\n');
+                }
             }
             Err(e) => {
                 out.push_str(&format!("(no stacks: gdb: {e})\n"));

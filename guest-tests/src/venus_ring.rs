@@ -271,3 +271,259 @@ pub fn save(recordings: &[Recording], dir: &Path) -> Vec<PathBuf> {
         })
         .collect()
 }
+
+/// Venus command types (venus-protocol's `VkCommandTypeEXT`) that order work and fences.
+const CMD_QUEUE_SUBMIT: u32 = 18;
+const CMD_RESET_FENCES: u32 = 37;
+const CMD_GET_FENCE_STATUS: u32 = 38;
+const CMD_WAIT_FOR_FENCES: u32 = 39;
+const CMD_IMPORT_SEMAPHORE_RESOURCE: u32 = 246;
+/// `VK_STRUCTURE_TYPE_SUBMIT_INFO`.
+const SUBMIT_INFO: u32 = 4;
+
+/// A decoded VkSubmitInfo: wait semaphores, command buffers, signal semaphores, and where it
+/// ends in the recording.
+type SubmitInfo = (Vec<u64>, Vec<u64>, Vec<u64>, usize);
+
+/// The synchronisation commands in a recording, oldest first, one line each with its ring
+/// position: queue submissions (wait and signal semaphores, command buffers, fence), fence
+/// waits, resets and status queries, and semaphore imports. Found by their encodings
+/// (command type, flags, counts that match their array sizes), so other commands in between
+/// are skipped, not decoded. Handles are the guest's object ids. The newest `last` lines.
+pub fn sync_history(rec: &Recording, last: usize) -> String {
+    let b = &rec.bytes;
+    let u32_at = |o: usize| {
+        b.get(o..o + 4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+    };
+    let u64_at = |o: usize| {
+        b.get(o..o + 8).map(|w| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(w);
+            u64::from_le_bytes(a)
+        })
+    };
+    // An array of handles as Venus encodes it: a u64 count, then the handles.
+    let handles = |o: usize| -> Option<(Vec<u64>, usize)> {
+        let n = usize::try_from(u64_at(o)?).ok().filter(|&n| n <= 64)?;
+        let v = (0..n)
+            .map(|i| u64_at(o + 8 + 8 * i))
+            .collect::<Option<Vec<_>>>()?;
+        Some((v, o + 8 + 8 * n))
+    };
+    let list = |v: &[u64]| {
+        v.iter()
+            .map(|h| format!("{h:#x}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    // One VkSubmitInfo without a pNext chain: (waits, command buffers, signals, end).
+    let submit_info = |o: usize| -> Option<SubmitInfo> {
+        if u32_at(o)? != SUBMIT_INFO || u64_at(o + 4)? != 0 {
+            return None;
+        }
+        let (waits, o) = handles(o + 16)?;
+        let stages = usize::try_from(u64_at(o)?).ok().filter(|&n| n <= 64)?;
+        let (cmds, o) = handles(o + 8 + 4 * stages + 4)?;
+        let (signals, o) = handles(o + 4)?;
+        Some((waits, cmds, signals, o))
+    };
+    let mut lines = Vec::new();
+    let mut o = 0;
+    while o + 8 <= b.len() {
+        let pos = rec.start.wrapping_add(o as u32);
+        let (Some(kind), Some(flags)) = (u32_at(o), u32_at(o + 4)) else {
+            break;
+        };
+        let line = match (kind, flags) {
+            (CMD_WAIT_FOR_FENCES | CMD_RESET_FENCES, 0) => {
+                let count = u32_at(o + 16).map(u64::from);
+                match handles(o + 20) {
+                    Some((fences, _))
+                        if Some(fences.len() as u64) == count && !fences.is_empty() =>
+                    {
+                        let name = if kind == CMD_WAIT_FOR_FENCES {
+                            "vkWaitForFences"
+                        } else {
+                            "vkResetFences"
+                        };
+                        Some(format!("{pos} {name} {}", list(&fences)))
+                    }
+                    _ => None,
+                }
+            }
+            (CMD_GET_FENCE_STATUS, 0 | 1) => {
+                u64_at(o + 16).filter(|&f| f != 0 && f < 1 << 32).map(|f| {
+                    format!(
+                        "{pos} vkGetFenceStatus {f:#x}{}",
+                        if flags == 1 {
+                            " (waits for the reply)"
+                        } else {
+                            ""
+                        }
+                    )
+                })
+            }
+            (CMD_IMPORT_SEMAPHORE_RESOURCE, 0) => match (u64_at(o + 16), u64_at(o + 36)) {
+                (Some(1), Some(sem)) => Some(format!(
+                    "{pos} vkImportSemaphoreResourceMESA {sem:#x} resource {}",
+                    u32_at(o + 44).unwrap_or(0)
+                )),
+                _ => None,
+            },
+            (CMD_QUEUE_SUBMIT, 0) => {
+                let count = u32_at(o + 16);
+                match (count, u64_at(o + 20)) {
+                    (Some(1), Some(1)) => submit_info(o + 28).and_then(|(w, c, s, end)| {
+                        u64_at(end).map(|fence| {
+                            format!(
+                                "{pos} vkQueueSubmit waits [{}] cmds [{}] signals [{}] fence {fence:#x}",
+                                list(&w),
+                                list(&c),
+                                list(&s)
+                            )
+                        })
+                    }),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(l) = line {
+            lines.push(l);
+        }
+        o += 4;
+    }
+    let from = lines.len().saturating_sub(last);
+    lines[from..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A ring read from a file laid out as the mapping is (the file stands in for
+    /// /proc/PID/mem at address 0).
+    fn ring_in_file(fill: impl Fn(usize) -> u8) -> Ring {
+        let path = std::env::temp_dir().join(format!("venus-ring-test-{}", std::process::id()));
+        let mut f = std::fs::File::create(&path).unwrap();
+        let bytes: Vec<u8> = (0..MAPPING as usize).map(fill).collect();
+        f.write_all(&bytes).unwrap();
+        let mem = std::fs::File::open(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        Ring {
+            pid: 0,
+            addr: 0,
+            maps_line: String::new(),
+            mem,
+        }
+    }
+
+    #[test]
+    fn bytes_unwrap_at_the_end_of_the_buffer() {
+        // Each buffer byte holds its offset in the buffer (mod 251); the control words zero.
+        let r = ring_in_file(|i| {
+            if (i as u64) < BUFFER_AT {
+                0
+            } else {
+                ((i - BUFFER_AT as usize) % 251) as u8
+            }
+        });
+        // Positions count without wrapping: 0x20000 - 3 and the 5 bytes after it are the last
+        // 3 of the buffer and its first 2.
+        let pos = 3 * BUFFER_SIZE - 3;
+        let want: Vec<u8> = [BUFFER_SIZE - 3, BUFFER_SIZE - 2, BUFFER_SIZE - 1, 0, 1]
+            .iter()
+            .map(|&o| (o % 251) as u8)
+            .collect();
+        assert_eq!(r.bytes(pos, 5).unwrap(), want);
+        assert_eq!(r.word(HEAD_AT), Some(0));
+    }
+
+    #[test]
+    fn a_recording_keeps_its_newest_bytes_and_moves_its_start() {
+        let mut rec = Recording::new(1, 2, 100);
+        rec.push(&vec![1u8; KEEP_BYTES]);
+        assert_eq!((rec.start, rec.bytes.len()), (100, KEEP_BYTES));
+        rec.push(&[2, 3]);
+        // Over the limit: the oldest bytes go, down to half the limit, and the start moves
+        // past them.
+        assert_eq!(rec.bytes.len(), KEEP_BYTES / 2);
+        assert_eq!(rec.bytes[rec.bytes.len() - 2..], [2, 3]);
+        let dropped = KEEP_BYTES + 2 - KEEP_BYTES / 2;
+        assert_eq!(rec.start, 100 + dropped as u32);
+    }
+
+    /// Venus's encoding of the commands `sync_history` looks for, as Mesa writes them.
+    fn w32(v: &mut Vec<u8>, x: u32) {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    fn w64(v: &mut Vec<u8>, x: u64) {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+
+    #[test]
+    fn sync_history_names_the_fence_and_semaphore_commands_in_order() {
+        let mut v = Vec::new();
+        // vkWaitForFences(device 3, 1 fence: 0x4e, waitAll, UINT64_MAX)
+        for x in [CMD_WAIT_FOR_FENCES, 0] {
+            w32(&mut v, x);
+        }
+        w64(&mut v, 3);
+        w32(&mut v, 1);
+        w64(&mut v, 1);
+        w64(&mut v, 0x4e);
+        w32(&mut v, 1);
+        w64(&mut v, u64::MAX);
+        // vkResetFences(device 3, [0x4e])
+        for x in [CMD_RESET_FENCES, 0] {
+            w32(&mut v, x);
+        }
+        w64(&mut v, 3);
+        w32(&mut v, 1);
+        w64(&mut v, 1);
+        w64(&mut v, 0x4e);
+        // vkQueueSubmit(queue 5, one VkSubmitInfo: wait 0x6c at one stage, command buffers
+        // 0x11 and 0x4f, no signal; fence 0x4e)
+        for x in [CMD_QUEUE_SUBMIT, 0] {
+            w32(&mut v, x);
+        }
+        w64(&mut v, 5);
+        w32(&mut v, 1);
+        w64(&mut v, 1);
+        w32(&mut v, SUBMIT_INFO);
+        w64(&mut v, 0);
+        w32(&mut v, 1);
+        w64(&mut v, 1);
+        w64(&mut v, 0x6c);
+        w64(&mut v, 1);
+        w32(&mut v, 0x1000);
+        w32(&mut v, 2);
+        w64(&mut v, 2);
+        w64(&mut v, 0x11);
+        w64(&mut v, 0x4f);
+        w32(&mut v, 0);
+        w64(&mut v, 0);
+        w64(&mut v, 0x4e);
+        // vkGetFenceStatus(device 3, 0x4e), waiting for its reply
+        for x in [CMD_GET_FENCE_STATUS, 1] {
+            w32(&mut v, x);
+        }
+        w64(&mut v, 3);
+        w64(&mut v, 0x4e);
+        let mut rec = Recording::new(1, 2, 1000);
+        rec.push(&v);
+        assert_eq!(
+            sync_history(&rec, 10),
+            "1000 vkWaitForFences 0x4e\n\
+             1048 vkResetFences 0x4e\n\
+             1084 vkQueueSubmit waits [0x6c] cmds [0x11,0x4f] signals [] fence 0x4e\n\
+             1204 vkGetFenceStatus 0x4e (waits for the reply)"
+        );
+        assert_eq!(
+            sync_history(&rec, 1),
+            "1204 vkGetFenceStatus 0x4e (waits for the reply)"
+        );
+    }
+}

@@ -485,9 +485,25 @@ fn guest_vkmark(hold: u32) -> VkmarkRun {
     });
     if vm.serial_text().contains("GUEST: vkmark hung") {
         let dir = std::env::temp_dir().join(format!("vhost-gpu-vkmark-hang-{}", backend.pid()));
-        let files = guest_tests::venus_ring::save(&recorder.stop(), &dir);
+        let recordings = recorder.stop();
+        let files = guest_tests::venus_ring::save(&recordings, &dir);
+        // The rings mapped now (recorded last, one copy for each process mapping them): what
+        // the guest asked for before the hang.
+        let history: String = recordings
+            .iter()
+            .rev()
+            .take(2)
+            .map(|r| {
+                format!(
+                    "ring mapped by {} at {:#x}, its last synchronisation commands:\n{}\n",
+                    r.pid,
+                    r.addr,
+                    guest_tests::venus_ring::sync_history(r, 40)
+                )
+            })
+            .collect();
         let dump = format!(
-            "{}\n{}\n{}\nrecorded rings: {files:?}\n",
+            "{}\n{}\n{history}\n{}\nrecorded rings: {files:?}\n",
             backend.thread_dump(),
             guest_tests::venus_ring::venus_rings(backend.pid()),
             guest_tests::frontend::stacks(backend.pid())
