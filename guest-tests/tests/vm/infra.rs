@@ -176,7 +176,15 @@ impl Vm {
         let serial = dir.join(format!("serial-{tag}.log"));
         let qmp = dir.join(format!("qmp-{tag}.sock"));
         let child = guest_tests::host::command("qemu-system-x86_64")
-            .args(["-machine", "q35,accel=tcg", "-cpu", "max", "-m", "1G"])
+            .args(["-machine", "q35", "-cpu", "max", "-m", "1G"])
+            // TCG with real atomics: QEMU makes the guest's locked instructions real host
+            // atomics only when more than one vCPU may run (CF_PARALLEL, from maxcpus), and
+            // plain loads and stores otherwise. Venus shares its ring's status word with the
+            // render server, which sets and clears bits in it while the guest's driver clears
+            // another: with one vCPU the guest's store could undo the server's "idle" bit, the
+            // driver then never woke the sleeping ring thread, and vkmark hung (issue 22). One
+            // vCPU runs; a second may be plugged, so the atomics are real.
+            .args(["-accel", "tcg,thread=multi", "-smp", "1,maxcpus=2"])
             .args([
                 "-object",
                 "memory-backend-memfd,id=mem,size=1G,share=on",
