@@ -23,6 +23,7 @@
 //! - OpenGL ES: yellow, cyan, magenta, white, with an orange square in the middle drawn by a
 //!   shader (half the width and height of the screen).
 
+mod atomics;
 mod blob;
 mod gles;
 mod vulkan;
@@ -532,12 +533,17 @@ fn run() -> Result<(), String> {
                         .ok_or("--hold SECONDS")?,
                 )
             }
-            "dumb" | "gl" | "all" | "input" | "blob" | "vulkan" | "busy" | "follow" => what = a,
+            "dumb" | "gl" | "all" | "input" | "blob" | "vulkan" | "busy" | "follow" | "atomics" => {
+                what = a
+            }
             _ => return Err(format!("unknown argument {a}")),
         }
     }
     if what == "input" {
         return input(hold);
+    }
+    if what == "atomics" {
+        return atomics::atomics(frames.saturating_mul(1000));
     }
     if what == "vulkan" {
         // Rendered and checked first: on a host (through vtest) there is no card to show it on.

@@ -7,6 +7,7 @@
 //! Run by `scripts/test`. They are `#[ignore]`d for a plain `cargo test`, which may run where
 //! QEMU or the guest image is missing; scripts/test runs them with `--ignored` so they count.
 
+mod atomics;
 mod desktop;
 mod generic;
 mod infra;
