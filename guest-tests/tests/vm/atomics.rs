@@ -13,15 +13,15 @@ use crate::infra::*;
 #[ignore = "needs QEMU and the test guest: run by scripts/test"]
 fn guest_atomics_on_shared_memory_are_atomic_for_host_processes() {
     on(Release::Bookworm, || {
-        // As every test guest runs (Vm::boot_device: maxcpus=2): no add is lost.
-        let (counter, guest, host) = race(&[]);
+        // As every test guest runs (TCG: maxcpus=2): no add is lost.
+        let (counter, guest, host) = race(&TCG);
         eprintln!("maxcpus=2: counter {counter}, guest adds {guest}, host adds {host}");
         assert!(host > 0, "the host added nothing while the guest did");
         assert_eq!(counter, guest + host, "adds were lost with maxcpus=2");
-        // The control: with maxcpus=1 QEMU's TCG makes the guest's `lock xadd` a load and a
-        // store, and adds are lost. (If this part fails, QEMU changed, and the setting may
-        // no longer be needed.)
-        let (counter, guest, host) = race(&["-smp".into(), "1,maxcpus=1".into()]);
+        // The control, TCG as the guests ran before (one vCPU, maxcpus 1): QEMU makes the
+        // guest's `lock xadd` a load and a store, and adds are lost. (If this part fails, QEMU
+        // changed, and the setting may no longer be needed.)
+        let (counter, guest, host) = race(&["-accel", "tcg"]);
         eprintln!("maxcpus=1: counter {counter}, guest adds {guest}, host adds {host}");
         assert!(host > 0, "the host added nothing while the guest did");
         assert!(
@@ -34,22 +34,23 @@ fn guest_atomics_on_shared_memory_are_atomic_for_host_processes() {
 /// Boots a guest whose agent adds 2 million times to a counter on a page of its memory while
 /// this process adds to the same counter through QEMU's memory file, until the guest is done.
 /// Returns the counter, the guest's adds and the host's.
-fn race(qemu: &[String]) -> (u64, u64, u64) {
+fn race(accel: &[&str]) -> (u64, u64, u64) {
     let dir = std::env::temp_dir().join(format!(
         "vhost-gpu-vm-atomics-{}-{}",
         std::process::id(),
-        qemu.len()
+        accel.len()
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let guest_ops = 2000u64 * 1000;
-    let mut vm = Vm::boot_device(
+    let mut vm = Vm::boot_device_accel(
         &dir,
         "atomics",
         &[],
         "atomics",
         "vgt.frames=2000",
-        qemu,
         &[],
+        &[],
+        accel,
     );
     let boot = Duration::from_secs(240);
     vm.wait_serial("AGENT: atomics page", boot, |_| Ok(()))

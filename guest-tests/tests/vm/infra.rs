@@ -12,6 +12,15 @@ use guest_tests::{Backend, BackendOptions};
 
 pub(crate) const BOOT: Duration = Duration::from_secs(240);
 
+/// How every test guest runs: TCG with real atomics. QEMU makes the guest's locked
+/// instructions real host atomics only when more than one vCPU may run (CF_PARALLEL, from
+/// maxcpus), and plain loads and stores otherwise. Venus shares its ring's status word with the
+/// render server, which sets and clears bits in it while the guest's driver clears another:
+/// with one vCPU the guest's store could undo the server's "idle" bit, the driver then never
+/// woke the sleeping ring thread, and vkmark hung (issue 22). One vCPU runs; a second may be
+/// plugged, so the atomics are real (tests/vm/atomics.rs checks it).
+pub(crate) const TCG: [&str; 4] = ["-accel", "tcg,thread=multi", "-smp", "1,maxcpus=2"];
+
 /// The options of QEMU 11.1's generic vhost-user device for vhost-gpu: virtio-gpu is device
 /// type 16, with two queues (control, cursor); its config space is 16 bytes (events_read,
 /// events_clear, num_scanouts, num_capsets); 256 descriptors a queue (vhost-gpu takes up to
@@ -162,7 +171,7 @@ impl Vm {
     }
 
     /// Boots the guest with `device` as its GPU's QEMU arguments (a vhost-user GPU, or one of
-    /// QEMU's own for comparison), files in `dir`.
+    /// QEMU's own for comparison), files in `dir`, under [`TCG`].
     pub(crate) fn boot_device(
         dir: &Path,
         tag: &str,
@@ -172,19 +181,27 @@ impl Vm {
         qemu: &[String],
         env: &[(&str, &str)],
     ) -> Vm {
+        Self::boot_device_accel(dir, tag, device, run, extra, qemu, env, &TCG)
+    }
+
+    /// [`Vm::boot_device`] with `accel` as QEMU's accelerator and CPU-count arguments.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn boot_device_accel(
+        dir: &Path,
+        tag: &str,
+        device: &[String],
+        run: &str,
+        extra: &str,
+        qemu: &[String],
+        env: &[(&str, &str)],
+        accel: &[&str],
+    ) -> Vm {
         let guest = guest_image();
         let serial = dir.join(format!("serial-{tag}.log"));
         let qmp = dir.join(format!("qmp-{tag}.sock"));
         let child = guest_tests::host::command("qemu-system-x86_64")
             .args(["-machine", "q35", "-cpu", "max", "-m", "1G"])
-            // TCG with real atomics: QEMU makes the guest's locked instructions real host
-            // atomics only when more than one vCPU may run (CF_PARALLEL, from maxcpus), and
-            // plain loads and stores otherwise. Venus shares its ring's status word with the
-            // render server, which sets and clears bits in it while the guest's driver clears
-            // another: with one vCPU the guest's store could undo the server's "idle" bit, the
-            // driver then never woke the sleeping ring thread, and vkmark hung (issue 22). One
-            // vCPU runs; a second may be plugged, so the atomics are real.
-            .args(["-accel", "tcg,thread=multi", "-smp", "1,maxcpus=2"])
+            .args(accel)
             .args([
                 "-object",
                 "memory-backend-memfd,id=mem,size=1G,share=on",
