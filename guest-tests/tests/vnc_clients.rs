@@ -335,6 +335,10 @@ fn xwd_rgb(x: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
 
 /// An Xvfb of `w` x `h` on a display it picks itself (`-displayfd`: it takes the display's
 /// lock file, so tests that start Xvfbs in parallel never share one); killed on drop.
+///
+/// `-noreset`: by default an X server resets when its last running client leaves, and the
+/// reset closes every connection still in its setup. `xwd` leaving while the viewer was
+/// connecting made the viewer's `XOpenDisplay` fail ("Can't open display: :0", 5 runs in 15).
 struct Xvfb {
     child: std::process::Child,
     display: String,
@@ -343,7 +347,7 @@ struct Xvfb {
 impl Xvfb {
     fn start(w: u32, h: u32) -> Xvfb {
         let mut child = Command::new("Xvfb")
-            .args(["-displayfd", "1"])
+            .args(["-displayfd", "1", "-noreset"])
             .args(["-screen", "0", &format!("{w}x{h}x24"), "-nolisten", "tcp"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -241,7 +241,15 @@ fn tigervnc_resizes_the_guest() {
         .expect("a free X display number");
     let display = format!(":{n}");
     let mut xvfb = Command::new("Xvfb")
-        .args([&display, "-screen", "0", "800x600x24", "-nolisten", "tcp"])
+        .args([
+            &display,
+            "-screen",
+            "0",
+            "800x600x24",
+            "-nolisten",
+            "tcp",
+            "-noreset",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
